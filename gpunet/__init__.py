@@ -1,0 +1,28 @@
+"""gpunet: dense neural networks written once on the Python Array API; NumPy on the CPU, CuPy on NVIDIA GPUs.
+
+>>> import gpunet as gn
+>>> model = gn.Sequential([gn.Dense(4, 8, "relu"), gn.Dense(8, 3, "softmax")], device="cpu", seed=0)
+>>> model.count_params()
+67
+"""
+
+from . import activations, losses, metrics, optim
+from .backend import Backend, cuda_available, get_backend, to_numpy
+from .layers import Dense
+from .model import History, Sequential
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "Dense",
+    "History",
+    "Sequential",
+    "activations",
+    "cuda_available",
+    "get_backend",
+    "losses",
+    "metrics",
+    "optim",
+    "to_numpy",
+]

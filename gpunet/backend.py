@@ -1,0 +1,185 @@
+"""Devices and array namespaces: where a model's arrays live and how data gets there.
+
+A :class:`Backend` pairs an Array API namespace ``xp`` with a device. gpunet's math only ever talks to ``xp``;
+this module is the one place that knows which library is behind it.
+
+Device strings:
+
+- ``"cpu"``: NumPy (through ``array_api_compat.numpy``).
+- ``"cuda"`` / ``"cuda:N"``: CuPy on GPU ``N`` (imported lazily, on first use).
+- ``"auto"``: CUDA if CuPy imports and sees a GPU, else the CPU.
+- an Array API namespace module (``array_api_strict``, ``torch``, ``numpy``, ...): that library's default device.
+
+Data moves host -> device once per call (``fit``, ``predict``, ...) and never inside the batch loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+
+import array_api_compat
+import array_api_compat.numpy
+import numpy as np
+
+DTYPES = ("float32", "float64")
+
+
+class Backend:
+    """An Array API namespace ``xp`` plus a device: allocates, moves and converts arrays for a model.
+
+    Build one with :func:`get_backend`; ``Backend`` objects are compared by ``(name, device)``.
+    """
+
+    def __init__(self, xp, name: str, device=None, cuda_index: int | None = None):
+        self.xp = xp
+        self.name = name  # "numpy", "cupy", "array_api_strict", "torch", ...
+        self.device = device  # the namespace's own device object, or None for its default
+        self.cuda_index = cuda_index
+
+    def __repr__(self) -> str:
+        return f"Backend({self.label!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Backend) and (self.name, self.label) == (other.name, other.label)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.label))
+
+    @property
+    def label(self) -> str:
+        """A human-readable device name: ``"cpu"``, ``"cuda:0"``, ``"array_api_strict"``..."""
+        if self.name == "numpy":
+            return "cpu"
+        if self.name == "cupy":
+            return f"cuda:{self.cuda_index}"
+        return self.name
+
+    @property
+    def is_numpy(self) -> bool:
+        return self.name == "numpy"
+
+    def activate(self):
+        """Context in which new arrays land on this backend's device (CuPy ignores ``device=``)."""
+        if self.name == "cupy":
+            import cupy
+
+            return cupy.cuda.Device(self.cuda_index)
+        return contextlib.nullcontext()
+
+    def dtype(self, name: str):
+        """The namespace's dtype object for ``"float32"`` or ``"float64"``."""
+        return getattr(self.xp, name)
+
+    def owns(self, x) -> bool:
+        """True if ``x`` is an array of this backend's library."""
+        if self.name == "numpy":
+            return isinstance(x, np.ndarray)
+        try:
+            return array_api_compat.array_namespace(x) is self.xp
+        except TypeError:
+            return False
+
+    def from_host(self, x: np.ndarray, dtype: str):
+        """Copy a host NumPy array onto this backend's device as ``dtype``."""
+        x = np.ascontiguousarray(x, dtype=dtype)
+        if self.name == "numpy":
+            return x
+        with self.activate():
+            return self.xp.asarray(x, dtype=self.dtype(dtype))
+
+    def cast(self, x, dtype: str):
+        """``x`` (already an array of this backend) as ``dtype``, without a copy when it already is."""
+        if x.dtype == self.dtype(dtype):
+            return x
+        with self.activate():
+            return self.xp.astype(x, self.dtype(dtype))
+
+
+def to_numpy(x) -> np.ndarray:
+    """A host NumPy copy (or view, for NumPy input) of any supported array."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        return np.asarray(x)
+    if array_api_compat.is_cupy_array(x):
+        return x.get()
+    if array_api_compat.is_torch_array(x):
+        return x.detach().cpu().numpy()
+    if array_api_compat.is_array_api_obj(x):
+        return np.from_dlpack(x)
+    return np.asarray(x)
+
+
+def array_library(x) -> str:
+    """A short name of the library ``x`` belongs to, for messages (``"numpy"``, ``"cupy"``, ``"torch"``...)."""
+    return type(x).__module__.split(".")[0]
+
+
+def cuda_available() -> tuple[bool, str]:
+    """``(True, description)`` if CuPy imports and sees a GPU, else ``(False, why not)``."""
+    try:
+        import cupy
+    except Exception as exc:  # ImportError, or a broken CUDA install raising something else
+        return False, f"CuPy is not importable ({type(exc).__name__}: {exc}); install gpunet[cuda12] or gpunet[cuda13]"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return False, f"CuPy imports but CUDA does not answer ({type(exc).__name__}: {exc})"
+    if count == 0:
+        return False, "CuPy imports but sees no GPU"
+    name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
+    name = name.decode() if isinstance(name, bytes) else name
+    return True, f"{count} GPU(s), GPU 0 is {name}"
+
+
+def get_backend(device="cpu") -> Backend:
+    """Resolve a device string or an Array API namespace module to a :class:`Backend`.
+
+    >>> get_backend("cpu")
+    Backend('cpu')
+    """
+    if isinstance(device, Backend):
+        return device
+    if isinstance(device, types.ModuleType):
+        return _backend_for_module(device)
+    if not isinstance(device, str):
+        raise TypeError(
+            f"device must be 'cpu', 'cuda', 'cuda:N', 'auto' or an Array API namespace module; "
+            f"received {type(device).__name__}: {device!r}"
+        )
+    spec = device.strip().lower()
+    if spec == "auto":
+        return get_backend("cuda" if cuda_available()[0] else "cpu")
+    if spec == "cpu":
+        return Backend(array_api_compat.numpy, "numpy")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        index_text = spec[5:] or "0"
+        if not index_text.isdigit():
+            raise ValueError(f"device must be 'cuda' or 'cuda:N' with N a GPU index; received device={device!r}")
+        ok, why = cuda_available()
+        if not ok:
+            raise ValueError(f"device={device!r} is not usable: {why}. Use device='cpu' or device='auto'.")
+        import cupy
+
+        index = int(index_text)
+        count = cupy.cuda.runtime.getDeviceCount()
+        if index >= count:
+            raise ValueError(f"device={device!r}: there are {count} GPU(s), so N must be in 0..{count - 1}")
+        return Backend(array_api_compat.array_namespace(cupy.zeros(1)), "cupy", cuda_index=index)
+    raise ValueError(
+        f"device must be 'cpu', 'cuda', 'cuda:N', 'auto' or an Array API namespace module; received device={device!r}"
+    )
+
+
+def _backend_for_module(module: types.ModuleType) -> Backend:
+    """A backend for a namespace module such as ``array_api_strict``, ``numpy``, ``torch`` or ``cupy``."""
+    if module is np or module is array_api_compat.numpy:
+        return get_backend("cpu")
+    if module.__name__.split(".")[-1] == "cupy":
+        return get_backend("cuda")
+    try:
+        xp = array_api_compat.array_namespace(module.asarray([0.0]))
+    except Exception as exc:
+        raise TypeError(
+            f"device={module.__name__!r} is not an Array API namespace gpunet can use ({type(exc).__name__}: {exc})"
+        ) from None
+    return Backend(xp, module.__name__.split(".")[0])

@@ -1,0 +1,104 @@
+"""The dense (fully connected) layer."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import activations, validation
+from .ops import ops_for
+
+INITS = ("auto", "he_uniform", "he_normal", "glorot_uniform", "glorot_normal", "zeros")
+
+
+def init_weight(rng: np.random.Generator, shape: tuple[int, int], init: str) -> np.ndarray:
+    """A float64 host array of ``shape = (fan_in, fan_out)`` drawn by the named scheme.
+
+    He (Kaiming): variance ``2 / fan_in``; Glorot (Xavier): variance ``2 / (fan_in + fan_out)``. Uniform variants
+    draw from ``[-limit, limit]`` with ``limit = sqrt(3 variance)``.
+    """
+    fan_in, fan_out = shape
+    if init == "zeros":
+        return np.zeros(shape)
+    family, dist = init.split("_")
+    variance = 2.0 / fan_in if family == "he" else 2.0 / (fan_in + fan_out)
+    if dist == "uniform":
+        limit = math.sqrt(3.0 * variance)
+        return rng.uniform(-limit, limit, size=shape)
+    return rng.normal(0.0, math.sqrt(variance), size=shape)
+
+
+class Dense:
+    """``y = activation(x @ W + b)``: ``x`` is ``(n, in_features)``, ``W`` is ``(in_features, out_features)``,
+    ``b`` is ``(out_features,)``, ``y`` is ``(n, out_features)``.
+
+    Args:
+        in_features, out_features: sizes of the input and output rows.
+        activation: a name (see :mod:`gpunet.activations`), ``None`` for identity, or an Activation.
+        init: ``"auto"`` (He uniform for the ReLU family, Glorot uniform otherwise), ``"he_uniform"``,
+            ``"he_normal"``, ``"glorot_uniform"``, ``"glorot_normal"`` or ``"zeros"``. Biases start at zero.
+
+    The weights exist once the layer is part of a model (:class:`gpunet.Sequential` builds it on its device).
+
+    >>> Dense(4, 3, activation="relu")
+    Dense(4, 3, activation='relu')
+    """
+
+    def __init__(self, in_features: int, out_features: int, activation=None, init: str = "auto"):
+        self.in_features = validation.positive_int("in_features", in_features)
+        self.out_features = validation.positive_int("out_features", out_features)
+        self.activation = activations.get(activation)
+        self.init = validation.one_of("init", init, INITS)
+        self.W = self.b = None  # set by build()
+        self.dW = self.db = None  # set by backward()
+        self.xp = self.ops = None  # the model's namespace and its ops, set by build()
+        self._cache = None  # (x, z or None, y) from the last forward
+
+    def __repr__(self) -> str:
+        return f"Dense({self.in_features}, {self.out_features}, activation={self.activation.name!r})"
+
+    @property
+    def n_params(self) -> int:
+        return self.in_features * self.out_features + self.out_features
+
+    def initial_weights(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Fresh float64 host ``(W, b)`` drawn from ``rng``."""
+        init = self.init
+        if init == "auto":
+            init = "he_uniform" if self.activation.relu_family else "glorot_uniform"
+        return init_weight(rng, (self.in_features, self.out_features), init), np.zeros(self.out_features)
+
+    def build(self, xp, W, b) -> None:
+        """Adopt ``W`` and ``b``, arrays of namespace ``xp`` (the model calls this)."""
+        self.xp, self.ops = xp, ops_for(xp)
+        self.W, self.b = W, b
+        self.dW = self.db = None
+        self._cache = None
+
+    def parameters(self) -> list:
+        return [self.W, self.b]
+
+    def gradients(self) -> list:
+        return [self.dW, self.db]
+
+    def forward(self, x):
+        """``(n, in_features) -> (n, out_features)``; keeps what :meth:`backward` needs."""
+        z, y = self.ops.bias_act(x @ self.W, self.b, self.activation)
+        self._cache = (x, z, y)
+        return y
+
+    def backward(self, dy, *, input_grad: bool = True, through_activation: bool = True):
+        """Gradients from ``dy = dL/dy`` (shape of the output): sets ``dW``, ``db``; returns ``dL/dx``.
+
+        ``through_activation=False`` treats ``dy`` as ``dL/dz`` already (the combined softmax/sigmoid +
+        cross-entropy gradient). ``input_grad=False`` skips ``dL/dx`` (the first layer in training) and returns None.
+        """
+        if self._cache is None:
+            raise RuntimeError("backward() needs a forward() first")
+        x, z, y = self._cache
+        dz = self.ops.act_grad(self.activation, dy, z, y) if through_activation else dy
+        self.dW = x.T @ dz
+        self.db = self.xp.sum(dz, axis=0)
+        return dz @ self.W.T if input_grad else None
+

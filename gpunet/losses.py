@@ -1,0 +1,359 @@
+"""Loss functions with the definitions and reductions of PyTorch (mean over elements, cce: mean over rows).
+
+| gpunet                                      | definition                                              | PyTorch            |
+|---------------------------------------------|---------------------------------------------------------|--------------------|
+| ``MSE()`` "mse"                             | mean((p - y)^2)                                         | MSELoss            |
+| ``MAE()`` "mae"                             | mean(|p - y|); gradient sign(p - y), 0 at 0             | L1Loss             |
+| ``Huber(delta=1)`` "huber"                  | 0.5 r^2 if |r| <= delta else delta (|r| - delta / 2)    | HuberLoss(delta)   |
+| ``BinaryCrossEntropy()`` "bce"              | -mean(y log p + (1 - y) log(1 - p)), logs clamped -100  | BCELoss            |
+| ``BinaryCrossEntropy(from_logits=True)``    | mean(max(z, 0) - z y + log(1 + exp(-|z|)))              | BCEWithLogitsLoss  |
+| ``CategoricalCrossEntropy()`` "cce"         | mean over rows of -sum_k y_k log p_k, logs clamped -100 | NLLLoss(log p)     |
+| ``CategoricalCrossEntropy(from_logits=True)``| mean over rows of -sum_k y_k log_softmax(z)_k          | CrossEntropyLoss   |
+
+Deliberate differences from PyTorch, all at the edges:
+
+- cce on probabilities clamps ``log p`` at -100 as ``BCELoss`` does (PyTorch's ``NLLLoss(log p)`` returns inf at
+  ``p = 0``), and its gradient divides by ``max(p, 1e-12)``, as ``BCELoss``'s does.
+- Models ending in softmax + cce or sigmoid + bce use the combined gradient ``(p - y) / n`` with respect to the
+  logits. PyTorch's autograd through ``BCELoss`` gives a zero gradient where the sigmoid saturates to exactly 0 or 1;
+  the combined form keeps the true gradient there.
+
+Targets: ``(n, k)`` like the predictions; ``(n,)`` for single-output models; for cce also ``(n,)`` class indices.
+"""
+
+from __future__ import annotations
+
+import math
+
+from array_api_compat import array_namespace
+from array_api_compat import device as device_of
+
+from . import array_utils, validation
+from .backend import to_numpy
+from .ops import ops_for
+
+_LOG_FLOOR = -100.0  # BCELoss clamps its logs here
+_EPS = 1e-12  # BCELoss's floor for the denominator of its gradient
+
+
+def _clamped_log(p):
+    """``max(log p, -100)``, with no ``log(0)`` evaluated."""
+    xp = array_namespace(p)
+    positive = p > 0
+    return xp.where(positive, xp.maximum(xp.log(xp.where(positive, p, 1.0)), _LOG_FLOOR), _LOG_FLOOR)
+
+
+class Loss:
+    """Base class: ``loss(pred, target)`` is the scalar loss (0-d array), ``loss.grad(pred, target)`` its gradient.
+
+    ``pred`` has shape ``(n, k)``; see :meth:`prepare_target` for the accepted targets.
+    """
+
+    name = "loss"
+    from_logits = False
+
+    @property
+    def pairs_with(self) -> str | None:
+        """The output activation whose derivative cancels against this loss's (softmax for cce, sigmoid for bce)."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    # -- public: any target form, checked -------------------------------------------------------------------------
+    def __call__(self, pred, target):
+        return self.value(pred, self._target_like(pred, target))
+
+    def grad(self, pred, target):
+        """Gradient of the loss with respect to ``pred``, shape of ``pred``."""
+        return self.gradient(pred, self._target_like(pred, target))
+
+    def _target_like(self, pred, target):
+        validation.numeric("pred", pred)
+        if pred.ndim != 2:
+            raise ValueError(f"pred must be 2-D (n_samples, n_outputs); received shape {tuple(pred.shape)}")
+        xp = array_namespace(pred)
+        if not _same_namespace(target, xp):
+            target = xp.asarray(to_numpy(validation.as_array("target", target, _HostOnly())), device=device_of(pred))
+        t = self.prepare_target(target, pred.shape[1], name="target")
+        if t.shape[0] != pred.shape[0]:
+            raise ValueError(f"target has {t.shape[0]} rows but pred has {pred.shape[0]}")
+        return xp.astype(t, pred.dtype)
+
+    # -- targets ---------------------------------------------------------------------------------------------------
+    def prepare_target(self, y, n_outputs: int, name: str = "y"):
+        """Check ``y`` and return it as an ``(n, n_outputs)`` array of the same namespace (any dtype).
+
+        Accepts ``(n, n_outputs)``, and ``(n,)`` when ``n_outputs == 1``.
+        """
+        validation.numeric(name, y)
+        validation.finite(name, y)
+        xp = array_namespace(y)
+        if y.ndim == 1 and n_outputs == 1:
+            y = xp.reshape(y, (-1, 1))
+        if y.ndim != 2 or y.shape[1] != n_outputs:
+            raise ValueError(
+                f"{name} must have shape (n, {n_outputs}) to match the model's {n_outputs} output(s)"
+                + (" or (n,)" if n_outputs == 1 else "") + f"; received shape {tuple(y.shape)}"
+            )
+        return y
+
+    # -- internal: prepared targets of pred's dtype ---------------------------------------------------------------
+    def value(self, pred, target):
+        """Scalar loss for a prepared target (same shape and dtype as ``pred``)."""
+        raise NotImplementedError
+
+    def gradient(self, pred, target):
+        """Gradient with respect to ``pred`` for a prepared target."""
+        raise NotImplementedError
+
+    def value_and_grad(self, pred, target):
+        """``(value, gradient)`` for a prepared target; losses that share work override it."""
+        return self.value(pred, target), self.gradient(pred, target)
+
+    def value_and_logits_grad(self, prob, target):
+        """For a model whose output activation is :attr:`pairs_with`: the loss of the probabilities ``prob`` and
+        its gradient with respect to the logits, ``(prob - target) / n`` (``n`` as in the mean)."""
+        raise NotImplementedError(f"{self!r} has no combined gradient")
+
+
+class _HostOnly:
+    """A stand-in backend that owns nothing, so ``as_array`` only accepts host data."""
+
+    label = name = "host"
+
+    def owns(self, x) -> bool:
+        return False
+
+
+def _same_namespace(x, xp) -> bool:
+    try:
+        return array_namespace(x) is xp
+    except TypeError:
+        return False
+
+
+def _size(x) -> int:
+    return math.prod(x.shape)
+
+
+class MSE(Loss):
+    """Mean squared error, ``mean((pred - target)^2)`` (``torch.nn.MSELoss``).
+
+    >>> import numpy as np
+    >>> float(MSE()(np.array([[1.0], [3.0]]), np.array([0.0, 1.0])))
+    2.5
+    """
+
+    name = "mse"
+
+    def value(self, pred, target):
+        r = pred - target
+        return array_namespace(r).mean(r * r)
+
+    def gradient(self, pred, target):
+        return (2.0 / _size(pred)) * (pred - target)
+
+
+class MAE(Loss):
+    """Mean absolute error, ``mean(|pred - target|)`` (``torch.nn.L1Loss``); gradient ``sign(r) / n``, 0 at 0."""
+
+    name = "mae"
+
+    def value(self, pred, target):
+        xp = array_namespace(pred)
+        return xp.mean(xp.abs(pred - target))
+
+    def gradient(self, pred, target):
+        return array_namespace(pred).sign(pred - target) / _size(pred)
+
+
+class Huber(Loss):
+    """Huber loss (``torch.nn.HuberLoss(delta)``, not ``SmoothL1Loss``): quadratic within ``delta``, linear beyond.
+
+    Formula: ``0.5 r^2`` if ``|r| <= delta`` else ``delta (|r| - 0.5 delta)``, ``r = pred - target``, mean over all.
+    """
+
+    name = "huber"
+
+    def __init__(self, delta: float = 1.0):
+        self.delta = validation.positive_number("delta", delta)
+
+    def __repr__(self) -> str:
+        return f"Huber(delta={self.delta})"
+
+    def value_and_grad(self, pred, target):
+        xp = array_namespace(pred)
+        loss, grad = ops_for(xp).huber(pred - target, self.delta)
+        return xp.mean(loss), grad / _size(pred)
+
+    def value(self, pred, target):
+        return self.value_and_grad(pred, target)[0]
+
+    def gradient(self, pred, target):
+        return self.value_and_grad(pred, target)[1]
+
+
+class BinaryCrossEntropy(Loss):
+    """Binary cross-entropy on probabilities (``BCELoss``) or, with ``from_logits=True``, on logits
+    (``BCEWithLogitsLoss``, stable for any logit). Targets in ``[0, 1]``, mean over all elements."""
+
+    name = "bce"
+
+    def __init__(self, from_logits: bool = False):
+        if not isinstance(from_logits, bool):
+            raise TypeError(f"from_logits must be True or False; received {from_logits!r}")
+        self.from_logits = from_logits
+
+    def __repr__(self) -> str:
+        return f"BinaryCrossEntropy(from_logits={self.from_logits})"
+
+    @property
+    def pairs_with(self):
+        return None if self.from_logits else "sigmoid"
+
+    def prepare_target(self, y, n_outputs, name="y"):
+        y = super().prepare_target(y, n_outputs, name)
+        xp = array_namespace(y)
+        if not bool(xp.all((y >= 0) & (y <= 1))):
+            raise ValueError(f"{name} for binary cross-entropy must lie in [0, 1]; found values outside it")
+        return y
+
+    def value(self, pred, target):
+        xp = array_namespace(pred)
+        if self.from_logits:
+            z = pred
+            return xp.mean(xp.maximum(z, 0) - z * target + xp.log1p(xp.exp(-xp.abs(z))))
+        return -xp.mean(target * _clamped_log(pred) + (1 - target) * _clamped_log(1 - pred))
+
+    def gradient(self, pred, target):
+        xp = array_namespace(pred)
+        n = _size(pred)
+        if self.from_logits:
+            return (array_utils.sigmoid(pred) - target) / n
+        return (pred - target) / (xp.maximum(pred * (1 - pred), _EPS) * n)
+
+    def value_and_logits_grad(self, prob, target):
+        return self.value(prob, target), (prob - target) / _size(prob)
+
+
+class CategoricalCrossEntropy(Loss):
+    """Categorical cross-entropy on softmax probabilities, or with ``from_logits=True`` on logits
+    (``CrossEntropyLoss``, by log-sum-exp). Targets: class indices ``(n,)`` or probability rows ``(n, k)``.
+
+    Formula: ``mean over rows of -sum_k y_k log p_k``.
+    """
+
+    name = "cce"
+
+    def __init__(self, from_logits: bool = False):
+        if not isinstance(from_logits, bool):
+            raise TypeError(f"from_logits must be True or False; received {from_logits!r}")
+        self.from_logits = from_logits
+
+    def __repr__(self) -> str:
+        return f"CategoricalCrossEntropy(from_logits={self.from_logits})"
+
+    @property
+    def pairs_with(self):
+        return None if self.from_logits else "softmax"
+
+    def prepare_target(self, y, n_outputs, name="y"):
+        validation.numeric(name, y)
+        validation.finite(name, y)
+        xp = array_namespace(y)
+        if y.ndim == 1:
+            labels = y
+            if not xp.isdtype(labels.dtype, "integral"):
+                if not bool(xp.all(labels == xp.round(labels))):
+                    raise ValueError(f"{name} holds class indices, which must be whole numbers; found fractions")
+            low, high = int(xp.min(labels)), int(xp.max(labels))
+            if low < 0 or high >= n_outputs:
+                bad = low if low < 0 else high
+                raise ValueError(
+                    f"{name} holds class indices, which must be in [0, {n_outputs - 1}] for a model with "
+                    f"{n_outputs} outputs; found {bad}"
+                )
+            return array_utils.one_hot(xp.astype(labels, xp.int64), n_outputs, xp.float64)
+        if y.ndim != 2 or y.shape[1] != n_outputs:
+            raise ValueError(
+                f"{name} for categorical cross-entropy must be class indices (n,) or one-hot/probability rows "
+                f"(n, {n_outputs}); received shape {tuple(y.shape)}"
+            )
+        if not bool(xp.all((y >= 0) & (y <= 1))):
+            raise ValueError(f"{name} rows must be probabilities in [0, 1]; found values outside it")
+        row_sums = xp.sum(xp.astype(y, xp.float64), axis=1)
+        if not bool(xp.all(xp.abs(row_sums - 1) <= 1e-4)):
+            raise ValueError(f"{name} rows must sum to 1 (one-hot or probabilities); found a row summing to "
+                             f"{float(row_sums[int(xp.argmax(xp.abs(row_sums - 1)))])}")
+        return y
+
+    def value(self, pred, target):
+        xp = array_namespace(pred)
+        logp = array_utils.log_softmax(pred, axis=-1) if self.from_logits else _clamped_log(pred)
+        return -xp.sum(target * logp) / pred.shape[0]
+
+    def gradient(self, pred, target):
+        xp = array_namespace(pred)
+        n = pred.shape[0]
+        if self.from_logits:
+            total = xp.sum(target, axis=-1, keepdims=True)
+            return (array_utils.softmax(pred, axis=-1) * total - target) / n
+        return -target / (xp.maximum(pred, _EPS) * n)
+
+    def value_and_logits_grad(self, prob, target):
+        return self.value(prob, target), (prob - target) / prob.shape[0]
+
+
+LOSSES = {"mse": MSE, "mae": MAE, "huber": Huber, "bce": BinaryCrossEntropy, "cce": CategoricalCrossEntropy}
+_ALIASES = {
+    "mean_squared_error": "mse", "l2": "mse",
+    "mean_absolute_error": "mae", "l1": "mae",
+    "binary_crossentropy": "bce", "binary_cross_entropy": "bce",
+    "categorical_crossentropy": "cce", "categorical_cross_entropy": "cce", "cross_entropy": "cce",
+    "sparse_categorical_crossentropy": "cce",
+}
+
+
+def get(loss) -> Loss:
+    """A :class:`Loss` from a name (``"mse"``, ``"mae"``, ``"huber"``, ``"bce"``, ``"cce"``) or an instance.
+
+    >>> get("huber")
+    Huber(delta=1.0)
+    """
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, type) and issubclass(loss, Loss):
+        return loss()
+    if isinstance(loss, str):
+        key = loss.strip().lower()
+        key = _ALIASES.get(key, key)
+        if key in LOSSES:
+            return LOSSES[key]()
+        raise ValueError(f"unknown loss {loss!r}; expected one of {sorted(LOSSES)} or a gpunet.losses.Loss")
+    raise TypeError(f"loss must be a name or a gpunet.losses.Loss; received {type(loss).__name__}: {loss!r}")
+
+
+def mse(pred, target):
+    """Functional :class:`MSE`."""
+    return MSE()(pred, target)
+
+
+def mae(pred, target):
+    """Functional :class:`MAE`."""
+    return MAE()(pred, target)
+
+
+def huber(pred, target, delta: float = 1.0):
+    """Functional :class:`Huber`."""
+    return Huber(delta)(pred, target)
+
+
+def binary_cross_entropy(pred, target, from_logits: bool = False):
+    """Functional :class:`BinaryCrossEntropy`."""
+    return BinaryCrossEntropy(from_logits)(pred, target)
+
+
+def categorical_cross_entropy(pred, target, from_logits: bool = False):
+    """Functional :class:`CategoricalCrossEntropy`."""
+    return CategoricalCrossEntropy(from_logits)(pred, target)

@@ -1,0 +1,384 @@
+"""``Sequential``: a stack of dense layers with forward, backward, fit, predict and evaluate."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+
+import numpy as np
+
+from . import layers as layers_mod
+from . import losses as losses_mod
+from . import metrics as metrics_mod
+from . import optim as optim_mod
+from . import validation
+from .backend import DTYPES, Backend, get_backend, to_numpy
+
+logger = logging.getLogger("gpunet")
+
+
+class History:
+    """What ``fit`` returns: ``history.history["loss"]`` (and ``"val_loss"``, metrics...) holds one float per epoch.
+
+    ``history["loss"]`` is a shortcut for ``history.history["loss"]``.
+    """
+
+    def __init__(self):
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
+
+    def append(self, epoch: int, logs: dict[str, float]) -> None:
+        self.epoch.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+
+    def __getitem__(self, key: str) -> list[float]:
+        return self.history[key]
+
+    def __repr__(self) -> str:
+        last = {k: round(v[-1], 6) for k, v in self.history.items()}
+        return f"History(epochs={len(self.epoch)}, last={last})"
+
+
+class Sequential:
+    """A feed-forward network: ``layers[0]`` to ``layers[-1]``, each a :class:`gpunet.Dense`.
+
+    Args:
+        layers: Dense layers whose sizes chain (``out_features`` of one is ``in_features`` of the next).
+        device: ``"cpu"`` (NumPy), ``"cuda"``/``"cuda:N"`` (CuPy), ``"auto"`` (CUDA if CuPy sees a GPU, else the
+            CPU; ``model.device`` says which), or an Array API namespace module such as ``array_api_strict``.
+        dtype: ``"float32"`` or ``"float64"``.
+        seed: seeds the initial weights (drawn on the host, then moved: the same seed gives the same weights on
+            every device) and the shuffling in ``fit``. ``None`` draws fresh entropy.
+
+    >>> import gpunet as gn
+    >>> model = gn.Sequential([gn.Dense(2, 3, "sigmoid"), gn.Dense(3, 1, "sigmoid")], seed=0)
+    >>> model.predict([[0.0, 1.0]]).shape
+    (1, 1)
+    """
+
+    def __init__(self, layers, device="cpu", dtype: str = "float32", seed: int | None = 0):
+        if isinstance(layers, layers_mod.Dense):
+            layers = [layers]
+        if not isinstance(layers, (list, tuple)) or not layers:
+            raise TypeError(f"layers must be a non-empty list of gpunet.Dense; received {layers!r}")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, layers_mod.Dense):
+                raise TypeError(f"layers[{i}] must be a gpunet.Dense; received {type(layer).__name__}")
+        for i in range(1, len(layers)):
+            if layers[i].in_features != layers[i - 1].out_features:
+                raise ValueError(
+                    f"layer sizes do not chain: layers[{i - 1}] has out_features={layers[i - 1].out_features} "
+                    f"but layers[{i}] has in_features={layers[i].in_features}"
+                )
+        if len({id(layer) for layer in layers}) != len(layers):
+            raise ValueError("layers must be distinct Dense objects (the same object appears twice)")
+        self.dtype = validation.one_of("dtype", dtype, DTYPES)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise TypeError(f"seed must be a non-negative integer or None; received {seed!r}")
+        self.seed = seed
+        self.layers = list(layers)
+        self.backend = get_backend(device)
+        if device == "auto":
+            logger.info("device='auto' resolved to %s", self.backend.label)
+        init_rng, shuffle_seed = np.random.SeedSequence(seed).spawn(2)
+        self._shuffle_rng = np.random.default_rng(shuffle_seed)
+        rng = np.random.default_rng(init_rng)
+        host = [layer.initial_weights(rng) for layer in self.layers]
+        self._adopt([w for pair in host for w in pair])
+        self.loss = None  # the loss and metrics of the last fit, defaults for evaluate()
+        self.metrics: list = []
+
+    # -- properties -----------------------------------------------------------------------------------------------
+    @property
+    def xp(self):
+        return self.backend.xp
+
+    @property
+    def ops(self):
+        return self.layers[0].ops
+
+    @property
+    def device(self) -> str:
+        """Where the weights live: ``"cpu"``, ``"cuda:0"``, or the namespace's name."""
+        return self.backend.label
+
+    @property
+    def n_inputs(self) -> int:
+        return self.layers[0].in_features
+
+    @property
+    def n_outputs(self) -> int:
+        return self.layers[-1].out_features
+
+    def count_params(self) -> int:
+        return sum(layer.n_params for layer in self.layers)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(map(repr, self.layers))
+        return f"Sequential([{inner}], device={self.device!r}, dtype={self.dtype!r})"
+
+    def summary(self) -> str:
+        """A table of layers, output shapes and parameter counts (also printed)."""
+        lines = [f"{'layer':<28}{'output':<16}{'params':>10}"]
+        for i, layer in enumerate(self.layers):
+            lines.append(f"{f'{i}: Dense({layer.activation.name})':<28}{f'(n, {layer.out_features})':<16}"
+                         f"{layer.n_params:>10,}")
+        lines.append(f"total parameters: {self.count_params():,} ({self.dtype}, on {self.device})")
+        text = "\n".join(lines)
+        print(text)
+        return text
+
+    # -- parameters -----------------------------------------------------------------------------------------------
+    def parameters(self) -> list:
+        """``[W1, b1, W2, b2, ...]`` as arrays of the model's namespace (updated in place by optimizers)."""
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def gradients(self) -> list:
+        """``[dW1, db1, ...]`` from the last :meth:`backward` (``None`` before the first)."""
+        return [g for layer in self.layers for g in layer.gradients()]
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Host NumPy copies ``[W1, b1, W2, b2, ...]``."""
+        return [np.array(to_numpy(p), copy=True) for p in self.parameters()]
+
+    def set_weights(self, weights) -> None:
+        """Overwrite the parameters from ``[W1, b1, ...]`` (any host arrays); all are checked before any is set."""
+        expected = [(layer.in_features, layer.out_features) for layer in self.layers]
+        expected = [s for shape in expected for s in (shape, (shape[1],))]
+        if not isinstance(weights, (list, tuple)):
+            raise TypeError(f"weights must be a list of arrays [W1, b1, ...]; received {type(weights).__name__}")
+        if len(weights) != len(expected):
+            raise ValueError(f"weights must hold {len(expected)} arrays [W1, b1, ...]; received {len(weights)}")
+        host = []
+        for i, (w, shape) in enumerate(zip(weights, expected)):
+            name = f"weights[{i}]"
+            w = np.asarray(to_numpy(w))
+            validation.numeric(name, w)
+            if w.shape != shape:
+                raise ValueError(f"{name} must have shape {shape}; received {w.shape}")
+            host.append(validation.finite(name, w))
+        with self.backend.activate():
+            for p, w in zip(self.parameters(), host):
+                p[...] = self.backend.from_host(w, self.dtype)
+
+    def to(self, device) -> "Sequential":
+        """Move the parameters to another device (see the class docstring); returns ``self``."""
+        backend = get_backend(device)
+        host = [to_numpy(p) for p in self.parameters()]
+        self.backend = backend
+        self._adopt(host)
+        return self
+
+    def _adopt(self, host_weights: list[np.ndarray]) -> None:
+        arrays = [self.backend.from_host(w, self.dtype) for w in host_weights]
+        for i, layer in enumerate(self.layers):
+            layer.build(self.xp, arrays[2 * i], arrays[2 * i + 1])
+
+    # -- forward and backward -------------------------------------------------------------------------------------
+    def forward(self, x):
+        """``(n, n_inputs) -> (n, n_outputs)`` for an array of the model's namespace; keeps what backward needs."""
+        if not self.backend.owns(x):
+            raise TypeError(f"x must be an array of the model's namespace ({self.backend.name}); use predict() "
+                            f"for host data")
+        if x.ndim != 2 or x.shape[1] != self.n_inputs:
+            raise ValueError(f"x must have shape (n, {self.n_inputs}); received {tuple(x.shape)}")
+        return self._forward(self.backend.cast(x, self.dtype))
+
+    __call__ = forward
+
+    def backward(self, grad_out):
+        """Backpropagate ``dL/d(output)`` (shape of the last forward's output): sets every layer's ``dW``/``db``
+        and returns ``dL/dx``."""
+        cache = self.layers[-1]._cache
+        if cache is None:
+            raise RuntimeError("backward() needs a forward() first")
+        if not self.backend.owns(grad_out) or tuple(grad_out.shape) != tuple(cache[2].shape):
+            raise ValueError(f"grad_out must be an array of the model's namespace with shape "
+                             f"{tuple(cache[2].shape)}; received {type(grad_out).__name__} of shape "
+                             f"{tuple(getattr(grad_out, 'shape', ()))}")
+        return self._backward(grad_out, through_last_activation=True, input_grad=True)
+
+    def _forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def _backward(self, g, *, through_last_activation: bool, input_grad: bool):
+        last = len(self.layers) - 1
+        for i in range(last, -1, -1):
+            g = self.layers[i].backward(g, input_grad=input_grad or i > 0,
+                                        through_activation=through_last_activation or i < last)
+        return g
+
+    # -- training -------------------------------------------------------------------------------------------------
+    def fit(self, X, y, loss="mse", optimizer="sgd", epochs: int = 1, batch_size: int | None = 32,
+            shuffle: bool = True, validation_data=None, metrics=None, verbose: int = 0) -> History:
+        """Train by gradient descent on ``(X, y)``; returns a :class:`History`.
+
+        Args:
+            X: ``(n, n_inputs)`` features: host data (NumPy, lists) is moved to the model's device once, here;
+                arrays of the model's own namespace are used in place. Arrays of another library are refused.
+            y: targets, see :meth:`gpunet.losses.Loss.prepare_target` (cce also takes class indices).
+            loss: a name (``"mse"``, ``"mae"``, ``"huber"``, ``"bce"``, ``"cce"``) or a Loss.
+            optimizer: a name (``"sgd"``, ``"adam"``, ...) or an Optimizer; its state carries over between fits.
+            epochs: passes over the data.
+            batch_size: ``None`` = full-batch gradient descent, ``1`` = stochastic; the last, partial batch is used.
+            shuffle: reshuffle every epoch with the model's seeded generator; ``False`` keeps the order.
+            validation_data: ``(X_val, y_val)`` evaluated after each epoch (``val_loss``, ``val_<metric>``).
+            metrics: names or Metric objects (``"accuracy"``, ``"mse"``, ``"mae"``, ``"r2"``).
+            verbose: 0 silent, 1 one line per epoch.
+
+        The loss and metrics are accumulated on the device and read once per epoch.
+        """
+        loss = losses_mod.get(loss)
+        optimizer = optim_mod.get(optimizer)
+        epochs = validation.positive_int("epochs", epochs)
+        if batch_size is not None:
+            batch_size = validation.positive_int("batch_size", batch_size)
+        if not isinstance(shuffle, bool):
+            raise TypeError(f"shuffle must be True or False; received {shuffle!r}")
+        metric_objs = self._metrics(metrics, loss)
+        X, Y = self._data("X", X, "y", y, loss)
+        val = None
+        if validation_data is not None:
+            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+                raise TypeError("validation_data must be a pair (X_val, y_val)")
+            val = self._data("validation_data[0]", validation_data[0], "validation_data[1]", validation_data[1],
+                             loss)
+        combined = self._output_pairing(loss)
+        self.loss, self.metrics = loss, metric_objs
+
+        n = X.shape[0]
+        batch = n if batch_size is None else min(batch_size, n)
+        history = History()
+        if verbose:
+            print(f"Training on {self.device} ({self.backend.name}, {self.dtype}): {n} samples, batch {batch}, "
+                  f"{-(-n // batch)} steps per epoch")
+        xp = self.xp
+        with self.backend.activate():
+            for epoch in range(epochs):
+                start_time = time.perf_counter()
+                Xe, Ye = X, Y
+                if shuffle and batch < n:
+                    order = xp.asarray(self._shuffle_rng.permutation(n))
+                    Xe, Ye = xp.take(X, order, axis=0), xp.take(Y, order, axis=0)
+                loss_sum = 0.0
+                metric_sums = [None] * len(metric_objs)
+                for start in range(0, n, batch):
+                    xb, yb = Xe[start:min(start + batch, n), ...], Ye[start:min(start + batch, n), ...]
+                    pred, value = self._train_step(xb, yb, loss, optimizer, combined)
+                    loss_sum = loss_sum + value * xb.shape[0]
+                    for j, metric in enumerate(metric_objs):
+                        stats = metric.stats(pred, yb)
+                        metric_sums[j] = stats if metric_sums[j] is None else [a + b for a, b in
+                                                                               zip(metric_sums[j], stats)]
+                logs = {"loss": float(loss_sum) / n}
+                for metric, sums in zip(metric_objs, metric_sums):
+                    logs[metric.name] = metric.result([to_numpy(s) for s in sums])
+                if val is not None:
+                    logs.update({f"val_{k}": v for k, v in self._evaluate(*val, loss, metric_objs).items()})
+                history.append(epoch, logs)
+                if verbose:
+                    text = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+                    print(f"Epoch {epoch + 1}/{epochs} - {time.perf_counter() - start_time:.2f}s - {text}")
+        return history
+
+    def train_on_batch(self, x, y, loss, optimizer) -> float:
+        """One gradient step on one batch (checked like ``fit``); returns the batch loss before the step."""
+        loss = losses_mod.get(loss)
+        optimizer = optim_mod.get(optimizer)
+        X, Y = self._data("x", x, "y", y, loss)
+        with self.backend.activate():
+            _, value = self._train_step(X, Y, loss, optimizer, self._output_pairing(loss))
+        return float(value)
+
+    def _train_step(self, xb, yb, loss, optimizer, combined: bool):
+        pred = self._forward(xb)
+        if combined:
+            value, grad = loss.value_and_logits_grad(pred, yb)
+        else:
+            value, grad = loss.value_and_grad(pred, yb)
+        self._backward(grad, through_last_activation=not combined, input_grad=False)
+        optimizer.step(self)
+        return pred, value
+
+    def _output_pairing(self, loss) -> bool:
+        """True when the output activation and the loss combine into ``(p - y) / n``; warns on likely mistakes."""
+        act = self.layers[-1].activation.name
+        if loss.pairs_with is not None:
+            if act == loss.pairs_with:
+                return True
+            warnings.warn(f"{loss!r} expects probabilities from a {loss.pairs_with} output layer, but the last "
+                          f"layer's activation is {act!r}; use from_logits=True for raw scores", stacklevel=3)
+        elif loss.from_logits and act in ("sigmoid", "softmax"):
+            warnings.warn(f"{loss!r} applies the {act} itself, and the last layer already has activation {act!r}; "
+                          f"use a linear last layer or from_logits=False", stacklevel=3)
+        return False
+
+    # -- inference ------------------------------------------------------------------------------------------------
+    def predict(self, X, batch_size: int | None = None):
+        """Outputs ``(n, n_outputs)`` for ``X`` ``(n, n_inputs)``, as an array of the model's namespace.
+
+        ``batch_size`` bounds memory by predicting in chunks (``None``: all rows at once).
+        """
+        X = self._features("X", X)
+        if batch_size is not None:
+            batch_size = validation.positive_int("batch_size", batch_size)
+        with self.backend.activate():
+            return self._predict(X, batch_size)
+
+    def _predict(self, X, batch_size):
+        n = X.shape[0]
+        step = n if batch_size is None else batch_size
+        parts = [self._forward(X[i:min(i + step, n), ...]) for i in range(0, n, step)]
+        for layer in self.layers:
+            layer._cache = None
+        return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=0)
+
+    def evaluate(self, X, y, loss=None, metrics=None, batch_size: int | None = None) -> dict[str, float]:
+        """``{"loss": ..., <metric>: ...}`` on ``(X, y)``; ``loss``/``metrics`` default to those of the last fit."""
+        loss = losses_mod.get(loss) if loss is not None else self.loss
+        if loss is None:
+            raise ValueError("evaluate() needs loss=... (no fit has set a default yet)")
+        metric_objs = self._metrics(metrics, loss) if metrics is not None else self.metrics
+        if batch_size is not None:
+            batch_size = validation.positive_int("batch_size", batch_size)
+        X, Y = self._data("X", X, "y", y, loss)
+        with self.backend.activate():
+            return self._evaluate(X, Y, loss, metric_objs, batch_size)
+
+    def _evaluate(self, X, Y, loss, metric_objs, batch_size=None) -> dict[str, float]:
+        pred = self._predict(X, batch_size)
+        out = {"loss": float(loss.value(pred, Y))}
+        for metric in metric_objs:
+            out[metric.name] = metric.result([to_numpy(s) for s in metric.stats(pred, Y)])
+        return out
+
+    # -- input handling (once per call) ---------------------------------------------------------------------------
+    def _metrics(self, metrics, loss) -> list:
+        if metrics is None:
+            return []
+        if isinstance(metrics, (str, metrics_mod.Metric)):
+            metrics = [metrics]
+        return [metrics_mod.get(m, loss) for m in metrics]
+
+    def _features(self, name: str, X):
+        X = validation.features(name, validation.as_array(name, X, self.backend), self.n_inputs)
+        return self._on_device(X)
+
+    def _data(self, x_name: str, X, y_name: str, y, loss):
+        """Checked ``(X, Y)`` on the device, ``Y`` prepared for ``loss`` as ``(n, n_outputs)`` of the model dtype."""
+        X = validation.features(x_name, validation.as_array(x_name, X, self.backend), self.n_inputs)
+        Y = loss.prepare_target(validation.as_array(y_name, y, self.backend), self.n_outputs, name=y_name)
+        if Y.shape[0] != X.shape[0]:
+            raise ValueError(f"{x_name} has {X.shape[0]} samples but {y_name} has {Y.shape[0]}")
+        return self._on_device(X), self._on_device(Y)
+
+    def _on_device(self, a):
+        if isinstance(a, np.ndarray) and not self.backend.is_numpy:
+            return self.backend.from_host(a, self.dtype)
+        if isinstance(a, np.ndarray):
+            return np.ascontiguousarray(a, dtype=self.dtype)
+        return self.backend.cast(a, self.dtype)

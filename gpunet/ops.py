@@ -1,0 +1,166 @@
+"""The steps a backend may fuse, behind one object per namespace: ``ops_for(xp)``.
+
+:class:`Ops` is the readable reference, written only with Array API functions; it is what runs on
+array-api-strict, PyTorch tensors and any other conforming namespace. :class:`NumpyOps` specialises a few steps with
+NumPy's in-place ``out=`` arguments, and the CuPy ops replace them with fused CUDA kernels. Tests hold every
+specialisation to this reference.
+
+Parameter updates are in place (``p -= ...``): parameters keep their identity across steps, so optimizer state and
+user references stay valid. Namespaces with immutable arrays (JAX) are therefore not supported.
+"""
+
+from __future__ import annotations
+
+import math
+
+import array_api_compat
+import numpy as np
+
+
+class Ops:
+    """Reference implementation of the fusable steps for one Array API namespace ``xp``."""
+
+    def __init__(self, xp):
+        self.xp = xp
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.xp.__name__})"
+
+    # -- layers ---------------------------------------------------------------------------------------------------
+    def bias_act(self, z, b, activation):
+        """``y = activation(z + b)`` for ``z`` of shape ``(n, out)`` (owned by the caller, may be overwritten).
+
+        Returns ``(z_saved, y)``: ``z_saved`` is the pre-activation when ``activation.uses_input`` (backward
+        needs it), else ``None``.
+        """
+        z = z + b
+        return (z if activation.uses_input else None), activation.forward(z)
+
+    def act_grad(self, activation, dy, z, y):
+        """``dz = dy * f'(z)`` (softmax: the row Jacobian-vector product); ``z`` is ``None`` unless ``uses_input``."""
+        return activation.backward(dy, z, y)
+
+    # -- losses ---------------------------------------------------------------------------------------------------
+    def huber(self, r, delta: float):
+        """Elementwise Huber loss of residuals ``r`` and its derivative in ``r``, in one pass.
+
+        ``l = 0.5 r^2`` and ``dl = r`` where ``|r| <= delta``; ``l = delta (|r| - 0.5 delta)`` and
+        ``dl = delta sign(r)`` elsewhere.
+        """
+        xp = self.xp
+        a = xp.abs(r)
+        inside = a <= delta
+        loss = xp.where(inside, 0.5 * r * r, delta * (a - 0.5 * delta))
+        grad = xp.where(inside, r, delta * xp.sign(r))
+        return loss, grad
+
+    # -- optimizers (torch.optim update rules, in place on p and the state) ---------------------------------------
+    def sgd_update(self, p, g, buf, *, lr, momentum, dampening, nesterov, weight_decay):
+        """One ``torch.optim.SGD`` step on ``p``; returns the momentum buffer (``None`` without momentum).
+
+        ``g += wd p``; ``buf = g`` on the first step, else ``buf = momentum buf + (1 - dampening) g``;
+        the step direction is ``g + momentum buf`` (Nesterov) or ``buf``; ``p -= lr direction``.
+        """
+        if weight_decay:
+            g = g + weight_decay * p
+        if momentum:
+            if buf is None:
+                buf = self.xp.asarray(g, copy=True)
+            else:
+                buf *= momentum
+                buf += (1 - dampening) * g
+            g = g + momentum * buf if nesterov else buf
+        p -= lr * g
+        return buf
+
+    def adam_update(self, p, g, m, v, vmax, *, step, lr, beta1, beta2, eps, weight_decay, decoupled):
+        """One ``torch.optim.Adam`` (``decoupled=False``) or ``AdamW`` (``decoupled=True``) step, in place.
+
+        ``m``/``v`` are the first and second moment estimates, ``vmax`` the running maximum of ``v`` for AMSGrad
+        (``None`` without it); ``step`` counts from 1.
+        """
+        if weight_decay:
+            if decoupled:
+                p *= 1 - lr * weight_decay
+            else:
+                g = g + weight_decay * p
+        m += (1 - beta1) * (g - m)
+        v *= beta2
+        v += (1 - beta2) * g * g
+        if vmax is not None:
+            vmax[...] = self.xp.maximum(vmax, v)
+            v = vmax
+        step_size = lr / (1 - beta1**step)
+        denom = self.xp.sqrt(v) / math.sqrt(1 - beta2**step) + eps
+        p -= step_size * (m / denom)
+
+    def rmsprop_update(self, p, g, square_avg, grad_avg, buf, *, lr, alpha, eps, momentum, weight_decay):
+        """One ``torch.optim.RMSprop`` step, in place; ``grad_avg`` is ``None`` unless centered, ``buf`` unless
+        momentum > 0."""
+        xp = self.xp
+        if weight_decay:
+            g = g + weight_decay * p
+        square_avg *= alpha
+        square_avg += (1 - alpha) * g * g
+        if grad_avg is not None:
+            grad_avg += (1 - alpha) * (g - grad_avg)
+            avg = xp.sqrt(square_avg - grad_avg * grad_avg) + eps
+        else:
+            avg = xp.sqrt(square_avg) + eps
+        if buf is not None:
+            buf *= momentum
+            buf += g / avg
+            p -= lr * buf
+        else:
+            p -= lr * (g / avg)
+
+    def adagrad_update(self, p, g, state_sum, *, step, lr, lr_decay, eps, weight_decay):
+        """One ``torch.optim.Adagrad`` step, in place."""
+        if weight_decay:
+            g = g + weight_decay * p
+        clr = lr / (1 + (step - 1) * lr_decay)
+        state_sum += g * g
+        p -= clr * (g / (self.xp.sqrt(state_sum) + eps))
+
+
+class NumpyOps(Ops):
+    """NumPy specialisation: the same results, fewer temporaries (in-place ``out=``)."""
+
+    def bias_act(self, z, b, activation):
+        np.add(z, b, out=z)
+        if activation.uses_input:
+            return z, activation.forward(z)
+        if activation.name == "relu":
+            return None, np.maximum(z, 0, out=z)
+        return None, activation.forward(z)
+
+    def sgd_update(self, p, g, buf, *, lr, momentum, dampening, nesterov, weight_decay):
+        if weight_decay:
+            g = g + weight_decay * p
+        if momentum:
+            if buf is None:
+                buf = g.copy()
+            else:
+                buf *= momentum
+                if dampening:
+                    buf += (1 - dampening) * g
+                else:
+                    buf += g
+            g = g + momentum * buf if nesterov else buf
+        p -= lr * g
+        return buf
+
+
+_OPS_CACHE: dict = {}
+
+
+def ops_for(xp) -> Ops:
+    """The ops object for namespace ``xp`` (one per namespace per process)."""
+    ops = _OPS_CACHE.get(xp)
+    if ops is None:
+        if array_api_compat.is_numpy_namespace(xp):
+            ops = NumpyOps(xp)
+        else:
+            ops = Ops(xp)
+        _OPS_CACHE[xp] = ops
+    return ops

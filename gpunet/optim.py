@@ -1,0 +1,214 @@
+"""Gradient-descent optimizers with the update rules of ``torch.optim``, to the letter.
+
+``optimizer.step(model)`` updates ``model.parameters()`` in place from ``model.gradients()``. Like torch, weight
+decay applies to every parameter, biases included. State (momentum buffers, moment estimates) is created on the
+first step, on the model's device, one entry per parameter in ``model.parameters()`` order.
+
+| gpunet                            | torch.optim  | update                                                   |
+|-----------------------------------|--------------|----------------------------------------------------------|
+| ``SGD(lr, momentum, dampening, nesterov, weight_decay)`` | SGD | ``buf = mu buf + (1 - dampening) g``; ``p -= lr buf`` |
+| ``Adam(lr, betas, eps, weight_decay, amsgrad)``          | Adam | bias-corrected moments, eps outside the square root |
+| ``AdamW(...)``                                           | AdamW | ``p *= 1 - lr wd``, then Adam without decay       |
+| ``RMSprop(lr, alpha, eps, weight_decay, momentum, centered)`` | RMSprop |                                              |
+| ``Adagrad(lr, lr_decay, weight_decay, initial_accumulator_value, eps)`` | Adagrad |                              |
+"""
+
+from __future__ import annotations
+
+from . import validation
+from .backend import to_numpy
+
+
+class Optimizer:
+    """Base class. Subclasses define ``_new_state(p)`` and ``_update(p, g, state)``."""
+
+    name = "optimizer"
+
+    def __init__(self, lr: float):
+        self.lr = validation.positive_number("lr", lr)
+        self.steps = 0  # completed steps (torch's per-parameter "step", shared by all parameters here)
+        self.state: list | None = None
+        self._backend = None
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}({args})"
+
+    def hyperparameters(self) -> dict:
+        """The constructor arguments, as the optimizer holds them now (``lr`` may have been changed)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k not in ("steps", "state")}
+
+    def step(self, model) -> None:
+        """Apply one update to every parameter of ``model`` from its current gradients."""
+        params, grads = model.parameters(), model.gradients()
+        if any(g is None for g in grads):
+            raise RuntimeError("optimizer.step(model) needs gradients: call model.backward(...) first")
+        if self.state is None or len(self.state) != len(params):
+            self.state = [self._new_state(p) for p in params]
+            self._backend = model.backend
+        elif self._backend != model.backend:  # the model moved (model.to(...)): move the state with it
+            self.state = [self._move_state(s, model.backend, p.dtype) for s, p in zip(self.state, params)]
+            self._backend = model.backend
+        self.steps += 1
+        ops = model.ops
+        for p, g, state in zip(params, grads, self.state):
+            self._update(ops, p, g, state)
+
+    def reset(self) -> None:
+        """Forget all state (momentum, moments, step count)."""
+        self.steps, self.state, self._backend = 0, None, None
+
+    @staticmethod
+    def _move_state(state: dict, backend, dtype) -> dict:
+        name = str(dtype).split(".")[-1]
+        return {k: (None if v is None else backend.from_host(to_numpy(v), name)) for k, v in state.items()}
+
+    def _new_state(self, p) -> dict:
+        raise NotImplementedError
+
+    def _update(self, ops, p, g, state: dict) -> None:
+        raise NotImplementedError
+
+
+def _zeros_like(p):
+    from array_api_compat import array_namespace
+
+    return array_namespace(p).zeros_like(p)
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum and L2 weight decay (``torch.optim.SGD``).
+
+    >>> SGD(lr=0.1, momentum=0.9)
+    SGD(lr=0.1, momentum=0.9, dampening=0.0, nesterov=False, weight_decay=0.0)
+    """
+
+    name = "sgd"
+
+    def __init__(self, lr: float = 0.01, momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0):
+        super().__init__(lr)
+        self.momentum = validation.number_in("momentum", momentum, 0.0, 1.0)
+        self.dampening = validation.number_in("dampening", dampening, 0.0, 1.0, high_inclusive=True)
+        if not isinstance(nesterov, bool):
+            raise TypeError(f"nesterov must be True or False; received {nesterov!r}")
+        if nesterov and (self.momentum == 0 or self.dampening != 0):
+            raise ValueError("nesterov=True needs momentum > 0 and dampening = 0 (as in torch.optim.SGD); "
+                             f"received momentum={momentum!r}, dampening={dampening!r}")
+        self.nesterov = nesterov
+        self.weight_decay = validation.number_in("weight_decay", weight_decay, 0.0, float("inf"))
+
+    def _new_state(self, p):
+        return {"momentum_buffer": None}
+
+    def _update(self, ops, p, g, state):
+        state["momentum_buffer"] = ops.sgd_update(
+            p, g, state["momentum_buffer"], lr=self.lr, momentum=self.momentum, dampening=self.dampening,
+            nesterov=self.nesterov, weight_decay=self.weight_decay)
+
+
+class Adam(Optimizer):
+    """Adam (``torch.optim.Adam``): ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``,
+    ``p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``; weight decay is added to ``g``."""
+
+    name = "adam"
+    _decoupled = False
+
+    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, amsgrad: bool = False):
+        super().__init__(lr)
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise TypeError(f"betas must be a pair (beta1, beta2); received {betas!r}")
+        self.betas = (validation.number_in("betas[0]", betas[0], 0.0, 1.0),
+                      validation.number_in("betas[1]", betas[1], 0.0, 1.0))
+        self.eps = validation.number_in("eps", eps, 0.0, float("inf"))
+        self.weight_decay = validation.number_in("weight_decay", weight_decay, 0.0, float("inf"))
+        if not isinstance(amsgrad, bool):
+            raise TypeError(f"amsgrad must be True or False; received {amsgrad!r}")
+        self.amsgrad = amsgrad
+
+    def _new_state(self, p):
+        return {"exp_avg": _zeros_like(p), "exp_avg_sq": _zeros_like(p),
+                "max_exp_avg_sq": _zeros_like(p) if self.amsgrad else None}
+
+    def _update(self, ops, p, g, state):
+        ops.adam_update(p, g, state["exp_avg"], state["exp_avg_sq"], state["max_exp_avg_sq"], step=self.steps,
+                        lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
+                        weight_decay=self.weight_decay, decoupled=self._decoupled)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (``torch.optim.AdamW``): ``p *= 1 - lr wd`` before the Adam step."""
+
+    name = "adamw"
+    _decoupled = True
+
+    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, amsgrad: bool = False):
+        super().__init__(lr, betas, eps, weight_decay, amsgrad)
+
+
+class RMSprop(Optimizer):
+    """RMSprop (``torch.optim.RMSprop``): ``v = alpha v + (1 - alpha) g^2``, ``p -= lr g / (sqrt(v) + eps)``."""
+
+    name = "rmsprop"
+
+    def __init__(self, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
+                 momentum: float = 0.0, centered: bool = False):
+        super().__init__(lr)
+        self.alpha = validation.number_in("alpha", alpha, 0.0, 1.0)
+        self.eps = validation.number_in("eps", eps, 0.0, float("inf"))
+        self.weight_decay = validation.number_in("weight_decay", weight_decay, 0.0, float("inf"))
+        self.momentum = validation.number_in("momentum", momentum, 0.0, 1.0)
+        if not isinstance(centered, bool):
+            raise TypeError(f"centered must be True or False; received {centered!r}")
+        self.centered = centered
+
+    def _new_state(self, p):
+        return {"square_avg": _zeros_like(p), "grad_avg": _zeros_like(p) if self.centered else None,
+                "momentum_buffer": _zeros_like(p) if self.momentum > 0 else None}
+
+    def _update(self, ops, p, g, state):
+        ops.rmsprop_update(p, g, state["square_avg"], state["grad_avg"], state["momentum_buffer"], lr=self.lr,
+                           alpha=self.alpha, eps=self.eps, momentum=self.momentum, weight_decay=self.weight_decay)
+
+
+class Adagrad(Optimizer):
+    """Adagrad (``torch.optim.Adagrad``): ``s += g^2``, ``p -= lr / (1 + (t - 1) lr_decay) g / (sqrt(s) + eps)``."""
+
+    name = "adagrad"
+
+    def __init__(self, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
+                 initial_accumulator_value: float = 0.0, eps: float = 1e-10):
+        super().__init__(lr)
+        self.lr_decay = validation.number_in("lr_decay", lr_decay, 0.0, float("inf"))
+        self.weight_decay = validation.number_in("weight_decay", weight_decay, 0.0, float("inf"))
+        self.initial_accumulator_value = validation.number_in(
+            "initial_accumulator_value", initial_accumulator_value, 0.0, float("inf"))
+        self.eps = validation.number_in("eps", eps, 0.0, float("inf"))
+
+    def _new_state(self, p):
+        return {"sum": _zeros_like(p) + self.initial_accumulator_value}
+
+    def _update(self, ops, p, g, state):
+        ops.adagrad_update(p, g, state["sum"], step=self.steps, lr=self.lr, lr_decay=self.lr_decay, eps=self.eps,
+                           weight_decay=self.weight_decay)
+
+
+OPTIMIZERS = {cls.name: cls for cls in (SGD, Adam, AdamW, RMSprop, Adagrad)}
+
+
+def get(optimizer) -> Optimizer:
+    """An :class:`Optimizer` from a name (default hyperparameters, as torch's) or an instance.
+
+    >>> get("adam")
+    Adam(lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0, amsgrad=False)
+    """
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    if isinstance(optimizer, str):
+        key = optimizer.strip().lower()
+        if key in OPTIMIZERS:
+            return OPTIMIZERS[key]()
+        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {sorted(OPTIMIZERS)} or an Optimizer")
+    raise TypeError(f"optimizer must be a name or a gpunet.optim.Optimizer; received {type(optimizer).__name__}")

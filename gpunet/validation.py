@@ -1,0 +1,132 @@
+"""Argument checks shared by every public entry point.
+
+Each check raises ``TypeError`` (wrong kind of thing) or ``ValueError`` (right kind, wrong value) with a message
+that names the argument, says what was expected and quotes what came. Checks run once per call, never per batch.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+from array_api_compat import array_namespace
+
+from .backend import Backend, array_library, to_numpy
+
+
+def positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer; received {type(value).__name__}: {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive integer; received {name}={value!r}")
+    return int(value)
+
+
+def real_number(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number; received {type(value).__name__}: {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite; received {name}={value!r}")
+    return value
+
+
+def positive_number(name: str, value) -> float:
+    value = real_number(name, value)
+    if value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0; received {name}={value!r}")
+    return value
+
+
+def number_in(name: str, value, low: float, high: float, *, high_inclusive: bool = False) -> float:
+    """``value`` in ``[low, high)`` (or ``[low, high]``)."""
+    value = real_number(name, value)
+    ok = low <= value <= high if high_inclusive else low <= value < high
+    if not ok:
+        bracket = "]" if high_inclusive else ")"
+        raise ValueError(f"{name} must be in [{low}, {high}{bracket}; received {name}={value!r}")
+    return value
+
+
+def one_of(name: str, value, choices) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {sorted(choices)}; received {type(value).__name__}: {value!r}")
+    key = value.strip().lower()
+    if key not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {sorted(choices)}")
+    return key
+
+
+def _dtype_kind(x) -> str:
+    """NumPy's kind letter of ``x``'s dtype ('f', 'i', 'u', 'b', 'c', 'O', 'U', ...), for any namespace."""
+    if isinstance(x, np.ndarray):
+        return x.dtype.kind
+    xp = array_namespace(x)
+    for kind, group in (("b", "bool"), ("i", "signed integer"), ("u", "unsigned integer"), ("f", "real floating"),
+                        ("c", "complex floating")):
+        if xp.isdtype(x.dtype, group):
+            return kind
+    return "O"
+
+
+def as_array(name: str, data, backend: Backend):
+    """``data`` as an array of ``backend``, without copying arrays the backend already owns.
+
+    Host data (NumPy arrays, lists, scalars) is accepted for every backend and moved later, once. Arrays of
+    another library (a CuPy array for a CPU model, a torch tensor for a NumPy model...) are refused: move them
+    explicitly, once, rather than have gpunet copy across devices behind your back.
+    """
+    if backend.owns(data):
+        return data
+    if isinstance(data, np.ndarray) or not _is_foreign_array(data):
+        try:
+            return np.asarray(data)
+        except (ValueError, TypeError) as exc:
+            raise TypeError(f"{name} must be a numeric array; could not convert it ({exc})") from None
+    raise TypeError(
+        f"{name} is a {array_library(data)} array but the model runs on {backend.label} ({backend.name}); "
+        f"move it first (e.g. gpunet.to_numpy({name}) or model.to(...))"
+    )
+
+
+def _is_foreign_array(data) -> bool:
+    return hasattr(data, "__array_namespace__") or hasattr(data, "__dlpack__")
+
+
+def numeric(name: str, x):
+    """Refuse non-numeric, complex and empty arrays; bool and integers are fine (they are cast)."""
+    kind = _dtype_kind(x)
+    if kind == "c":
+        raise TypeError(f"{name} must be real-valued; received a complex array of dtype {x.dtype}")
+    if kind not in "biuf":
+        raise TypeError(f"{name} must be a numeric array; received dtype {x.dtype}")
+    if math.prod(x.shape) == 0:
+        raise ValueError(f"{name} must not be empty; received shape {tuple(x.shape)}")
+    return x
+
+
+def finite(name: str, x):
+    """Refuse NaN and infinity, naming the first offending index."""
+    if _dtype_kind(x) != "f":
+        return x
+    xp = array_namespace(x)
+    if not bool(xp.all(xp.isfinite(x))):
+        bad = np.argwhere(~np.isfinite(to_numpy(x)))[0]
+        index = tuple(int(i) for i in bad)
+        value = to_numpy(x)[index]
+        raise ValueError(f"{name} must be finite; {name}[{', '.join(map(str, index))}] = {value}")
+    return x
+
+
+def features(name: str, x, n_features: int):
+    """A 2-D ``(n, n_features)`` numeric finite array."""
+    numeric(name, x)
+    if x.ndim != 2:
+        raise ValueError(
+            f"{name} must be 2-D (n_samples, n_features={n_features}); received shape {tuple(x.shape)}"
+            + (" (reshape a single sample with x[None, :] or a single feature with x[:, None])" if x.ndim == 1 else "")
+        )
+    if x.shape[1] != n_features:
+        raise ValueError(f"{name} has {x.shape[1]} features per sample but the model expects {n_features}")
+    return finite(name, x)
