@@ -7,7 +7,6 @@ import math
 import numpy as np
 
 from . import activations, validation
-from .ops import ops_for
 
 INITS = ("auto", "he_uniform", "he_normal", "glorot_uniform", "glorot_normal", "zeros")
 
@@ -69,9 +68,9 @@ class Dense:
             init = "he_uniform" if self.activation.relu_family else "glorot_uniform"
         return init_weight(rng, (self.in_features, self.out_features), init), np.zeros(self.out_features)
 
-    def build(self, xp, W, b) -> None:
-        """Adopt ``W`` and ``b``, arrays of namespace ``xp`` (the model calls this)."""
-        self.xp, self.ops = xp, ops_for(xp)
+    def build(self, ops, W, b) -> None:
+        """Adopt ``W`` and ``b``, arrays of namespace ``ops.xp``, and compute with ``ops`` (the model calls this)."""
+        self.xp, self.ops = ops.xp, ops
         self.W, self.b = W, b
         self.dW = self.db = None
         self._cache = None

@@ -30,17 +30,10 @@ from array_api_compat import device as device_of
 
 from . import array_utils, validation
 from .backend import to_numpy
+from .ops import clamped_log as _clamped_log
 from .ops import ops_for
 
-_LOG_FLOOR = -100.0  # BCELoss clamps its logs here
 _EPS = 1e-12  # BCELoss's floor for the denominator of its gradient
-
-
-def _clamped_log(p):
-    """``max(log p, -100)``, with no ``log(0)`` evaluated."""
-    xp = array_namespace(p)
-    positive = p > 0
-    return xp.where(positive, xp.maximum(xp.log(xp.where(positive, p, 1.0)), _LOG_FLOOR), _LOG_FLOOR)
 
 
 class Loss:
@@ -107,11 +100,12 @@ class Loss:
         """Gradient with respect to ``pred`` for a prepared target."""
         raise NotImplementedError
 
-    def value_and_grad(self, pred, target):
-        """``(value, gradient)`` for a prepared target; losses that share work override it."""
+    def value_and_grad(self, pred, target, ops=None):
+        """``(value, gradient)`` for a prepared target; ``ops`` (default ``ops_for`` pred's namespace) runs the
+        steps a backend fuses."""
         return self.value(pred, target), self.gradient(pred, target)
 
-    def value_and_logits_grad(self, prob, target):
+    def value_and_logits_grad(self, prob, target, ops=None):
         """For a model whose output activation is :attr:`pairs_with`: the loss of the probabilities ``prob`` and
         its gradient with respect to the logits, ``(prob - target) / n`` (``n`` as in the mean)."""
         raise NotImplementedError(f"{self!r} has no combined gradient")
@@ -182,10 +176,10 @@ class Huber(Loss):
     def __repr__(self) -> str:
         return f"Huber(delta={self.delta})"
 
-    def value_and_grad(self, pred, target):
-        xp = array_namespace(pred)
-        loss, grad = ops_for(xp).huber(pred - target, self.delta)
-        return xp.mean(loss), grad / _size(pred)
+    def value_and_grad(self, pred, target, ops=None):
+        ops = ops or ops_for(array_namespace(pred))
+        loss, grad = ops.huber(pred, target, self.delta, 1.0 / _size(pred))
+        return ops.xp.mean(loss), grad
 
     def value(self, pred, target):
         return self.value_and_grad(pred, target)[0]
@@ -219,22 +213,28 @@ class BinaryCrossEntropy(Loss):
             raise ValueError(f"{name} for binary cross-entropy must lie in [0, 1]; found values outside it")
         return y
 
+    def value_and_grad(self, pred, target, ops=None):
+        if not self.from_logits:
+            return super().value_and_grad(pred, target)
+        ops = ops or ops_for(array_namespace(pred))
+        loss, grad = ops.bce_logits(pred, target, 1.0 / _size(pred))
+        return ops.xp.mean(loss), grad
+
     def value(self, pred, target):
-        xp = array_namespace(pred)
         if self.from_logits:
-            z = pred
-            return xp.mean(xp.maximum(z, 0) - z * target + xp.log1p(xp.exp(-xp.abs(z))))
-        return -xp.mean(target * _clamped_log(pred) + (1 - target) * _clamped_log(1 - pred))
+            return self.value_and_grad(pred, target)[0]
+        return -array_namespace(pred).mean(target * _clamped_log(pred) + (1 - target) * _clamped_log(1 - pred))
 
     def gradient(self, pred, target):
-        xp = array_namespace(pred)
-        n = _size(pred)
         if self.from_logits:
-            return (array_utils.sigmoid(pred) - target) / n
-        return (pred - target) / (xp.maximum(pred * (1 - pred), _EPS) * n)
+            return self.value_and_grad(pred, target)[1]
+        xp = array_namespace(pred)
+        return (pred - target) / (xp.maximum(pred * (1 - pred), _EPS) * _size(pred))
 
-    def value_and_logits_grad(self, prob, target):
-        return self.value(prob, target), (prob - target) / _size(prob)
+    def value_and_logits_grad(self, prob, target, ops=None):
+        ops = ops or ops_for(array_namespace(prob))
+        loss, grad = ops.xent_combined(prob, target, 1.0 / _size(prob), binary=True)
+        return ops.xp.mean(loss), grad
 
 
 class CategoricalCrossEntropy(Loss):
@@ -301,8 +301,10 @@ class CategoricalCrossEntropy(Loss):
             return (array_utils.softmax(pred, axis=-1) * total - target) / n
         return -target / (xp.maximum(pred, _EPS) * n)
 
-    def value_and_logits_grad(self, prob, target):
-        return self.value(prob, target), (prob - target) / prob.shape[0]
+    def value_and_logits_grad(self, prob, target, ops=None):
+        ops = ops or ops_for(array_namespace(prob))
+        loss, grad = ops.xent_combined(prob, target, 1.0 / prob.shape[0], binary=False)
+        return ops.xp.sum(loss) / prob.shape[0], grad
 
 
 LOSSES = {"mse": MSE, "mae": MAE, "huber": Huber, "bce": BinaryCrossEntropy, "cce": CategoricalCrossEntropy}

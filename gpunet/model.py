@@ -13,7 +13,8 @@ from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import optim as optim_mod
 from . import validation
-from .backend import DTYPES, Backend, get_backend, to_numpy
+from .backend import DTYPES, get_backend, to_numpy
+from .ops import fused_default, ops_for
 
 logger = logging.getLogger("gpunet")
 
@@ -51,6 +52,8 @@ class Sequential:
         dtype: ``"float32"`` or ``"float64"``.
         seed: seeds the initial weights (drawn on the host, then moved: the same seed gives the same weights on
             every device) and the shuffling in ``fit``. ``None`` draws fresh entropy.
+        fused: use the backend's specialised steps (NumPy in-place ops, CuPy's fused CUDA kernels); ``False`` runs
+            the plain Array-API reference on any device, for comparison. ``None``: on unless ``GPUNET_FUSED=0``.
 
     >>> import gpunet as gn
     >>> model = gn.Sequential([gn.Dense(2, 3, "sigmoid"), gn.Dense(3, 1, "sigmoid")], seed=0)
@@ -58,7 +61,7 @@ class Sequential:
     (1, 1)
     """
 
-    def __init__(self, layers, device="cpu", dtype: str = "float32", seed: int | None = 0):
+    def __init__(self, layers, device="cpu", dtype: str = "float32", seed: int | None = 0, fused: bool | None = None):
         if isinstance(layers, layers_mod.Dense):
             layers = [layers]
         if not isinstance(layers, (list, tuple)) or not layers:
@@ -78,6 +81,9 @@ class Sequential:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
             raise TypeError(f"seed must be a non-negative integer or None; received {seed!r}")
         self.seed = seed
+        if fused is not None and not isinstance(fused, bool):
+            raise TypeError(f"fused must be True, False or None; received {fused!r}")
+        self.fused = fused_default() if fused is None else fused
         self.layers = list(layers)
         self.backend = get_backend(device)
         if device == "auto":
@@ -97,6 +103,7 @@ class Sequential:
 
     @property
     def ops(self):
+        """The steps this model's backend runs (reference, NumPy in-place or fused CUDA kernels)."""
         return self.layers[0].ops
 
     @property
@@ -173,8 +180,9 @@ class Sequential:
 
     def _adopt(self, host_weights: list[np.ndarray]) -> None:
         arrays = [self.backend.from_host(w, self.dtype) for w in host_weights]
+        ops = ops_for(self.xp, self.fused)
         for i, layer in enumerate(self.layers):
-            layer.build(self.xp, arrays[2 * i], arrays[2 * i + 1])
+            layer.build(ops, arrays[2 * i], arrays[2 * i + 1])
 
     # -- forward and backward -------------------------------------------------------------------------------------
     def forward(self, x):
@@ -297,9 +305,9 @@ class Sequential:
     def _train_step(self, xb, yb, loss, optimizer, combined: bool):
         pred = self._forward(xb)
         if combined:
-            value, grad = loss.value_and_logits_grad(pred, yb)
+            value, grad = loss.value_and_logits_grad(pred, yb, self.ops)
         else:
-            value, grad = loss.value_and_grad(pred, yb)
+            value, grad = loss.value_and_grad(pred, yb, self.ops)
         self._backward(grad, through_last_activation=not combined, input_grad=False)
         optimizer.step(self)
         return pred, value

@@ -13,8 +13,20 @@ from __future__ import annotations
 
 import math
 
+import os
+
 import array_api_compat
 import numpy as np
+from array_api_compat import array_namespace
+
+from . import array_utils
+
+
+def clamped_log(p):
+    """``max(log p, -100)`` (``BCELoss``'s clamp) with no ``log(0)`` evaluated; NaN maps to -100."""
+    xp = array_namespace(p)
+    positive = p > 0
+    return xp.where(positive, xp.maximum(xp.log(xp.where(positive, p, 1.0)), -100.0), -100.0)
 
 
 class Ops:
@@ -40,19 +52,37 @@ class Ops:
         """``dz = dy * f'(z)`` (softmax: the row Jacobian-vector product); ``z`` is ``None`` unless ``uses_input``."""
         return activation.backward(dy, z, y)
 
-    # -- losses ---------------------------------------------------------------------------------------------------
-    def huber(self, r, delta: float):
-        """Elementwise Huber loss of residuals ``r`` and its derivative in ``r``, in one pass.
+    # -- losses: elementwise loss and the gradient of the mean, in one pass --------------------------------------
+    def huber(self, pred, target, delta: float, scale: float):
+        """Huber loss per element and ``scale`` times its derivative in ``pred``; ``r = pred - target``.
 
-        ``l = 0.5 r^2`` and ``dl = r`` where ``|r| <= delta``; ``l = delta (|r| - 0.5 delta)`` and
-        ``dl = delta sign(r)`` elsewhere.
+        ``l = 0.5 r^2``, ``dl = r`` where ``|r| <= delta``; ``l = delta (|r| - 0.5 delta)``, ``dl = delta sign(r)``
+        elsewhere.
         """
         xp = self.xp
+        r = pred - target
         a = xp.abs(r)
         inside = a <= delta
         loss = xp.where(inside, 0.5 * r * r, delta * (a - 0.5 * delta))
-        grad = xp.where(inside, r, delta * xp.sign(r))
+        grad = xp.where(inside, scale * r, scale * (delta * xp.sign(r)))
         return loss, grad
+
+    def bce_logits(self, z, target, scale: float):
+        """Binary cross-entropy of logits ``z`` per element, ``max(z, 0) - z t + log1p(exp(-|z|))``, and
+        ``scale (sigmoid(z) - t)``."""
+        xp = self.xp
+        loss = xp.maximum(z, 0) - z * target + xp.log1p(xp.exp(-xp.abs(z)))
+        return loss, scale * (array_utils.sigmoid(z) - target)
+
+    def xent_combined(self, p, target, scale: float, binary: bool):
+        """Cross-entropy of probabilities ``p`` per element (logs clamped at -100) and the combined gradient with
+        respect to the logits, ``scale (p - t)``: sigmoid + bce (``binary``, ``-(t log p + (1 - t) log(1 - p))``)
+        or softmax + cce (``-t log p``, summed over a row by the caller)."""
+        if binary:
+            loss = -(target * clamped_log(p) + (1 - target) * clamped_log(1 - p))
+        else:
+            loss = -(target * clamped_log(p))
+        return loss, scale * (p - target)
 
     # -- optimizers (torch.optim update rules, in place on p and the state) ---------------------------------------
     def sgd_update(self, p, g, buf, *, lr, momentum, dampening, nesterov, weight_decay):
@@ -154,13 +184,31 @@ class NumpyOps(Ops):
 _OPS_CACHE: dict = {}
 
 
-def ops_for(xp) -> Ops:
-    """The ops object for namespace ``xp`` (one per namespace per process)."""
-    ops = _OPS_CACHE.get(xp)
+def fused_default() -> bool:
+    """Whether models use the specialised ops unless told otherwise: on, unless ``GPUNET_FUSED=0``."""
+    return os.environ.get("GPUNET_FUSED", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def ops_for(xp, fused: bool | None = None) -> Ops:
+    """The ops object for namespace ``xp``, one per (namespace, fused) per process.
+
+    ``fused=True``: NumPy gets :class:`NumpyOps`, CuPy the fused CUDA kernels of ``gpunet.cuda_ops``, other
+    namespaces the reference. ``fused=False``: the Array-API reference :class:`Ops` on any namespace, for
+    comparison. ``None``: :func:`fused_default`.
+    """
+    fused = fused_default() if fused is None else fused
+    key = (xp, fused)
+    ops = _OPS_CACHE.get(key)
     if ops is None:
-        if array_api_compat.is_numpy_namespace(xp):
+        if not fused:
+            ops = Ops(xp)
+        elif array_api_compat.is_numpy_namespace(xp):
             ops = NumpyOps(xp)
+        elif array_api_compat.is_cupy_namespace(xp):
+            from .cuda_ops import CupyOps
+
+            ops = CupyOps(xp)
         else:
             ops = Ops(xp)
-        _OPS_CACHE[xp] = ops
+        _OPS_CACHE[key] = ops
     return ops

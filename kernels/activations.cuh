@@ -1,0 +1,50 @@
+// Activation forward and backward, per element. `a` is the activation's parameter (leaky ReLU's negative slope,
+// ELU's alpha; ignored by the others). Backward takes the saved value each derivative needs: the output y
+// (sigmoid, tanh, relu, leaky_relu, elu, linear) or the pre-activation z (softplus, silu, gelu), matching
+// Activation.uses_input in gpunet/activations.py. Kernel names: gpunet_<activation>_fwd / _bwd.
+#pragma once
+#include "gpunet_common.cuh"
+
+template <typename T> GN_FN T gn_linear_fwd(T z, T a) { return z; }
+template <typename T> GN_FN T gn_linear_bwd(T dy, T y, T a) { return dy; }
+
+template <typename T> GN_FN T gn_sigmoid_fwd(T z, T a) { return gn_sigmoid(z); }
+template <typename T> GN_FN T gn_sigmoid_bwd(T dy, T y, T a) { return dy * y * (T(1) - y); }
+
+template <typename T> GN_FN T gn_tanh_fwd(T z, T a) { return tanh(z); }
+template <typename T> GN_FN T gn_tanh_bwd(T dy, T y, T a) { return dy * (T(1) - y * y); }
+
+// Written as `z <= 0 ? 0 : z` so that NaN passes through, as in numpy.maximum and torch.relu.
+template <typename T> GN_FN T gn_relu_fwd(T z, T a) { return z <= T(0) ? T(0) : z; }
+template <typename T> GN_FN T gn_relu_bwd(T dy, T y, T a) { return y > T(0) ? dy : T(0); }
+
+template <typename T> GN_FN T gn_leaky_relu_fwd(T z, T a) { return z > T(0) ? z : a * z; }
+template <typename T> GN_FN T gn_leaky_relu_bwd(T dy, T y, T a) { return y > T(0) ? dy : a * dy; }
+
+template <typename T> GN_FN T gn_elu_fwd(T z, T a) { return z > T(0) ? z : a * expm1(z); }
+// for z <= 0: d/dz a (exp(z) - 1) = a exp(z) = y + a
+template <typename T> GN_FN T gn_elu_bwd(T dy, T y, T a) { return y > T(0) ? dy : dy * (y + a); }
+
+// torch's softplus: z itself above the threshold 20, where the derivative is exactly 1.
+template <typename T> GN_FN T gn_softplus_fwd(T z, T a) {
+    return z > T(20) ? z : (z > T(0) ? z : T(0)) + log1p(exp(-fabs(z)));
+}
+template <typename T> GN_FN T gn_softplus_bwd(T dy, T z, T a) { return z > T(20) ? dy : dy * gn_sigmoid(z); }
+
+template <typename T> GN_FN T gn_silu_fwd(T z, T a) { return z * gn_sigmoid(z); }
+template <typename T> GN_FN T gn_silu_bwd(T dy, T z, T a) {
+    T s = gn_sigmoid(z);
+    return dy * s * (T(1) + z * (T(1) - s));
+}
+
+// GELU, tanh approximation (torch.nn.functional.gelu(approximate="tanh")).
+#define GN_GELU_C 0.7978845608028654  // sqrt(2 / pi)
+#define GN_GELU_K 0.044715
+template <typename T> GN_FN T gn_gelu_fwd(T z, T a) {
+    return T(0.5) * z * (T(1) + tanh(T(GN_GELU_C) * (z + T(GN_GELU_K) * z * z * z)));
+}
+template <typename T> GN_FN T gn_gelu_bwd(T dy, T z, T a) {
+    T z2 = z * z;
+    T t = tanh(T(GN_GELU_C) * (z + T(GN_GELU_K) * z2 * z));
+    return dy * (T(0.5) * (T(1) + t) + T(0.5) * z * (T(1) - t * t) * T(GN_GELU_C) * (T(1) + T(3 * GN_GELU_K) * z2));
+}
