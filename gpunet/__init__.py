@@ -7,7 +7,7 @@
 """
 
 from . import activations, losses, metrics, optim
-from .backend import Backend, cuda_available, get_backend, to_numpy
+from .backend import Backend, cuda_available, cuda_info, get_backend, to_numpy
 from .layers import Dense
 from .model import History, Sequential
 
@@ -20,6 +20,7 @@ __all__ = [
     "Sequential",
     "activations",
     "cuda_available",
+    "cuda_info",
     "get_backend",
     "losses",
     "metrics",

@@ -114,21 +114,44 @@ def array_library(x) -> str:
     return type(x).__module__.split(".")[0]
 
 
-def cuda_available() -> tuple[bool, str]:
-    """``(True, description)`` if CuPy imports and sees a GPU, else ``(False, why not)``."""
+def cuda_info() -> dict:
+    """What gpunet knows about CUDA here: ``{"available": bool, "reason": str, ...}``.
+
+    When CuPy imports and sees GPUs, also ``"cupy"`` (version), ``"runtime"`` and ``"driver"`` (CUDA versions) and
+    ``"devices"``: one ``{"index", "name", "compute_capability", "memory_gib"}`` per GPU. ``"reason"`` says why
+    CUDA is unusable when it is. Never raises, and imports CuPy only when called.
+    """
     try:
         import cupy
     except Exception as exc:  # ImportError, or a broken CUDA install raising something else
-        return False, f"CuPy is not importable ({type(exc).__name__}: {exc}); install gpunet[cuda12] or gpunet[cuda13]"
+        return {"available": False, "reason": f"CuPy is not importable ({type(exc).__name__}: {exc}); "
+                                              f"install gpunet[cuda12] or gpunet[cuda13]"}
+    info = {"available": False, "cupy": cupy.__version__}
     try:
         count = cupy.cuda.runtime.getDeviceCount()
+        info["runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+        info["driver"] = cupy.cuda.runtime.driverGetVersion()
     except Exception as exc:
-        return False, f"CuPy imports but CUDA does not answer ({type(exc).__name__}: {exc})"
+        info["reason"] = f"CuPy {cupy.__version__} imports but CUDA does not answer ({type(exc).__name__}: {exc})"
+        return info
     if count == 0:
-        return False, "CuPy imports but sees no GPU"
-    name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
-    name = name.decode() if isinstance(name, bytes) else name
-    return True, f"{count} GPU(s), GPU 0 is {name}"
+        info["reason"] = f"CuPy {cupy.__version__} imports but sees no GPU"
+        return info
+    devices = []
+    for index in range(count):
+        props = cupy.cuda.runtime.getDeviceProperties(index)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        devices.append({"index": index, "name": name, "compute_capability": f"{props['major']}.{props['minor']}",
+                        "memory_gib": round(props["totalGlobalMem"] / 2**30, 1)})
+    info.update(available=True, devices=devices,
+                reason=f"{count} GPU(s), GPU 0 is {devices[0]['name']} (CuPy {cupy.__version__})")
+    return info
+
+
+def cuda_available() -> tuple[bool, str]:
+    """``(True, description)`` if CuPy imports and sees a GPU, else ``(False, why not)``."""
+    info = cuda_info()
+    return info["available"], info["reason"]
 
 
 def get_backend(device="cpu") -> Backend:

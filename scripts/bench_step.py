@@ -3,8 +3,9 @@
     python scripts/bench_step.py --threads 2
     python scripts/bench_step.py --shapes 784-1024-1024-10 --batch 1024      # on a GPU machine
 
-For each MLP shape and batch size it reports the median step time of: gpunet on NumPy, gpunet on CuPy (when a GPU
-is visible), PyTorch CPU and CUDA (when installed), and the floor: the step's matrix products alone in NumPy
+For each MLP shape and batch size it reports the median step time of: gpunet on NumPy, gpunet on CuPy with and
+without the fused kernels (when a GPU is visible), PyTorch CPU and CUDA (when installed), and the floor: the
+step's matrix products alone in NumPy
 (CPU) or CuPy (GPU). Ratios are ``time / floor`` and ``gpunet / torch`` on the same device. Float32, softmax + cce,
 SGD with momentum; PyTorch uses linear logits + CrossEntropyLoss, its idiomatic equivalent, TF32 off.
 """
@@ -34,9 +35,9 @@ def timed(step, sync, repeats: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def gpunet_step(sizes, batch, device, rng):
+def gpunet_step(sizes, batch, device, rng, fused=True):
     layers = [gn.Dense(a, b, "relu") for a, b in zip(sizes[:-2], sizes[1:-1])]
-    model = gn.Sequential(layers + [gn.Dense(sizes[-2], sizes[-1], "softmax")], device=device, seed=0)
+    model = gn.Sequential(layers + [gn.Dense(sizes[-2], sizes[-1], "softmax")], device=device, seed=0, fused=fused)
     X = rng.standard_normal((batch, sizes[0]))
     y = rng.integers(0, sizes[-1], batch)
     loss, opt = gn.losses.get("cce"), gn.optim.SGD(lr=0.01, momentum=0.9)
@@ -131,21 +132,23 @@ def main(argv=None):
 
                 sync = cupy.cuda.Device().synchronize
                 step, _ = gpunet_step(sizes, batch, "cuda", rng)
+                unfused, _ = gpunet_step(sizes, batch, "cuda", rng, fused=False)
                 gpu = {"floor": timed(floor_step(sizes, batch, cupy, rng), sync, args.repeats),
-                       "gpunet": timed(step, sync, args.repeats)}
+                       "gpunet": timed(step, sync, args.repeats), "unfused": timed(unfused, sync, args.repeats)}
                 if torch is not None and torch.cuda.is_available():
                     gpu["torch"] = timed(torch_step(sizes, batch, "cuda", rng, model.get_weights()),
                                          torch.cuda.synchronize, args.repeats)
                 rows.append((shape, batch, "cuda", gpu))
 
     print(f"\ntrain step, float32, median of {args.repeats}, threads={args.threads or 'all'}")
-    print("| shape | batch | device | floor (ms) | gpunet (ms) | torch (ms) | gpunet / floor | gpunet / torch |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| shape | batch | device | floor (ms) | gpunet (ms) | unfused (ms) | torch (ms) | gpunet / floor | "
+          "gpunet / torch |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for shape, batch, device, t in rows:
-        torch_ms = f"{t['torch'] * 1e3:.3f}" if "torch" in t else "-"
+        ms = {k: f"{t[k] * 1e3:.3f}" if k in t else "-" for k in ("unfused", "torch")}
         vs_torch = f"{t['gpunet'] / t['torch']:.2f}x" if "torch" in t else "-"
-        print(f"| {shape} | {batch} | {device} | {t['floor'] * 1e3:.3f} | {t['gpunet'] * 1e3:.3f} | {torch_ms} | "
-              f"{t['gpunet'] / t['floor']:.2f}x | {vs_torch} |")
+        print(f"| {shape} | {batch} | {device} | {t['floor'] * 1e3:.3f} | {t['gpunet'] * 1e3:.3f} | {ms['unfused']} | "
+              f"{ms['torch']} | {t['gpunet'] / t['floor']:.2f}x | {vs_torch} |")
 
 
 if __name__ == "__main__":
