@@ -5,8 +5,7 @@
 
 For each MLP shape and batch size it reports the median step time of: gpunet on NumPy, gpunet on CuPy with and
 without the fused kernels (when a GPU is visible), PyTorch CPU and CUDA (when installed), and the floor: the
-step's matrix products alone in NumPy
-(CPU) or CuPy (GPU). Ratios are ``time / floor`` and ``gpunet / torch`` on the same device. Float32, softmax + cce,
+step's matrix products alone in NumPy (CPU) or CuPy (GPU). Ratios are ``time / floor`` and ``gpunet / torch`` on the same device. Float32, softmax + cce,
 SGD with momentum; PyTorch uses linear logits + CrossEntropyLoss, its idiomatic equivalent, TF32 off.
 """
 
