@@ -192,7 +192,8 @@ class Sequential:
                             f"for host data")
         if x.ndim != 2 or x.shape[1] != self.n_inputs:
             raise ValueError(f"x must have shape (n, {self.n_inputs}); received {tuple(x.shape)}")
-        return self._forward(self.backend.cast(x, self.dtype))
+        with self.backend.activate():
+            return self._forward(self.backend.cast(x, self.dtype))
 
     __call__ = forward
 
@@ -206,7 +207,8 @@ class Sequential:
             raise ValueError(f"grad_out must be an array of the model's namespace with shape "
                              f"{tuple(cache[2].shape)}; received {type(grad_out).__name__} of shape "
                              f"{tuple(getattr(grad_out, 'shape', ()))}")
-        return self._backward(grad_out, through_last_activation=True, input_grad=True)
+        with self.backend.activate():
+            return self._backward(grad_out, through_last_activation=True, input_grad=True)
 
     def _forward(self, x):
         for layer in self.layers:

@@ -44,15 +44,17 @@ class Optimizer:
         if any(g is None for g in grads):
             raise RuntimeError("optimizer.step(model) needs gradients: call model.backward(...) first")
         if self.state is None or len(self.state) != len(params):
-            self.state = [self._new_state(p) for p in params]
+            with model.backend.activate():
+                self.state = [self._new_state(p) for p in params]
             self._backend = model.backend
         elif self._backend != model.backend:  # the model moved (model.to(...)): move the state with it
             self.state = [self._move_state(s, model.backend, p.dtype) for s, p in zip(self.state, params)]
             self._backend = model.backend
         self.steps += 1
         ops = model.ops
-        for p, g, state in zip(params, grads, self.state):
-            self._update(ops, p, g, state)
+        with model.backend.activate():  # new state lands on the model's GPU
+            for p, g, state in zip(params, grads, self.state):
+                self._update(ops, p, g, state)
 
     def reset(self) -> None:
         """Forget all state (momentum, moments, step count)."""
