@@ -33,7 +33,7 @@ from .backend import to_numpy
 from .ops import clamped_log as _clamped_log
 from .ops import ops_for
 
-_EPS = 1e-12  # BCELoss's floor for the denominator of its gradient
+_EPS = 9.999999960041972e-13  # BCELoss's floor for its gradient's denominator: float32(1e-12), even for float64
 
 
 class Loss:
