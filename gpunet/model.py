@@ -77,9 +77,14 @@ class Sequential:
                 )
         if len({id(layer) for layer in layers}) != len(layers):
             raise ValueError("layers must be distinct Dense objects (the same object appears twice)")
+        for i, layer in enumerate(layers):
+            if layer.W is not None:
+                raise ValueError(f"layers[{i}] already belongs to another model; give each model new Dense layers")
         self.dtype = validation.one_of("dtype", dtype, DTYPES)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-            raise TypeError(f"seed must be a non-negative integer or None; received {seed!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise TypeError(f"seed must be a non-negative integer or None; received {type(seed).__name__}: {seed!r}")
+        if seed is not None and seed < 0:
+            raise ValueError(f"seed must be a non-negative integer or None; received seed={seed!r}")
         self.seed = seed
         if fused is not None and not isinstance(fused, bool):
             raise TypeError(f"fused must be True, False or None; received {fused!r}")
@@ -282,8 +287,7 @@ class Sequential:
                     loss_sum = loss_sum + value * xb.shape[0]
                     for j, metric in enumerate(metric_objs):
                         stats = metric.stats(pred, yb)
-                        metric_sums[j] = stats if metric_sums[j] is None else [a + b for a, b in
-                                                                               zip(metric_sums[j], stats)]
+                        metric_sums[j] = stats if metric_sums[j] is None else metric.combine(metric_sums[j], stats)
                 logs = {"loss": float(loss_sum) / n}
                 for metric, sums in zip(metric_objs, metric_sums):
                     logs[metric.name] = metric.result([to_numpy(s) for s in sums])

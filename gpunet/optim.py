@@ -2,7 +2,8 @@
 
 ``optimizer.step(model)`` updates ``model.parameters()`` in place from ``model.gradients()``. Like torch, weight
 decay applies to every parameter, biases included. State (momentum buffers, moment estimates) is created on the
-first step, on the model's device, one entry per parameter in ``model.parameters()`` order.
+first step, on the model's device, one entry per parameter in ``model.parameters()`` order; it belongs to that
+model (it follows the model across ``model.to(...)``), and stepping another model starts fresh state.
 
 | gpunet                            | torch.optim  | update                                                   |
 |-----------------------------------|--------------|----------------------------------------------------------|
@@ -14,6 +15,8 @@ first step, on the model's device, one entry per parameter in ``model.parameters
 """
 
 from __future__ import annotations
+
+import weakref
 
 from . import validation
 from .backend import to_numpy
@@ -29,6 +32,7 @@ class Optimizer:
         self.steps = 0  # completed steps (torch's per-parameter "step", shared by all parameters here)
         self.state: list | None = None
         self._backend = None
+        self._model = None  # weak reference to the model the state belongs to
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
@@ -43,10 +47,11 @@ class Optimizer:
         params, grads = model.parameters(), model.gradients()
         if any(g is None for g in grads):
             raise RuntimeError("optimizer.step(model) needs gradients: call model.backward(...) first")
-        if self.state is None or len(self.state) != len(params):
+        if self.state is None or self._model() is not model:  # first step, or another model: fresh state
+            self.steps = 0
             with model.backend.activate():
                 self.state = [self._new_state(p) for p in params]
-            self._backend = model.backend
+            self._backend, self._model = model.backend, weakref.ref(model)
         elif self._backend != model.backend:  # the model moved (model.to(...)): move the state with it
             self.state = [self._move_state(s, model.backend, p.dtype) for s, p in zip(self.state, params)]
             self._backend = model.backend
@@ -58,7 +63,7 @@ class Optimizer:
 
     def reset(self) -> None:
         """Forget all state (momentum, moments, step count)."""
-        self.steps, self.state, self._backend = 0, None, None
+        self.steps, self.state, self._backend, self._model = 0, None, None, None
 
     @staticmethod
     def _move_state(state: dict, backend, dtype) -> dict:
