@@ -98,8 +98,11 @@ class Sequential:
         rng = np.random.default_rng(init_rng)
         host = [layer.initial_weights(rng) for layer in self.layers]
         self._adopt([w for pair in host for w in pair])
-        self.loss = None  # the loss and metrics of the last fit, defaults for evaluate()
+        # the loss, metrics and optimizer of the last fit: defaults for the next fit and for evaluate(); save()
+        # stores them and load() restores them, so training resumes where it stopped
+        self.loss = None
         self.metrics: list = []
+        self.optimizer = None
 
     # -- properties -----------------------------------------------------------------------------------------------
     @property
@@ -228,7 +231,7 @@ class Sequential:
         return g
 
     # -- training -------------------------------------------------------------------------------------------------
-    def fit(self, X, y, loss="mse", optimizer="sgd", epochs: int = 1, batch_size: int | None = 32,
+    def fit(self, X, y, loss=None, optimizer=None, epochs: int = 1, batch_size: int | None = 32,
             shuffle: bool = True, validation_data=None, metrics=None, verbose: int = 0) -> History:
         """Train by gradient descent on ``(X, y)``; returns a :class:`History`.
 
@@ -236,8 +239,10 @@ class Sequential:
             X: ``(n, n_inputs)`` features: host data (NumPy, lists) is moved to the model's device once, here;
                 arrays of the model's own namespace are used in place. Arrays of another library are refused.
             y: targets, see :meth:`gpunet.losses.Loss.prepare_target` (cce also takes class indices).
-            loss: a name (``"mse"``, ``"mae"``, ``"huber"``, ``"bce"``, ``"cce"``) or a Loss.
-            optimizer: a name (``"sgd"``, ``"adam"``, ...) or an Optimizer; its state carries over between fits.
+            loss: a name (``"mse"``, ``"mae"``, ``"huber"``, ``"bce"``, ``"cce"``) or a Loss; ``None``: the last
+                fit's loss, else ``"mse"``.
+            optimizer: a name (``"sgd"``, ``"adam"``, ...) or an Optimizer, whose state carries over between fits;
+                ``None``: the last fit's optimizer (also restored by :func:`gpunet.load`), else ``SGD()``.
             epochs: passes over the data.
             batch_size: ``None`` = full-batch gradient descent, ``1`` = stochastic; the last, partial batch is used.
             shuffle: reshuffle every epoch with the model's seeded generator; ``False`` keeps the order.
@@ -247,8 +252,8 @@ class Sequential:
 
         The loss and metrics are accumulated on the device and read once per epoch.
         """
-        loss = losses_mod.get(loss)
-        optimizer = optim_mod.get(optimizer)
+        loss = losses_mod.get(loss if loss is not None else self.loss or "mse")
+        optimizer = optim_mod.get(optimizer if optimizer is not None else self.optimizer or "sgd")
         epochs = validation.positive_int("epochs", epochs)
         if batch_size is not None:
             batch_size = validation.positive_int("batch_size", batch_size)
@@ -263,7 +268,7 @@ class Sequential:
             val = self._data("validation_data[0]", validation_data[0], "validation_data[1]", validation_data[1],
                              loss)
         combined = self._output_pairing(loss)
-        self.loss, self.metrics = loss, metric_objs
+        self.loss, self.metrics, self.optimizer = loss, metric_objs, optimizer
 
         n = X.shape[0]
         batch = n if batch_size is None else min(batch_size, n)
