@@ -6,10 +6,11 @@
 67
 """
 
-from . import activations, losses, metrics, optim
+from . import activations, callbacks, losses, metrics, optim
 from .backend import Backend, cuda_available, cuda_info, get_backend, to_numpy
 from .layers import Dense
-from .model import History, Sequential
+from .callbacks import History, NonFiniteLossError
+from .model import Sequential
 
 __version__ = "0.1.0"
 
@@ -18,7 +19,9 @@ __all__ = [
     "Dense",
     "History",
     "Sequential",
+    "NonFiniteLossError",
     "activations",
+    "callbacks",
     "cuda_available",
     "cuda_info",
     "get_backend",

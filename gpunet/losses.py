@@ -100,6 +100,14 @@ class Loss:
         """Gradient with respect to ``pred`` for a prepared target."""
         raise NotImplementedError
 
+    def row_values(self, pred, target):
+        """The loss of each row, ``(n,)``, for a prepared target: ``value`` is their mean."""
+        return array_namespace(pred).mean(self.elementwise(pred, target), axis=1)
+
+    def elementwise(self, pred, target):
+        """The loss of each element, shape of ``pred``, for a prepared target."""
+        raise NotImplementedError
+
     def value_and_grad(self, pred, target, ops=None):
         """``(value, gradient)`` for a prepared target; ``ops`` (default ``ops_for`` pred's namespace) runs the
         steps a backend fuses."""
@@ -141,9 +149,12 @@ class MSE(Loss):
 
     name = "mse"
 
-    def value(self, pred, target):
+    def elementwise(self, pred, target):
         r = pred - target
-        return array_namespace(r).mean(r * r)
+        return r * r
+
+    def value(self, pred, target):
+        return array_namespace(pred).mean(self.elementwise(pred, target))
 
     def gradient(self, pred, target):
         return (2.0 / _size(pred)) * (pred - target)
@@ -154,9 +165,11 @@ class MAE(Loss):
 
     name = "mae"
 
+    def elementwise(self, pred, target):
+        return array_namespace(pred).abs(pred - target)
+
     def value(self, pred, target):
-        xp = array_namespace(pred)
-        return xp.mean(xp.abs(pred - target))
+        return array_namespace(pred).mean(self.elementwise(pred, target))
 
     def gradient(self, pred, target):
         return array_namespace(pred).sign(pred - target) / _size(pred)
@@ -180,6 +193,9 @@ class Huber(Loss):
         ops = ops or ops_for(array_namespace(pred))
         loss, grad = ops.huber(pred, target, self.delta, 1.0 / _size(pred))
         return ops.xp.mean(loss), grad
+
+    def elementwise(self, pred, target):
+        return ops_for(array_namespace(pred)).huber(pred, target, self.delta, 1.0)[0]
 
     def value(self, pred, target):
         return self.value_and_grad(pred, target)[0]
@@ -220,10 +236,13 @@ class BinaryCrossEntropy(Loss):
         loss, grad = ops.bce_logits(pred, target, 1.0 / _size(pred))
         return ops.xp.mean(loss), grad
 
-    def value(self, pred, target):
+    def elementwise(self, pred, target):
         if self.from_logits:
-            return self.value_and_grad(pred, target)[0]
-        return -array_namespace(pred).mean(target * _clamped_log(pred) + (1 - target) * _clamped_log(1 - pred))
+            return ops_for(array_namespace(pred)).bce_logits(pred, target, 1.0)[0]
+        return -(target * _clamped_log(pred) + (1 - target) * _clamped_log(1 - pred))
+
+    def value(self, pred, target):
+        return array_namespace(pred).mean(self.elementwise(pred, target))
 
     def gradient(self, pred, target):
         if self.from_logits:
@@ -288,10 +307,15 @@ class CategoricalCrossEntropy(Loss):
                              f"{float(row_sums[int(xp.argmax(xp.abs(row_sums - 1)))])}")
         return y
 
-    def value(self, pred, target):
-        xp = array_namespace(pred)
+    def elementwise(self, pred, target):
         logp = array_utils.log_softmax(pred, axis=-1) if self.from_logits else _clamped_log(pred)
-        return -xp.sum(target * logp) / pred.shape[0]
+        return -(target * logp)
+
+    def row_values(self, pred, target):
+        return array_namespace(pred).sum(self.elementwise(pred, target), axis=1)
+
+    def value(self, pred, target):
+        return array_namespace(pred).sum(self.elementwise(pred, target)) / pred.shape[0]
 
     def gradient(self, pred, target):
         xp = array_namespace(pred)

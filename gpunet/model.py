@@ -3,43 +3,21 @@
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 
 import numpy as np
 
+from . import callbacks as callbacks_mod
 from . import layers as layers_mod
 from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import optim as optim_mod
-from . import validation
+from . import training, validation
 from .backend import DTYPES, get_backend, to_numpy
+from .callbacks import History
 from .ops import fused_default, ops_for
 
 logger = logging.getLogger("gpunet")
-
-
-class History:
-    """What ``fit`` returns: ``history.history["loss"]`` (and ``"val_loss"``, metrics...) holds one float per epoch.
-
-    ``history["loss"]`` is a shortcut for ``history.history["loss"]``.
-    """
-
-    def __init__(self):
-        self.history: dict[str, list[float]] = {}
-        self.epoch: list[int] = []
-
-    def append(self, epoch: int, logs: dict[str, float]) -> None:
-        self.epoch.append(epoch)
-        for key, value in logs.items():
-            self.history.setdefault(key, []).append(value)
-
-    def __getitem__(self, key: str) -> list[float]:
-        return self.history[key]
-
-    def __repr__(self) -> str:
-        last = {k: round(v[-1], 6) for k, v in self.history.items()}
-        return f"History(epochs={len(self.epoch)}, last={last})"
 
 
 class Sequential:
@@ -103,6 +81,7 @@ class Sequential:
         self.loss = None
         self.metrics: list = []
         self.optimizer = None
+        self.stop_training = False  # a callback sets it to end fit after the current epoch
 
     # -- properties -----------------------------------------------------------------------------------------------
     @property
@@ -232,8 +211,9 @@ class Sequential:
 
     # -- training -------------------------------------------------------------------------------------------------
     def fit(self, X, y, loss=None, optimizer=None, epochs: int = 1, batch_size: int | None = 32,
-            shuffle: bool = True, validation_data=None, metrics=None, verbose: int = 0) -> History:
-        """Train by gradient descent on ``(X, y)``; returns a :class:`History`.
+            shuffle: bool = True, validation_data=None, validation_split: float | None = None, metrics=None,
+            verbose: int = 0, callbacks=None, sample_weight=None, class_weight=None) -> History:
+        """Train by gradient descent on ``(X, y)``; returns a :class:`gpunet.callbacks.History`.
 
         Args:
             X: ``(n, n_inputs)`` features: host data (NumPy, lists) is moved to the model's device once, here;
@@ -247,8 +227,17 @@ class Sequential:
             batch_size: ``None`` = full-batch gradient descent, ``1`` = stochastic; the last, partial batch is used.
             shuffle: reshuffle every epoch with the model's seeded generator; ``False`` keeps the order.
             validation_data: ``(X_val, y_val)`` evaluated after each epoch (``val_loss``, ``val_<metric>``).
+            validation_split: instead of ``validation_data``, hold out this fraction of ``(X, y)``: stratified by
+                class for cce and single-output bce, drawn from the model's seed.
             metrics: names or Metric objects (``"accuracy"``, ``"mse"``, ``"mae"``, ``"r2"``).
-            verbose: 0 silent, 1 one line per epoch.
+            verbose: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
+            callbacks: :mod:`gpunet.callbacks` objects (EarlyStopping, ModelCheckpoint, schedules...). A
+                :class:`~gpunet.callbacks.TerminateOnNaN` is always active: a diverging fit raises
+                :class:`~gpunet.callbacks.NonFiniteLossError` and keeps the last finite weights.
+            sample_weight: ``(n,)`` non-negative weights of the rows: the batch loss becomes
+                ``sum(w_i loss_i) / batch size`` (Keras's convention), and so does its gradient.
+            class_weight: ``{class index: weight}`` for cce / single-output bce, multiplied into ``sample_weight``.
+                Validation losses and metrics are unweighted.
 
         The loss and metrics are accumulated on the device and read once per epoch.
         """
@@ -259,50 +248,39 @@ class Sequential:
             batch_size = validation.positive_int("batch_size", batch_size)
         if not isinstance(shuffle, bool):
             raise TypeError(f"shuffle must be True or False; received {shuffle!r}")
+        if verbose not in (0, 1, 2) or isinstance(verbose, bool):
+            raise ValueError(f"verbose must be 0, 1 or 2; received verbose={verbose!r}")
+        callbacks = self._callbacks(callbacks, verbose)
         metric_objs = self._metrics(metrics, loss)
         X, Y = self._data("X", X, "y", y, loss)
+        W = self._row_weights(sample_weight, class_weight, Y, loss)
+        if validation_data is not None and validation_split is not None:
+            raise ValueError("give validation_data or validation_split, not both")
         val = None
         if validation_data is not None:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
                 raise TypeError("validation_data must be a pair (X_val, y_val)")
             val = self._data("validation_data[0]", validation_data[0], "validation_data[1]", validation_data[1],
                              loss)
-        combined = self._output_pairing(loss)
+        elif validation_split is not None:
+            fraction = validation.number_in("validation_split", validation_split, 0.0, 1.0)
+            if fraction == 0:
+                raise ValueError("validation_split must be in (0, 1); received validation_split=0.0")
+            split_rng = np.random.default_rng(self.seed) if self.seed is not None else self._shuffle_rng
+            train_rows, val_rows = training.split_validation(X.shape[0], fraction, training.class_labels(Y, loss),
+                                                             split_rng)
+            with self.backend.activate():
+                take = lambda a, rows: self.xp.take(a, self.xp.asarray(rows), axis=0)  # noqa: E731
+                val = (take(X, val_rows), take(Y, val_rows))
+                X, Y = take(X, train_rows), take(Y, train_rows)
+                W = None if W is None else take(W, train_rows)
         self.loss, self.metrics, self.optimizer = loss, metric_objs, optimizer
 
         n = X.shape[0]
         batch = n if batch_size is None else min(batch_size, n)
-        history = History()
-        if verbose:
-            print(f"Training on {self.device} ({self.backend.name}, {self.dtype}): {n} samples, batch {batch}, "
-                  f"{-(-n // batch)} steps per epoch")
-        xp = self.xp
         with self.backend.activate():
-            for epoch in range(epochs):
-                start_time = time.perf_counter()
-                Xe, Ye = X, Y
-                if shuffle and batch < n:
-                    order = xp.asarray(self._shuffle_rng.permutation(n))
-                    Xe, Ye = xp.take(X, order, axis=0), xp.take(Y, order, axis=0)
-                loss_sum = 0.0
-                metric_sums = [None] * len(metric_objs)
-                for start in range(0, n, batch):
-                    xb, yb = Xe[start:min(start + batch, n), ...], Ye[start:min(start + batch, n), ...]
-                    pred, value = self._train_step(xb, yb, loss, optimizer, combined)
-                    loss_sum = loss_sum + value * xb.shape[0]
-                    for j, metric in enumerate(metric_objs):
-                        stats = metric.stats(pred, yb)
-                        metric_sums[j] = stats if metric_sums[j] is None else metric.combine(metric_sums[j], stats)
-                logs = {"loss": float(loss_sum) / n}
-                for metric, sums in zip(metric_objs, metric_sums):
-                    logs[metric.name] = metric.result([to_numpy(s) for s in sums])
-                if val is not None:
-                    logs.update({f"val_{k}": v for k, v in self._evaluate(*val, loss, metric_objs).items()})
-                history.append(epoch, logs)
-                if verbose:
-                    text = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
-                    print(f"Epoch {epoch + 1}/{epochs} - {time.perf_counter() - start_time:.2f}s - {text}")
-        return history
+            return training.run(self, X, Y, W, val, loss=loss, optimizer=optimizer, metrics=metric_objs,
+                                epochs=epochs, batch=batch, shuffle=shuffle, callbacks=callbacks)
 
     def train_on_batch(self, x, y, loss, optimizer) -> float:
         """One gradient step on one batch (checked like ``fit``); returns the batch loss before the step."""
@@ -313,12 +291,16 @@ class Sequential:
             _, value = self._train_step(X, Y, loss, optimizer, self._output_pairing(loss))
         return float(value)
 
-    def _train_step(self, xb, yb, loss, optimizer, combined: bool):
+    def _train_step(self, xb, yb, loss, optimizer, combined: bool, wb=None):
+        """One step on a batch; ``wb`` ``(nb, 1)`` weights the rows. Returns the predictions and the batch loss."""
         pred = self._forward(xb)
         if combined:
             value, grad = loss.value_and_logits_grad(pred, yb, self.ops)
         else:
             value, grad = loss.value_and_grad(pred, yb, self.ops)
+        if wb is not None:
+            grad = grad * wb
+            value = self.xp.sum(loss.row_values(pred, yb) * wb[:, 0]) / xb.shape[0]
         self._backward(grad, through_last_activation=not combined, input_grad=False)
         optimizer.step(self)
         return pred, value
@@ -376,6 +358,54 @@ class Sequential:
         return out
 
     # -- input handling (once per call) ---------------------------------------------------------------------------
+    def _callbacks(self, callbacks, verbose: int) -> list:
+        callbacks = [] if callbacks is None else callbacks
+        if isinstance(callbacks, callbacks_mod.Callback):
+            callbacks = [callbacks]
+        if not isinstance(callbacks, (list, tuple)):
+            raise TypeError(f"callbacks must be a list of gpunet.callbacks.Callback; received {callbacks!r}")
+        for i, cb in enumerate(callbacks):
+            if not isinstance(cb, callbacks_mod.Callback):
+                raise TypeError(f"callbacks[{i}] must be a gpunet.callbacks.Callback; received {type(cb).__name__}")
+        callbacks = list(callbacks)
+        if not any(isinstance(cb, callbacks_mod.TerminateOnNaN) for cb in callbacks):
+            callbacks.append(callbacks_mod.TerminateOnNaN())
+        if verbose:
+            callbacks.append(callbacks_mod.ProgressBar(verbose))
+        # History first, so callbacks that add to the logs (schedules' "lr") are seen by it
+        return [History()] + callbacks
+
+    def _row_weights(self, sample_weight, class_weight, Y, loss):
+        """``(n, 1)`` device weights from ``sample_weight`` and ``class_weight``, or ``None``."""
+        if sample_weight is None and class_weight is None:
+            return None
+        n = Y.shape[0]
+        weights = np.ones(n)
+        if sample_weight is not None:
+            sw = np.asarray(to_numpy(validation.as_array("sample_weight", sample_weight, self.backend)))
+            validation.numeric("sample_weight", sw)
+            validation.finite("sample_weight", sw)
+            if sw.shape != (n,):
+                raise ValueError(f"sample_weight must have shape ({n},), one weight per sample; received {sw.shape}")
+            if np.any(sw < 0) or not np.any(sw > 0):
+                raise ValueError("sample_weight must be non-negative with at least one positive weight")
+            weights = weights * sw
+        if class_weight is not None:
+            labels = training.class_labels(Y, loss)
+            if labels is None:
+                raise ValueError("class_weight needs a classification loss (cce, or bce with one output); "
+                                 f"received loss {loss!r} with {Y.shape[1]} output(s)")
+            if not isinstance(class_weight, dict):
+                raise TypeError(f"class_weight must be a dict {{class index: weight}}; received {class_weight!r}")
+            table = np.ones(max(int(labels.max()) + 1, self.n_outputs if loss.name == "cce" else 2))
+            for key, value in class_weight.items():
+                if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or not 0 <= key < len(table):
+                    raise ValueError(f"class_weight keys must be class indices in [0, {len(table) - 1}]; "
+                                     f"received {key!r}")
+                table[key] = validation.number_in(f"class_weight[{key}]", value, 0.0, float("inf"))
+            weights = weights * table[labels]
+        return self._on_device(weights[:, None])
+
     def _metrics(self, metrics, loss) -> list:
         if metrics is None:
             return []

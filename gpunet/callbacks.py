@@ -1,0 +1,247 @@
+"""Callbacks for ``Sequential.fit``: early stopping, checkpoints, NaN handling, learning-rate schedules, progress.
+
+A callback is told when training begins and ends, when each epoch begins and ends (with that epoch's ``logs``:
+``loss``, metrics, ``val_*``), and after each batch. It may stop training by setting ``model.stop_training = True``.
+Keras's names and semantics, PyTorch's formulas for the schedules.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+from . import validation
+
+
+class Callback:
+    """Base class; every hook is optional. ``self.model`` is set before ``on_train_begin``."""
+
+    model = None
+
+    def on_train_begin(self, logs: dict | None = None) -> None: ...
+
+    def on_epoch_begin(self, epoch: int) -> None: ...
+
+    def on_batch_end(self, batch: int, running_logs) -> None:
+        """``running_logs()`` returns ``{"loss": mean so far}``; calling it waits for the device, so call it rarely."""
+
+    def on_epoch_end(self, epoch: int, logs: dict) -> None: ...
+
+    def on_train_end(self, logs: dict | None = None) -> None: ...
+
+
+class History(Callback):
+    """What ``fit`` returns: ``history.history["loss"]`` (and ``"val_loss"``, metrics, ``"lr"``) holds one float per
+    epoch; ``history["loss"]`` is a shortcut."""
+
+    def __init__(self):
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
+
+    def on_epoch_end(self, epoch, logs):
+        self.epoch.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+
+    def __getitem__(self, key: str) -> list[float]:
+        return self.history[key]
+
+    def __repr__(self) -> str:
+        last = {k: round(v[-1], 6) for k, v in self.history.items()}
+        return f"History(epochs={len(self.epoch)}, last={last})"
+
+
+def _mode(monitor: str, mode: str) -> str:
+    mode = validation.one_of("mode", mode, ("auto", "min", "max"))
+    if mode == "auto":
+        return "max" if any(k in monitor for k in ("accuracy", "r2")) else "min"
+    return mode
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
+
+    With ``restore_best_weights=True`` the model ends with the weights of its best epoch whenever training ends,
+    whether it stopped early or ran all its epochs.
+    """
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0, mode: str = "auto",
+                 restore_best_weights: bool = False):
+        self.monitor = monitor
+        self.patience = validation.positive_int("patience", patience)
+        self.min_delta = abs(validation.real_number("min_delta", min_delta))
+        self.mode = _mode(monitor, mode)
+        self.restore_best_weights = bool(restore_best_weights)
+        self.best = self.best_epoch = self.best_weights = None
+        self.stopped_epoch = None
+
+    def on_train_begin(self, logs=None):
+        self.best = self.best_epoch = self.best_weights = self.stopped_epoch = None
+        self._wait = 0
+
+    def _improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
+
+    def on_epoch_end(self, epoch, logs):
+        if self.monitor not in logs:
+            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which fit does not log; logged: "
+                             f"{sorted(logs)} (val_* needs validation_data or validation_split)")
+        value = logs[self.monitor]
+        if self._improved(value):
+            self.best, self.best_epoch, self._wait = value, epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = self.model.get_weights()
+            return
+        self._wait += 1
+        if self._wait >= self.patience:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.restore_best_weights and self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
+class ModelCheckpoint(Callback):
+    """Save the model (``gpunet.io`` format, atomically) after each epoch, or only when ``monitor`` improves
+    (``save_best_only=True``). ``path`` may contain ``{epoch}`` and log keys, e.g. ``"ckpt-{epoch:03d}.safetensors"``."""
+
+    def __init__(self, path, monitor: str = "val_loss", save_best_only: bool = False, mode: str = "auto",
+                 save_optimizer: bool = True):
+        self.path = str(path)
+        self.monitor = monitor
+        self.save_best_only = bool(save_best_only)
+        self.mode = _mode(monitor, mode)
+        self.save_optimizer = bool(save_optimizer)
+        self.best = None
+
+    def on_epoch_end(self, epoch, logs):
+        if self.save_best_only:
+            if self.monitor not in logs:
+                raise ValueError(f"ModelCheckpoint monitors {self.monitor!r}, which fit does not log; logged: "
+                                 f"{sorted(logs)}")
+            value = logs[self.monitor]
+            better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+            if not better:
+                return
+            self.best = value
+        path = self.path.format(epoch=epoch + 1, **logs)
+        self.model.save(path, optimizer=None if self.save_optimizer else False)
+
+
+class TerminateOnNaN(Callback):
+    """What ``fit`` does when the loss or the weights become NaN or infinite (one is always active; pass your own
+    to change the policy).
+
+    ``fit`` checks once per epoch (one device read), finds the first batch whose loss was not finite, and rolls
+    the model and optimizer back to the weights with which the last finite batch loss was computed (when the very
+    first batch of an epoch fails: the epoch's starting weights). Then it raises :class:`NonFiniteLossError`
+    (``raise_error=True``, the default) or stops quietly, Keras-style, with the history so far.
+    """
+
+    def __init__(self, raise_error: bool = True):
+        self.raise_error = bool(raise_error)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged. ``epoch`` and ``batch`` (0-based) locate the first non-finite loss; ``history`` holds
+    the completed epochs."""
+
+    def __init__(self, message: str, epoch: int, batch: int, history: History):
+        super().__init__(message)
+        self.epoch, self.batch, self.history = epoch, batch, history
+
+
+class LearningRateScheduler(Callback):
+    """Set ``optimizer.lr = schedule(epoch, initial_lr)`` at the start of every epoch (epoch counts from 0 at the
+    first ``fit`` with this callback). The rate used is logged as ``"lr"``."""
+
+    def __init__(self, schedule):
+        if not callable(schedule):
+            raise TypeError(f"schedule must be a function (epoch, initial_lr) -> lr; received {schedule!r}")
+        self.schedule = schedule
+        self.initial_lr = None
+
+    def on_train_begin(self, logs=None):
+        if self.initial_lr is None:
+            self.initial_lr = self.model.optimizer.lr
+
+    def on_epoch_begin(self, epoch):
+        lr = float(self.schedule(epoch, self.initial_lr))
+        self.model.optimizer.lr = validation.positive_number("lr (from the schedule)", lr)
+
+    def on_epoch_end(self, epoch, logs):
+        logs["lr"] = self.model.optimizer.lr
+
+
+class StepLR(LearningRateScheduler):
+    """``lr = initial_lr * gamma ** (epoch // step_size)`` (``torch.optim.lr_scheduler.StepLR``)."""
+
+    def __init__(self, step_size: int, gamma: float = 0.1):
+        step_size = validation.positive_int("step_size", step_size)
+        gamma = validation.positive_number("gamma", gamma)
+        super().__init__(lambda epoch, lr0: lr0 * gamma ** (epoch // step_size))
+
+
+class ExponentialLR(LearningRateScheduler):
+    """``lr = initial_lr * gamma ** epoch`` (``torch.optim.lr_scheduler.ExponentialLR``)."""
+
+    def __init__(self, gamma: float):
+        gamma = validation.positive_number("gamma", gamma)
+        super().__init__(lambda epoch, lr0: lr0 * gamma**epoch)
+
+
+class CosineAnnealingLR(LearningRateScheduler):
+    """``lr = eta_min + (initial_lr - eta_min) (1 + cos(pi epoch / T_max)) / 2``
+    (``torch.optim.lr_scheduler.CosineAnnealingLR``'s closed form; it restarts after ``2 T_max``)."""
+
+    def __init__(self, T_max: int, eta_min: float = 0.0):
+        T_max = validation.positive_int("T_max", T_max)
+        eta_min = validation.number_in("eta_min", eta_min, 0.0, float("inf"))
+        super().__init__(lambda epoch, lr0: max(eta_min + (lr0 - eta_min) * (1 + math.cos(math.pi * epoch / T_max))
+                                                / 2, 1e-30))
+
+
+class ProgressBar(Callback):
+    """``verbose=1``: a tqdm bar per epoch with the running loss (read from the device at most every
+    ``refresh`` seconds), then the epoch's logs. ``verbose=2``: one line per epoch."""
+
+    def __init__(self, verbose: int = 1, refresh: float = 0.5, file=None):
+        self.verbose, self.refresh = verbose, refresh
+        self.file = file or sys.stdout
+        self._bar = None
+
+    def on_train_begin(self, logs=None):
+        self.epochs, self.steps = logs["epochs"], logs["steps"]
+        print(f"Training on {self.model.device} ({self.model.backend.name}, {self.model.dtype}): {logs['samples']} "
+              f"samples, {self.steps} steps of batch {logs['batch_size']} per epoch", file=self.file)
+
+    def on_epoch_begin(self, epoch):
+        self._start = self._last = time.perf_counter()
+        if self.verbose == 1:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.steps, desc=f"Epoch {epoch + 1}/{self.epochs}", unit="step",
+                             file=self.file, leave=True, dynamic_ncols=True)
+
+    def on_batch_end(self, batch, running_logs):
+        if self._bar is None:
+            return
+        self._bar.update(1)
+        now = time.perf_counter()
+        if now - self._last >= self.refresh:
+            self._last = now
+            self._bar.set_postfix(loss=f"{running_logs()['loss']:.4f}", refresh=False)
+
+    def on_epoch_end(self, epoch, logs):
+        text = " - ".join(f"{k}: {v:.4g}" for k, v in logs.items())
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=True)
+            self._bar.close()
+            self._bar = None
+        else:
+            print(f"Epoch {epoch + 1}/{self.epochs} - {time.perf_counter() - self._start:.2f}s - {text}",
+                  file=self.file)
