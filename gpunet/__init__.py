@@ -11,6 +11,7 @@ from .backend import Backend, cuda_available, cuda_info, get_backend, to_numpy
 from .layers import Dense
 from .callbacks import History, NonFiniteLossError
 from .model import Sequential
+from .plotting import plot_history
 
 __version__ = "0.1.0"
 
@@ -28,5 +29,6 @@ __all__ = [
     "losses",
     "metrics",
     "optim",
+    "plot_history",
     "to_numpy",
 ]
