@@ -53,6 +53,7 @@ class Dense:
         self.dW = self.db = None  # set by backward()
         self.xp = self.ops = None  # the model's namespace and its ops, set by build()
         self._cache = None  # (x, z or None, y) from the last forward
+        self._workspaces = {}  # training-step arrays reused from step to step where ops.reuses_buffers
 
     def __repr__(self) -> str:
         return f"Dense({self.in_features}, {self.out_features}, activation={self.activation.name!r})"
@@ -74,6 +75,7 @@ class Dense:
         self.W, self.b = W, b
         self.dW = self.db = None
         self._cache = None
+        self._workspaces = {}
 
     def parameters(self) -> list:
         return [self.W, self.b]
@@ -81,14 +83,29 @@ class Dense:
     def gradients(self) -> list:
         return [self.dW, self.db]
 
-    def forward(self, x):
-        """``(n, in_features) -> (n, out_features)``; keeps what :meth:`backward` needs."""
-        z, y = self.ops.bias_act(x @ self.W, self.b, self.activation)
+    def _workspace(self, name: str, shape: tuple):
+        """A persistent array for a training step's intermediate (``None`` where the ops allocate their own)."""
+        if not self.ops.reuses_buffers:
+            return None
+        key = (name, shape)
+        buf = self._workspaces.get(key)
+        if buf is None:
+            buf = self._workspaces[key] = self.xp.empty(shape, dtype=self.W.dtype)
+        return buf
+
+    def forward(self, x, training: bool = False):
+        """``(n, in_features) -> (n, out_features)``; keeps what :meth:`backward` needs.
+
+        ``training=True`` (inside ``fit``) computes into workspaces that the next training step overwrites.
+        """
+        out = self._workspace("z", (x.shape[0], self.out_features)) if training else None
+        z, y = self.ops.bias_act(self.ops.matmul(x, self.W, out), self.b, self.activation)
         self._cache = (x, z, y)
         return y
 
     def backward(self, dy, *, input_grad: bool = True, through_activation: bool = True):
-        """Gradients from ``dy = dL/dy`` (shape of the output): sets ``dW``, ``db``; returns ``dL/dx``.
+        """Gradients from ``dy = dL/dy`` (shape of the output, owned by the caller: it may be overwritten):
+        sets ``dW``, ``db``; returns ``dL/dx``.
 
         ``through_activation=False`` treats ``dy`` as ``dL/dz`` already (the combined softmax/sigmoid +
         cross-entropy gradient). ``input_grad=False`` skips ``dL/dx`` (the first layer in training) and returns None.
@@ -97,7 +114,9 @@ class Dense:
             raise RuntimeError("backward() needs a forward() first")
         x, z, y = self._cache
         dz = self.ops.act_grad(self.activation, dy, z, y) if through_activation else dy
-        self.dW = x.T @ dz
-        self.db = self.xp.sum(dz, axis=0)
-        return dz @ self.W.T if input_grad else None
+        self.dW = self.ops.matmul(x.T, dz, self._workspace("dW", self.W.shape))
+        self.db = self.ops.sum_rows(dz, self._workspace("db", self.b.shape))
+        if not input_grad:
+            return None
+        return self.ops.matmul(dz, self.W.T, self._workspace("dx", (dz.shape[0], self.in_features)))
 

@@ -194,12 +194,13 @@ class Sequential:
             raise ValueError(f"grad_out must be an array of the model's namespace with shape "
                              f"{tuple(cache[2].shape)}; received {type(grad_out).__name__} of shape "
                              f"{tuple(getattr(grad_out, 'shape', ()))}")
-        with self.backend.activate():
-            return self._backward(grad_out, through_last_activation=True, input_grad=True)
+        with self.backend.activate():  # a copy: backward may overwrite the gradient it is given
+            grad = self.xp.asarray(grad_out, copy=True)
+            return self._backward(grad, through_last_activation=True, input_grad=True)
 
-    def _forward(self, x):
+    def _forward(self, x, training: bool = False):
         for layer in self.layers:
-            x = layer.forward(x)
+            x = layer.forward(x, training)
         return x
 
     def _backward(self, g, *, through_last_activation: bool, input_grad: bool):
@@ -293,7 +294,7 @@ class Sequential:
 
     def _train_step(self, xb, yb, loss, optimizer, combined: bool, wb=None):
         """One step on a batch; ``wb`` ``(nb, 1)`` weights the rows. Returns the predictions and the batch loss."""
-        pred = self._forward(xb)
+        pred = self._forward(xb, training=True)
         if combined:
             value, grad = loss.value_and_logits_grad(pred, yb, self.ops)
         else:

@@ -32,6 +32,9 @@ def clamped_log(p):
 class Ops:
     """Reference implementation of the fusable steps for one Array API namespace ``xp``."""
 
+    # True when layers should hand ``out=`` workspaces to matmul/sum_rows in training, reused from step to step
+    reuses_buffers = False
+
     def __init__(self, xp):
         self.xp = xp
 
@@ -39,6 +42,14 @@ class Ops:
         return f"{type(self).__name__}({self.xp.__name__})"
 
     # -- layers ---------------------------------------------------------------------------------------------------
+    def matmul(self, a, b, out=None):
+        """``a @ b``; specialisations write into ``out`` when given."""
+        return a @ b
+
+    def sum_rows(self, a, out=None):
+        """``sum(a, axis=0)``; specialisations write into ``out`` when given."""
+        return self.xp.sum(a, axis=0)
+
     def bias_act(self, z, b, activation):
         """``y = activation(z + b)`` for ``z`` of shape ``(n, out)`` (owned by the caller, may be overwritten).
 
@@ -49,7 +60,10 @@ class Ops:
         return (z if activation.uses_input else None), activation.forward(z)
 
     def act_grad(self, activation, dy, z, y):
-        """``dz = dy * f'(z)`` (softmax: the row Jacobian-vector product); ``z`` is ``None`` unless ``uses_input``."""
+        """``dz = dy * f'(z)`` (softmax: the row Jacobian-vector product); ``z`` is ``None`` unless ``uses_input``.
+
+        May overwrite ``dy`` (layers pass arrays they own).
+        """
         return activation.backward(dy, z, y)
 
     # -- losses: elementwise loss and the gradient of the mean, in one pass --------------------------------------
@@ -154,31 +168,107 @@ class Ops:
 
 
 class NumpyOps(Ops):
-    """NumPy specialisation: the same results, fewer temporaries (in-place ``out=``)."""
+    """NumPy specialisation: the same results as :class:`Ops` up to rounding, with in-place ``out=`` arithmetic and
+    workspaces reused across steps, so a steady-state training step allocates (almost) nothing."""
+
+    reuses_buffers = True
+
+    def __init__(self, xp):
+        super().__init__(xp)
+        self._scratch_arrays: dict = {}
+
+    def _scratch(self, like, slot: int = 0):
+        """A scratch array shaped like ``like``, one per (shape, dtype, slot), reused across calls."""
+        key = (like.shape, like.dtype, slot)
+        buf = self._scratch_arrays.get(key)
+        if buf is None:
+            buf = self._scratch_arrays[key] = np.empty_like(like)
+        return buf
+
+    def matmul(self, a, b, out=None):
+        return np.matmul(a, b, out=out)
+
+    def sum_rows(self, a, out=None):
+        return np.sum(a, axis=0, out=out)
 
     def bias_act(self, z, b, activation):
         np.add(z, b, out=z)
         if activation.uses_input:
             return z, activation.forward(z)
-        if activation.name == "relu":
+        name = activation.name
+        if name == "relu":
             return None, np.maximum(z, 0, out=z)
+        if name == "tanh":
+            return None, np.tanh(z, out=z)
+        if name == "linear":
+            return None, z
         return None, activation.forward(z)
 
+    def act_grad(self, activation, dy, z, y):
+        name = activation.name
+        if name == "relu":
+            return np.multiply(dy, y > 0, out=dy)
+        if name == "linear":
+            return dy
+        if name in ("tanh", "sigmoid"):
+            t = self._scratch(y)
+            if name == "tanh":  # 1 - y^2
+                np.multiply(y, y, out=t)
+                np.subtract(1, t, out=t)
+            else:  # y (1 - y)
+                np.subtract(1, y, out=t)
+                t *= y
+            return np.multiply(dy, t, out=dy)
+        return activation.backward(dy, z, y)
+
+    def _decayed(self, p, g, weight_decay):
+        """``g + weight_decay p`` in a scratch array (the gradient itself stays as backward left it)."""
+        if not weight_decay:
+            return g
+        out = np.multiply(p, weight_decay, out=self._scratch(p, 1))
+        return np.add(out, g, out=out)
+
     def sgd_update(self, p, g, buf, *, lr, momentum, dampening, nesterov, weight_decay):
-        if weight_decay:
-            g = g + weight_decay * p
+        g = self._decayed(p, g, weight_decay)
+        direction = g
         if momentum:
             if buf is None:
                 buf = g.copy()
             else:
                 buf *= momentum
                 if dampening:
-                    buf += (1 - dampening) * g
+                    buf += np.multiply(g, 1 - dampening, out=self._scratch(p))
                 else:
                     buf += g
-            g = g + momentum * buf if nesterov else buf
-        p -= lr * g
+            direction = buf
+            if nesterov:
+                direction = np.multiply(buf, momentum, out=self._scratch(p))
+                direction += g
+        p -= np.multiply(direction, lr, out=self._scratch(p))
         return buf
+
+    def adam_update(self, p, g, m, v, vmax, *, step, lr, beta1, beta2, eps, weight_decay, decoupled):
+        if weight_decay and decoupled:
+            p *= 1 - lr * weight_decay
+        elif weight_decay:
+            g = self._decayed(p, g, weight_decay)
+        s = self._scratch(p)
+        np.subtract(g, m, out=s)
+        s *= 1 - beta1
+        m += s
+        v *= beta2
+        np.multiply(g, g, out=s)
+        s *= 1 - beta2
+        v += s
+        if vmax is not None:
+            np.maximum(vmax, v, out=vmax)
+            v = vmax
+        np.sqrt(v, out=s)
+        s /= math.sqrt(1 - beta2**step)
+        s += eps
+        np.divide(m, s, out=s)
+        s *= lr / (1 - beta1**step)
+        p -= s
 
 
 _OPS_CACHE: dict = {}
