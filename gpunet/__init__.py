@@ -10,6 +10,7 @@ from . import activations, callbacks, losses, metrics, optim
 from .backend import Backend, cuda_available, cuda_info, get_backend, to_numpy
 from .layers import Dense
 from .callbacks import History, NonFiniteLossError
+from .io import load, save
 from .model import Sequential
 from .plotting import plot_history
 
@@ -26,9 +27,11 @@ __all__ = [
     "cuda_available",
     "cuda_info",
     "get_backend",
+    "load",
     "losses",
     "metrics",
     "optim",
     "plot_history",
+    "save",
     "to_numpy",
 ]

@@ -138,8 +138,9 @@ class TerminateOnNaN(Callback):
 
     ``fit`` checks once per epoch (one device read), finds the first batch whose loss was not finite, and rolls
     the model and optimizer back to the weights with which the last finite batch loss was computed (when the very
-    first batch of an epoch fails: the epoch's starting weights). Then it raises :class:`NonFiniteLossError`
-    (``raise_error=True``, the default) or stops quietly, Keras-style, with the history so far.
+    first batch of an epoch fails: the epoch's starting weights), never keeping a non-finite weight. Then it
+    raises :class:`NonFiniteLossError` (``raise_error=True``, the default; like any exception in ``fit`` this skips
+    the callbacks' ``on_train_end``) or stops quietly, Keras-style, with the history so far.
     """
 
     def __init__(self, raise_error: bool = True):
@@ -171,7 +172,7 @@ class LearningRateScheduler(Callback):
 
     def on_epoch_begin(self, epoch):
         lr = float(self.schedule(epoch, self.initial_lr))
-        self.model.optimizer.lr = validation.positive_number("lr (from the schedule)", lr)
+        self.model.optimizer.lr = validation.number_in("lr (from the schedule)", lr, 0.0, float("inf"))
 
     def on_epoch_end(self, epoch, logs):
         logs["lr"] = self.model.optimizer.lr
@@ -201,8 +202,7 @@ class CosineAnnealingLR(LearningRateScheduler):
     def __init__(self, T_max: int, eta_min: float = 0.0):
         T_max = validation.positive_int("T_max", T_max)
         eta_min = validation.number_in("eta_min", eta_min, 0.0, float("inf"))
-        super().__init__(lambda epoch, lr0: max(eta_min + (lr0 - eta_min) * (1 + math.cos(math.pi * epoch / T_max))
-                                                / 2, 1e-30))
+        super().__init__(lambda epoch, lr0: eta_min + (lr0 - eta_min) * (1 + math.cos(math.pi * epoch / T_max)) / 2)
 
 
 class ProgressBar(Callback):

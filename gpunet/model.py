@@ -165,6 +165,13 @@ class Sequential:
         self._adopt(host)
         return self
 
+    def save(self, path, optimizer=None) -> None:
+        """Write the model to a ``.safetensors`` file, atomically; :func:`gpunet.load` reads it back (see
+        :func:`gpunet.io.save`: ``optimizer=None`` stores the last fit's optimizer, ``False`` none)."""
+        from . import io
+
+        io.save(self, path, optimizer=optimizer)
+
     def _adopt(self, host_weights: list[np.ndarray]) -> None:
         arrays = [self.backend.from_host(w, self.dtype) for w in host_weights]
         ops = ops_for(self.xp, self.fused)
@@ -288,7 +295,7 @@ class Sequential:
         loss = losses_mod.get(loss)
         optimizer = optim_mod.get(optimizer)
         X, Y = self._data("x", x, "y", y, loss)
-        with self.backend.activate():
+        with self.backend.activate(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             _, value = self._train_step(X, Y, loss, optimizer, self._output_pairing(loss))
         return float(value)
 
@@ -373,8 +380,8 @@ class Sequential:
             callbacks.append(callbacks_mod.TerminateOnNaN())
         if verbose:
             callbacks.append(callbacks_mod.ProgressBar(verbose))
-        # History first, so callbacks that add to the logs (schedules' "lr") are seen by it
-        return [History()] + callbacks
+        # History last, so what other callbacks add to an epoch's logs (schedules' "lr") is recorded
+        return callbacks + [History()]
 
     def _row_weights(self, sample_weight, class_weight, Y, loss):
         """``(n, 1)`` device weights from ``sample_weight`` and ``class_weight``, or ``None``."""
@@ -405,6 +412,8 @@ class Sequential:
                                      f"received {key!r}")
                 table[key] = validation.number_in(f"class_weight[{key}]", value, 0.0, float("inf"))
             weights = weights * table[labels]
+            if not np.any(weights > 0):
+                raise ValueError("class_weight (with sample_weight) gives every sample weight 0: nothing to learn")
         return self._on_device(weights[:, None])
 
     def _metrics(self, metrics, loss) -> list:

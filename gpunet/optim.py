@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import weakref
 
+import numpy as np
+
 from . import validation
 from .backend import to_numpy
 
@@ -64,6 +66,40 @@ class Optimizer:
     def reset(self) -> None:
         """Forget all state (momentum, moments, step count)."""
         self.steps, self.state, self._backend, self._model = 0, None, None, None
+
+    def state_dict(self) -> dict:
+        """Host copies ``{"hyperparameters", "steps", "state"}``; ``state`` is ``None`` before the first step, else
+        one ``{name: NumPy array or None}`` per parameter (``model.parameters()`` order). Used by :mod:`gpunet.io`."""
+        state = None if self.state is None else [
+            {k: None if v is None else np.array(to_numpy(v), copy=True) for k, v in s.items()} for s in self.state]
+        return {"hyperparameters": self.hyperparameters(), "steps": self.steps, "state": state}
+
+    def load_state_dict(self, state_dict: dict, model) -> None:
+        """Adopt a :meth:`state_dict` (hyperparameters re-checked by the constructor): the state is copied onto
+        ``model``'s device and bound to ``model``, so the next ``step(model)`` continues it instead of restarting."""
+        fresh = type(self)(**state_dict["hyperparameters"])
+        steps, state, params = state_dict["steps"], state_dict["state"], model.parameters()
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps must be a non-negative integer; received steps={steps!r}")
+        if state is not None:
+            if len(state) != len(params):
+                raise ValueError(f"the optimizer state has {len(state)} entries; the model has {len(params)} "
+                                 f"parameters")
+            names = sorted(fresh._new_state(np.zeros(1)))
+            for i, (s, p) in enumerate(zip(state, params)):
+                if sorted(s) != names:
+                    raise ValueError(f"optimizer state {i} holds {sorted(s)}; {fresh!r} keeps {names}")
+                for k, v in s.items():
+                    if v is not None and tuple(v.shape) != tuple(p.shape):
+                        raise ValueError(f"optimizer state {i}.{k} has shape {tuple(v.shape)}; parameter {i} "
+                                         f"has shape {tuple(p.shape)}")
+            with model.backend.activate():
+                state = [{k: None if v is None else model.backend.from_host(np.array(to_numpy(v), copy=True),
+                                                                            model.dtype)
+                          for k, v in s.items()} for s in state]
+        vars(self).update({k: getattr(fresh, k) for k in fresh.hyperparameters()})
+        self.state, self.steps = state, steps
+        self._backend, self._model = (None, None) if state is None else (model.backend, weakref.ref(model))
 
     @staticmethod
     def _move_state(state: dict, backend, dtype) -> dict:

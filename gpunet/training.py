@@ -12,9 +12,17 @@ from .backend import to_numpy
 from .callbacks import History, NonFiniteLossError, TerminateOnNaN
 
 
-def run(model, X, Y, W, val, *, loss, optimizer, metrics, epochs, batch, shuffle, callbacks) -> History:
+def run(model, X, Y, W, val, **kwargs) -> History:
     """Train ``model`` on device arrays ``X`` ``(n, in)``, ``Y`` ``(n, out)``, optional row weights ``W``
-    ``(n, 1)``; ``val`` is ``None`` or device ``(X_val, Y_val)``. Returns the History (also in ``callbacks``)."""
+    ``(n, 1)``; ``val`` is ``None`` or device ``(X_val, Y_val)``. Returns the History (also in ``callbacks``).
+
+    NumPy's overflow warnings are silenced: divergence is detected and reported by the loop itself.
+    """
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _run(model, X, Y, W, val, **kwargs)
+
+
+def _run(model, X, Y, W, val, *, loss, optimizer, metrics, epochs, batch, shuffle, callbacks) -> History:
     xp = model.xp
     n = X.shape[0]
     starts = list(range(0, n, batch))
@@ -52,17 +60,11 @@ def run(model, X, Y, W, val, *, loss, optimizer, metrics, epochs, batch, shuffle
                 cb.on_batch_end(b, lambda: {"loss": _mean_loss(xp, values, sizes)})
 
         batch_losses = to_numpy(xp.stack(values)).astype(np.float64)
-        weights_finite = bool(xp.all(xp.stack([xp.all(xp.isfinite(p)) for p in model.parameters()])))
-        if not (np.all(np.isfinite(batch_losses)) and weights_finite):
+        if not (np.all(np.isfinite(batch_losses)) and _weights_finite(model)):
             bad = int(np.argmin(np.isfinite(batch_losses))) if not np.all(np.isfinite(batch_losses)) else len(starts)
-            keep = max(bad - 1, 0)  # the batch whose (finite) loss was computed with the weights we keep
-            _restore(model, optimizer, snapshot)
-            for b in range(keep):
-                step(Xe, Ye, We, b)
-            message = _divergence_message(epoch, bad, batch_losses, keep, len(starts))
-            if nan_policy.raise_error:
-                for cb in callbacks:
-                    cb.on_train_end()
+            kept = _roll_back(model, optimizer, snapshot, lambda b: step(Xe, Ye, We, b), max(bad - 1, 0))
+            message = _divergence_message(epoch, bad, batch_losses, kept, len(starts))
+            if nan_policy.raise_error:  # like any exception in fit, this skips the callbacks' on_train_end
                 raise NonFiniteLossError(message, epoch, min(bad, len(starts) - 1), history)
             print(f"gpunet: {message}")
             break
@@ -81,6 +83,28 @@ def run(model, X, Y, W, val, *, loss, optimizer, metrics, epochs, batch, shuffle
     return history
 
 
+def _weights_finite(model) -> bool:
+    xp = model.xp
+    return bool(xp.all(xp.stack([xp.all(xp.isfinite(p)) for p in model.parameters()])))
+
+
+def _roll_back(model, optimizer, snapshot, step, target: int) -> int:
+    """Restore the epoch's start and replay up to ``target`` steps, stopping before any step that leaves a
+    non-finite weight (a finite loss does not prove finite weights). Returns the number of steps replayed."""
+    _restore(model, optimizer, snapshot)
+    good = 0
+    for b in range(target):
+        step(b)
+        if not _weights_finite(model):
+            break
+        good = b + 1
+    if good < target:
+        _restore(model, optimizer, snapshot)
+        for b in range(good):
+            step(b)
+    return good
+
+
 def _mean_loss(xp, values, sizes) -> float:
     done = len(values)
     return float(to_numpy(xp.stack(values)).astype(np.float64) @ sizes[:done] / sizes[:done].sum())
@@ -92,7 +116,7 @@ def _divergence_message(epoch, bad, batch_losses, keep, n_batches) -> str:
     else:
         what = f"the weights became non-finite in the last update of epoch {epoch + 1}"
     kept = (f"the weights with which batch {keep + 1}'s finite loss ({batch_losses[keep]:.6g}) was computed"
-            if keep < bad else f"the weights epoch {epoch + 1} started with")
+            if keep > 0 else f"the weights epoch {epoch + 1} started with")
     return (f"training diverged: {what}. The model keeps {kept}. Lower the learning rate, scale the inputs, or "
             f"check the targets.")
 
