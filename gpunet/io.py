@@ -18,9 +18,10 @@ never a torn one.
 
 >>> import os, tempfile, gpunet as gn
 >>> model = gn.Sequential([gn.Dense(2, 3, "relu"), gn.Dense(3, 1)], seed=0)
->>> path = os.path.join(tempfile.mkdtemp(), "model.safetensors")
->>> model.save(path)
->>> gn.load(path).get_weights()[0].tolist() == model.get_weights()[0].tolist()
+>>> with tempfile.TemporaryDirectory() as folder:
+...     model.save(os.path.join(folder, "model.safetensors"))
+...     restored = gn.load(os.path.join(folder, "model.safetensors"))
+>>> restored.get_weights()[0].tolist() == model.get_weights()[0].tolist()
 True
 """
 
@@ -82,7 +83,7 @@ def save(model, path, optimizer=None) -> None:
         "format_version": FORMAT_VERSION,
         "gpunet_version": __version__,
         "dtype": model.dtype,
-        "seed": None if model.seed is None else int(model.seed),
+        "seed": None if model.seed is None else _json_safe(int(model.seed)),
         "fused": bool(model.fused),
         "layers": [{"in_features": layer.in_features, "out_features": layer.out_features,
                     "activation": _config(layer.activation, activations_mod.ACTIVATIONS, "activation", strict=True),
@@ -291,7 +292,7 @@ def load(path, device="cpu"):
             layers.append(_checked(path, f"layer {i}", Dense, spec["in_features"], spec["out_features"], act,
                                    spec["init"]))
         model = _checked(path, "architecture", Sequential, layers, device=backend, dtype=dtype,
-                         seed=meta["seed"], fused=meta["fused"])
+                         seed=_from_json_safe(meta["seed"]), fused=meta["fused"])
         loss = None if meta["loss"] is None else _rebuild(path, "loss", meta["loss"], losses_mod.LOSSES)
         metrics = [_rebuild(path, "metric", m, metrics_mod.METRICS) for m in meta["metrics"]]
         opt_meta = meta["optimizer"]
@@ -309,9 +310,10 @@ def load(path, device="cpu"):
         missing = sorted(set(expected) - set(tensors))
         extra = sorted(set(tensors) - set(expected))
         if missing:
-            raise bad(f"tensor(s) {missing} are missing (the file holds {sorted(tensors)})")
+            raise bad(f"tensor(s) {_some(missing)} are missing (the file holds {len(tensors)} tensors: "
+                      f"{_some(sorted(tensors))})")
         if extra:
-            raise bad(f"unexpected tensor(s) {extra} (the metadata describes {sorted(expected)})")
+            raise bad(f"unexpected tensor(s) {_some(extra)} (the metadata describes {len(expected)} tensors)")
         checksums = meta.get("checksums", {})
         for name, shape in expected.items():
             t = tensors[name]
@@ -336,6 +338,10 @@ def load(path, device="cpu"):
     return model
 
 
+def _some(names: list, limit: int = 8) -> str:
+    return str(names) if len(names) <= limit else f"{names[:limit]} and {len(names) - limit} more"
+
+
 def _header(path: str, data: bytes) -> dict:
     """The safetensors JSON header, checked enough to explain a truncated or corrupted file."""
     if len(data) < 8:
@@ -354,6 +360,12 @@ def _header(path: str, data: bytes) -> dict:
         raise ValueError(f"{path} is not a valid safetensors file (corrupted header: {exc})") from None
     if not isinstance(header, dict):
         raise ValueError(f"{path} is not a valid safetensors file (corrupted header: not a JSON object)")
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except Exception:  # a malformed entry: left to safetensors' own checks
+        end = 0
+    if 8 + n + end > len(data):
+        raise ValueError(f"{path} is truncated: it should be {8 + n + end} bytes long but has {len(data)}")
     return header
 
 
@@ -362,7 +374,7 @@ def _metadata(path: str, header: dict) -> dict:
     if entry is None:
         names = sorted(k for k in header if k != "__metadata__")
         raise ValueError(f"{path} is a safetensors file but not a gpunet model: its metadata lacks the "
-                         f"{METADATA_KEY!r} entry (tensors: {names[:8]}{' ...' if len(names) > 8 else ''})")
+                         f"{METADATA_KEY!r} entry (tensors: {_some(names)})")
     try:
         meta = json.loads(entry)
     except (TypeError, json.JSONDecodeError) as exc:
@@ -427,5 +439,6 @@ def _generator(path: str, state) -> np.random.Generator:
     try:
         bit_generator.state = state
     except (TypeError, ValueError, KeyError) as exc:
-        raise ValueError(f"{path}: invalid shuffle generator state in the gpunet metadata: {exc}") from None
+        raise ValueError(f"{path}: invalid shuffle generator state in the gpunet metadata "
+                         f"({type(exc).__name__}: {exc})") from None
     return np.random.Generator(bit_generator)

@@ -68,15 +68,19 @@ class Optimizer:
         self.steps, self.state, self._backend, self._model = 0, None, None, None
 
     def state_dict(self) -> dict:
-        """Host copies ``{"hyperparameters", "steps", "state"}``; ``state`` is ``None`` before the first step, else
-        one ``{name: NumPy array or None}`` per parameter (``model.parameters()`` order). Used by :mod:`gpunet.io`."""
+        """Host copies ``{"class", "hyperparameters", "steps", "state"}``; ``state`` is ``None`` before the first
+        step, else one ``{name: NumPy array or None}`` per parameter (``model.parameters()`` order). Used by
+        :mod:`gpunet.io`."""
         state = None if self.state is None else [
             {k: None if v is None else np.array(to_numpy(v), copy=True) for k, v in s.items()} for s in self.state]
-        return {"hyperparameters": self.hyperparameters(), "steps": self.steps, "state": state}
+        return {"class": type(self).__name__, "hyperparameters": self.hyperparameters(), "steps": self.steps,
+                "state": state}
 
     def load_state_dict(self, state_dict: dict, model) -> None:
         """Adopt a :meth:`state_dict` (hyperparameters re-checked by the constructor): the state is copied onto
         ``model``'s device and bound to ``model``, so the next ``step(model)`` continues it instead of restarting."""
+        if state_dict.get("class", type(self).__name__) != type(self).__name__:
+            raise ValueError(f"a {state_dict['class']} state cannot be loaded into {type(self).__name__}")
         fresh = type(self)(**state_dict["hyperparameters"])
         steps, state, params = state_dict["steps"], state_dict["state"], model.parameters()
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
