@@ -68,12 +68,17 @@ def save(model, path, optimizer=None) -> None:
         ValueError: a weight or optimizer state is NaN or infinite.
         OSError: the file cannot be written (the previous file, if any, is left as it was).
     """
+    path = _path(path)
+    _write_atomic(path, to_bytes(model, optimizer, path))
+
+
+def to_bytes(model, optimizer=None, path: str = "<bytes>") -> bytes:
+    """The file :func:`save` writes, as bytes (``path`` only names the destination in error messages)."""
     from . import __version__
     from .model import Sequential
 
     if not isinstance(model, Sequential):
         raise TypeError(f"model must be a gpunet.Sequential; received {type(model).__name__}")
-    path = _path(path)
     optimizer = _optimizer_to_save(model, optimizer)
     tensors = {}
     for i, w in enumerate(model.get_weights()):
@@ -118,9 +123,8 @@ def save(model, path, optimizer=None) -> None:
                         f"optimizer settings): {exc}") from None
     import safetensors.numpy
 
-    data = safetensors.numpy.save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+    return safetensors.numpy.save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
                                   metadata={METADATA_KEY: text})
-    _write_atomic(path, data)
 
 
 def _path(path) -> str:
@@ -263,13 +267,19 @@ def load(path, device="cpu"):
             safetensors file, a newer format version, tensors missing, extra, misshapen or not finite, unknown
             names in the metadata); the message names the file and the problem.
     """
-    from .layers import Dense
-    from .model import Sequential
-
     backend = get_backend(device)  # device errors are the caller's, not the file's
     path = _path(path)
     with open(path, "rb") as handle:
         data = handle.read()
+    return from_bytes(data, backend, path)
+
+
+def from_bytes(data: bytes, device="cpu", path: str = "<bytes>"):
+    """:func:`load` from the bytes of a file (``path`` only names the source in error messages)."""
+    from .layers import Dense
+    from .model import Sequential
+
+    backend = get_backend(device)
     header = _header(path, data)
     try:
         import safetensors.numpy

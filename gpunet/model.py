@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+import weakref
 
 import numpy as np
 
@@ -171,6 +172,33 @@ class Sequential:
         from . import io
 
         io.save(self, path, optimizer=optimizer)
+
+    def __getstate__(self) -> dict:
+        """Pickle (and ``copy.deepcopy``) through the safetensors format of :mod:`gpunet.io`: the model, its last
+        fit's loss, metrics and optimizer state, its shuffling generator, and the device to rebuild it on."""
+        from . import io
+
+        device = self.device if self.backend.name in ("numpy", "cupy") else self.backend.xp.__name__
+        return {"gpunet_bytes": io.to_bytes(self), "device": device}
+
+    def __setstate__(self, state: dict) -> None:
+        """Rebuild on the pickled device, or on the CPU (with a warning) where that device is not usable here."""
+        import importlib
+
+        from . import io
+
+        device = state["device"]
+        try:
+            if not (device == "cpu" or device.startswith("cuda")):
+                device = importlib.import_module(device)
+            backend = get_backend(device)
+        except (ImportError, ValueError) as exc:
+            warnings.warn(f"gpunet: the pickled model's device {state['device']!r} is not usable here ({exc}); "
+                          f"loading it on the CPU", stacklevel=2)
+            backend = get_backend("cpu")
+        self.__dict__.update(io.from_bytes(state["gpunet_bytes"], backend, "<pickle>").__dict__)
+        if self.optimizer is not None and self.optimizer.state is not None:
+            self.optimizer._model = weakref.ref(self)  # the state belongs to this model, not the one io built
 
     def _adopt(self, host_weights: list[np.ndarray]) -> None:
         arrays = [self.backend.from_host(w, self.dtype) for w in host_weights]

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import numbers
 import warnings
-import weakref
 
 import numpy as np
 
@@ -122,25 +121,6 @@ class _BaseMLP(BaseEstimator):
         # weights and shuffling come from random_state; None draws them from NumPy's global generator
         tags.non_deterministic = self.random_state is None
         return tags
-
-    def __getstate__(self):
-        state = dict(super().__getstate__())  # a copy: the live estimator keeps its model
-        if isinstance(state.get("model_"), Sequential):
-            state["model_"] = _PortableModel(state["model_"])
-        return state
-
-    def __setstate__(self, state):
-        portable = state.get("model_")
-        if isinstance(portable, _PortableModel):
-            device = state.get("device", "cpu")
-            try:
-                model = portable.rebuild(device)
-            except ValueError as exc:  # e.g. fitted on a GPU, unpickled where CUDA is unusable
-                warnings.warn(f"{type(self).__name__} was fitted on device={device!r}, which is unusable here "
-                              f"({exc}); its network is loaded on the CPU", UserWarning, stacklevel=2)
-                model = portable.rebuild("cpu")
-            state = dict(state, model_=model)
-        super().__setstate__(state)
 
     # -- fitting --------------------------------------------------------------------------------------------------
     def _fit(self, X, y, sample_weight, *, incremental: bool, classes=None):
@@ -530,38 +510,3 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         if name == "huber":
             return losses_mod.Huber(validation.positive_number("huber_delta", self.huber_delta))
         return name
-
-
-class _PortableModel:
-    """A picklable snapshot of a :class:`gpunet.Sequential` (host weights and optimizer state), for pickle and
-    ``copy.deepcopy`` of fitted estimators: a Sequential holds its array namespace, a module, which pickle refuses."""
-
-    def __init__(self, model: Sequential):
-        self.layers = [(layer.in_features, layer.out_features, layer.activation, layer.init) for layer in model.layers]
-        self.dtype, self.seed, self.fused = model.dtype, model.seed, model.fused
-        self.weights = model.get_weights()
-        self.shuffle_rng = model._shuffle_rng
-        self.loss = model.loss
-        self.optimizer = model.optimizer
-        self.optimizer_state = None
-        if model.optimizer is not None:
-            opt = model.optimizer
-            self.optimizer = type(opt)(**opt.hyperparameters())
-            self.optimizer.steps = opt.steps
-            if opt.state is not None:
-                self.optimizer_state = [{k: None if v is None else np.array(to_numpy(v), copy=True)
-                                         for k, v in s.items()} for s in opt.state]
-
-    def rebuild(self, device) -> Sequential:
-        layers = [Dense(n_in, n_out, act, init) for n_in, n_out, act, init in self.layers]
-        model = Sequential(layers, device=device, dtype=self.dtype, seed=self.seed, fused=self.fused)
-        model.set_weights(self.weights)
-        model._shuffle_rng = self.shuffle_rng
-        model.loss = self.loss
-        opt = self.optimizer
-        if opt is not None and self.optimizer_state is not None:
-            # the optimizer moves host state to the model's device on its next step (as after model.to(...))
-            opt.state = self.optimizer_state
-            opt._backend, opt._model = get_backend("cpu"), weakref.ref(model)
-        model.optimizer = opt
-        return model

@@ -596,3 +596,19 @@ def test_no_pickle_anywhere():
         assert not re.search(r"allow_pickle\s*=\s*True", text), source
         if source.name == "io.py":
             assert "np.load(" not in text and "pickle.load" not in text
+
+
+def test_pickle_and_deepcopy_round_trip_and_resume_exactly():
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 3)), rng.integers(0, 2, 40)
+    model = gn.Sequential([gn.Dense(3, 5, "relu"), gn.Dense(5, 2, "softmax")], seed=0)
+    model.fit(X, y, loss="cce", optimizer="adam", epochs=2, batch_size=8)
+    copies = [pickle.loads(pickle.dumps(model)), copy.deepcopy(model)]
+    for m in [model, *copies]:
+        m.fit(X, y, epochs=2, batch_size=8)  # continues with the restored optimizer state and shuffling
+    for m in copies:
+        for a, b in zip(model.get_weights(), m.get_weights()):
+            np.testing.assert_array_equal(a, b)
