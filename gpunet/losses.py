@@ -92,19 +92,20 @@ class Loss:
         return y
 
     # -- internal: prepared targets of pred's dtype ---------------------------------------------------------------
-    def value(self, pred, target):
-        """Scalar loss for a prepared target (same shape and dtype as ``pred``)."""
+    def value(self, pred, target, ops=None):
+        """Scalar loss for a prepared target (same shape and dtype as ``pred``); ``ops`` as in
+        :meth:`value_and_grad`."""
         raise NotImplementedError
 
     def gradient(self, pred, target):
         """Gradient with respect to ``pred`` for a prepared target."""
         raise NotImplementedError
 
-    def row_values(self, pred, target):
+    def row_values(self, pred, target, ops=None):
         """The loss of each row, ``(n,)``, for a prepared target: ``value`` is their mean."""
-        return array_namespace(pred).mean(self.elementwise(pred, target), axis=1)
+        return array_namespace(pred).mean(self.elementwise(pred, target, ops), axis=1)
 
-    def elementwise(self, pred, target):
+    def elementwise(self, pred, target, ops=None):
         """The loss of each element, shape of ``pred``, for a prepared target."""
         raise NotImplementedError
 
@@ -149,12 +150,12 @@ class MSE(Loss):
 
     name = "mse"
 
-    def elementwise(self, pred, target):
+    def elementwise(self, pred, target, ops=None):
         r = pred - target
         return r * r
 
-    def value(self, pred, target):
-        return array_namespace(pred).mean(self.elementwise(pred, target))
+    def value(self, pred, target, ops=None):
+        return array_namespace(pred).mean(self.elementwise(pred, target, ops))
 
     def gradient(self, pred, target):
         return (2.0 / _size(pred)) * (pred - target)
@@ -165,11 +166,11 @@ class MAE(Loss):
 
     name = "mae"
 
-    def elementwise(self, pred, target):
+    def elementwise(self, pred, target, ops=None):
         return array_namespace(pred).abs(pred - target)
 
-    def value(self, pred, target):
-        return array_namespace(pred).mean(self.elementwise(pred, target))
+    def value(self, pred, target, ops=None):
+        return array_namespace(pred).mean(self.elementwise(pred, target, ops))
 
     def gradient(self, pred, target):
         return array_namespace(pred).sign(pred - target) / _size(pred)
@@ -194,11 +195,11 @@ class Huber(Loss):
         loss, grad = ops.huber(pred, target, self.delta, 1.0 / _size(pred))
         return ops.xp.mean(loss), grad
 
-    def elementwise(self, pred, target):
-        return ops_for(array_namespace(pred)).huber(pred, target, self.delta, 1.0)[0]
+    def elementwise(self, pred, target, ops=None):
+        return (ops or ops_for(array_namespace(pred))).huber(pred, target, self.delta, 1.0)[0]
 
-    def value(self, pred, target):
-        return self.value_and_grad(pred, target)[0]
+    def value(self, pred, target, ops=None):
+        return self.value_and_grad(pred, target, ops)[0]
 
     def gradient(self, pred, target):
         return self.value_and_grad(pred, target)[1]
@@ -236,13 +237,13 @@ class BinaryCrossEntropy(Loss):
         loss, grad = ops.bce_logits(pred, target, 1.0 / _size(pred))
         return ops.xp.mean(loss), grad
 
-    def elementwise(self, pred, target):
+    def elementwise(self, pred, target, ops=None):
         if self.from_logits:
-            return ops_for(array_namespace(pred)).bce_logits(pred, target, 1.0)[0]
+            return (ops or ops_for(array_namespace(pred))).bce_logits(pred, target, 1.0)[0]
         return -(target * _clamped_log(pred) + (1 - target) * _clamped_log(1 - pred))
 
-    def value(self, pred, target):
-        return array_namespace(pred).mean(self.elementwise(pred, target))
+    def value(self, pred, target, ops=None):
+        return array_namespace(pred).mean(self.elementwise(pred, target, ops))
 
     def gradient(self, pred, target):
         if self.from_logits:
@@ -307,15 +308,15 @@ class CategoricalCrossEntropy(Loss):
                              f"{float(row_sums[int(xp.argmax(xp.abs(row_sums - 1)))])}")
         return y
 
-    def elementwise(self, pred, target):
+    def elementwise(self, pred, target, ops=None):
         logp = array_utils.log_softmax(pred, axis=-1) if self.from_logits else _clamped_log(pred)
         return -(target * logp)
 
-    def row_values(self, pred, target):
-        return array_namespace(pred).sum(self.elementwise(pred, target), axis=1)
+    def row_values(self, pred, target, ops=None):
+        return array_namespace(pred).sum(self.elementwise(pred, target, ops), axis=1)
 
-    def value(self, pred, target):
-        return array_namespace(pred).sum(self.elementwise(pred, target)) / pred.shape[0]
+    def value(self, pred, target, ops=None):
+        return array_namespace(pred).sum(self.elementwise(pred, target, ops)) / pred.shape[0]
 
     def gradient(self, pred, target):
         xp = array_namespace(pred)

@@ -336,7 +336,7 @@ class Sequential:
             value, grad = loss.value_and_grad(pred, yb, self.ops)
         if wb is not None:
             grad = grad * wb
-            value = self.xp.sum(loss.row_values(pred, yb) * wb[:, 0]) / xb.shape[0]
+            value = self.xp.sum(loss.row_values(pred, yb, self.ops) * wb[:, 0]) / xb.shape[0]
         self._backward(grad, through_last_activation=not combined, input_grad=False)
         optimizer.step(self)
         return pred, value
@@ -388,7 +388,7 @@ class Sequential:
 
     def _evaluate(self, X, Y, loss, metric_objs, batch_size=None) -> dict[str, float]:
         pred = self._predict(X, batch_size)
-        out = {"loss": float(loss.value(pred, Y))}
+        out = {"loss": float(loss.value(pred, Y, self.ops))}
         for metric in metric_objs:
             out[metric.name] = metric.result([to_numpy(s) for s in metric.stats(pred, Y)])
         return out

@@ -1,0 +1,208 @@
+"""``HostElementwiseKernel``: a test stand-in for ``cupy.ElementwiseKernel`` that runs on the host.
+
+It takes the very declaration gpunet hands to CuPy (``in_params``, ``out_params``, ``operation``, ``name``,
+``preamble``), and when called does what CuPy would do with it, on NumPy arrays (which play the device arrays):
+
+- binds the arguments to the declared parameters in order: ``kernel(*inputs)`` or ``kernel(*inputs, *outputs)``;
+- resolves each type placeholder (``T``) from the arrays bound to it, which must share one dtype (float32 ->
+  ``float``, float64 -> ``double``); Python scalars bound to ``T`` are cast to it, scalars of concrete parameters
+  (``bool nesterov``) to that type;
+- broadcasts the arrays NumPy-style, allocates the outputs not passed (broadcast shape, resolved dtype; filled with
+  NaN, so an operation that reads an output nobody passed in shows up), and returns the output, or a tuple of them;
+- generates C++ (typedefs, the preamble, then one loop that binds ``const T x = ...`` per input and ``T& y = ...``
+  per output before the ``operation``), compiles it with ``g++`` once per process and source, and runs it through
+  ``ctypes``. Outputs that were passed are copied in first and written back after: kernels update them in place and
+  may read them (``p = p - lr * g``).
+
+So a test running gpunet's ``CupyOps`` on it checks the declarations, argument order, dtypes, output allocation
+and scalar arguments, and the CUDA C++ math of ``kernels/*.cuh`` (the ``GN_FN`` macro makes it host C++), without
+a GPU. It does not model the GPU's floating point (FMA contraction, CUDA's math library): ``-ffp-contract=off``
+keeps the host's results close to NumPy's instead. ``raw`` parameters, ``size=``, ``return_tuple``, loop prologues
+and reductions are not supported (NotImplementedError).
+
+>>> import numpy as np
+>>> add = HostElementwiseKernel("T x, T y", "T z", "z = x + y", name="add")
+>>> add(np.arange(3.0), 10)
+array([10., 11., 12.])
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import dataclasses
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+CXX = os.environ.get("CXX", "g++")
+CXX_FLAGS = ("-O2", "-shared", "-fPIC", "-std=c++17", "-ffp-contract=off")
+
+_C_TYPES = {  # NumPy dtype -> C++ type of the generated code
+    np.dtype(np.bool_): "bool", np.dtype(np.float32): "float", np.dtype(np.float64): "double",
+    **{np.dtype(f"{s}int{b}"): f"{s}int{b}_t" for s in ("", "u") for b in (8, 16, 32, 64)},
+}
+_CONCRETE = {dt.name: dt for dt in _C_TYPES} | {"float": np.dtype(np.float32), "double": np.dtype(np.float64)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One declared parameter: ``dtype`` is its concrete type, or None for a type placeholder such as ``T``."""
+
+    type_name: str
+    name: str
+    dtype: np.dtype | None
+
+
+def parse_params(text: str) -> tuple[Param, ...]:
+    """``"T b, T a"`` -> parameters; ``""`` -> none."""
+    params = []
+    for item in filter(str.strip, text.split(",")):
+        tokens = item.split()
+        if tokens[0] == "raw":
+            raise NotImplementedError(f"raw parameters ({item.strip()!r}) are not supported by the host stand-in")
+        if len(tokens) != 2 or not all(t.isidentifier() for t in tokens):
+            raise ValueError(f"cannot parse parameter {item.strip()!r}: expected 'TYPE NAME'")
+        if tokens[1] == "i" or tokens[1].startswith("_"):  # the generated code's own names
+            raise ValueError(f"parameter name {tokens[1]!r} is reserved (the index i, or a leading underscore)")
+        params.append(Param(tokens[0], tokens[1], _CONCRETE.get(tokens[0])))
+    names = [p.name for p in params]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate parameter names in {text!r}")
+    return tuple(params)
+
+
+class HostElementwiseKernel:
+    """``cupy.ElementwiseKernel``'s constructor and call, compiled and run on the host (see the module docs)."""
+
+    def __init__(self, in_params: str, out_params: str, operation: str, name: str = "kernel", preamble: str = "",
+                 **kwargs):
+        self.in_params, self.out_params = parse_params(in_params), parse_params(out_params)
+        self.params = self.in_params + self.out_params
+        if not self.out_params:
+            raise ValueError(f"{name}: an elementwise kernel needs at least one output")
+        if len({p.name for p in self.params}) != len(self.params):
+            raise ValueError(f"{name}: an input and an output share a name")
+        unsupported = set(kwargs) - {"options", "reduce_dims"}  # these two change how, not what, CuPy computes
+        if unsupported:
+            raise NotImplementedError(f"{name}: the host stand-in does not model {sorted(unsupported)}")
+        self.nin, self.nout = len(self.in_params), len(self.out_params)
+        self.operation, self.name, self.preamble = operation, name, preamble
+
+    def __repr__(self) -> str:
+        return f"HostElementwiseKernel({self.name!r})"
+
+    def __call__(self, *args, **kwargs):
+        if kwargs:
+            raise NotImplementedError(f"{self.name}: keyword arguments {sorted(kwargs)} are not supported")
+        if len(args) not in (self.nin, self.nin + self.nout):
+            raise TypeError(f"{self.name}: wrong number of arguments: {len(args)} given, expected {self.nin} inputs"
+                            f" (+ {self.nout} outputs)")
+        for k, (p, a) in enumerate(zip(self.params, args)):
+            if not (isinstance(a, np.ndarray) or (_is_scalar(a) and k < self.nin)):
+                kinds = "an array or a scalar" if k < self.nin else "an array"
+                raise TypeError(f"{self.name}: argument {p.name!r} must be {kinds}; received {type(a).__name__}")
+        placeholders = self._resolve_types(args)
+        dtypes = [p.dtype or placeholders[p.type_name] for p in self.params]
+        arrays = [a for a in args if isinstance(a, np.ndarray)]
+        try:
+            shape = np.broadcast_shapes(*(a.shape for a in arrays))
+        except ValueError:
+            raise ValueError(f"{self.name}: the arguments' shapes {[a.shape for a in arrays]} cannot be broadcast "
+                             f"together") from None
+        outputs = list(args[self.nin:])
+        for p, out, dtype in zip(self.out_params, outputs, dtypes[self.nin:]):
+            if out.shape != shape or out.dtype != dtype:
+                raise ValueError(f"{self.name}: output {p.name!r} is {out.dtype}{list(out.shape)} but the kernel "
+                                 f"writes {dtype}{list(shape)}")
+        # the kernel's arguments: contiguous (broadcast) copies of arrays, scalars by value, then the outputs
+        values = [np.ascontiguousarray(np.broadcast_to(a, shape), dtype) if isinstance(a, np.ndarray)
+                  else dtype.type(a) for a, dtype in zip(args[:self.nin], dtypes)]
+        buffers = [np.array(out, order="C", copy=True) for out in outputs]
+        buffers += [_new_output(shape, dtype) for dtype in dtypes[self.nin + len(outputs):]]
+        is_array = tuple(isinstance(v, np.ndarray) for v in values)
+        run = _compile(self.source(placeholders, is_array), self.name).run
+        run.restype = None
+        run.argtypes = [ctypes.c_size_t] + [ctypes.c_void_p if arr else np.ctypeslib.as_ctypes_type(dt)
+                                            for arr, dt in zip(is_array, dtypes)] + [ctypes.c_void_p] * self.nout
+        if buffers[0].size:
+            run(buffers[0].size, *[v.ctypes.data if arr else v.item() for v, arr in zip(values, is_array)],
+                *[b.ctypes.data for b in buffers])
+        for out, buf in zip(outputs, buffers):
+            out[...] = buf
+        results = outputs + buffers[len(outputs):]
+        return results[0] if self.nout == 1 else tuple(results)
+
+    def _resolve_types(self, args) -> dict[str, np.dtype]:
+        """Each placeholder's dtype: that of the arrays bound to it (all equal), else NumPy's for its scalars."""
+        types: dict[str, np.dtype] = {}
+        for p, a in zip(self.params, args):
+            if p.dtype is None and isinstance(a, np.ndarray):
+                if types.setdefault(p.type_name, a.dtype) != a.dtype:
+                    raise TypeError(f"{self.name}: type is mismatched: {p.name!r} is {a.dtype} but "
+                                    f"{p.type_name} is {types[p.type_name]}")
+        for p, a in zip(self.params, args):
+            if p.dtype is None and p.type_name not in types:
+                types[p.type_name] = np.result_type(a)
+        missing = {p.type_name for p in self.params if p.dtype is None} - set(types)
+        if missing:
+            raise TypeError(f"{self.name}: cannot determine the type of {sorted(missing)} from the arguments")
+        unsupported = {n: str(dt) for n, dt in types.items() if dt not in _C_TYPES}
+        if unsupported:
+            raise TypeError(f"{self.name}: the host stand-in has no C++ type for {unsupported}")
+        return types
+
+    def source(self, placeholders: dict[str, np.dtype], is_array: tuple[bool, ...]) -> str:
+        """The C++ translation unit for these placeholder types and array/scalar inputs."""
+        signature, binds = ["size_t _n"], []
+        for p, arr in zip(self.in_params, is_array):
+            if arr:
+                signature.append(f"const {p.type_name}* _in_{p.name}")
+                binds.append(f"const {p.type_name} {p.name} = _in_{p.name}[i];")
+            else:
+                signature.append(f"const {p.type_name} {p.name}")
+        for p in self.out_params:
+            signature.append(f"{p.type_name}* _out_{p.name}")
+            binds.append(f"{p.type_name}& {p.name} = _out_{p.name}[i];")
+        concrete = {p.type_name: p.dtype for p in self.params if p.dtype is not None}
+        typedefs = [f"typedef {_C_TYPES[dt]} {name};" for name, dt in (placeholders | concrete).items()
+                    if _C_TYPES[dt] != name]
+        body = "\n".join(f"        {line}" for line in [*binds, f"{self.operation};"])
+        return "\n".join(["#include <cstddef>", "#include <cstdint>", *typedefs, f"// {self.name}", self.preamble,
+                          f'extern "C" void run({", ".join(signature)}) {{',
+                          "    for (ptrdiff_t i = 0; i < (ptrdiff_t)_n; ++i) {", body, "    }", "}", ""])
+
+
+def _is_scalar(a) -> bool:
+    return isinstance(a, (bool, int, float, np.bool_, np.integer, np.floating))
+
+
+def _new_output(shape, dtype: np.dtype) -> np.ndarray:
+    return np.full(shape, np.nan, dtype) if dtype.kind == "f" else np.zeros(shape, dtype)
+
+
+_LIBRARIES: dict[str, ctypes.CDLL] = {}  # source hash -> loaded library, for this process
+_BUILD_DIR: Path | None = None
+
+
+def _compile(source: str, name: str) -> ctypes.CDLL:
+    """The shared library built from ``source`` (compiled on first request in this process)."""
+    global _BUILD_DIR
+    key = hashlib.sha256(source.encode()).hexdigest()[:20]
+    library = _LIBRARIES.get(key)
+    if library is None:
+        if _BUILD_DIR is None:
+            _BUILD_DIR = Path(tempfile.mkdtemp(prefix="gpunet-host-kernels-"))
+            atexit.register(shutil.rmtree, _BUILD_DIR, ignore_errors=True)
+        cpp, so = _BUILD_DIR / f"{key}.cpp", _BUILD_DIR / f"{key}.so"
+        cpp.write_text(source)
+        done = subprocess.run([CXX, *CXX_FLAGS, "-o", str(so), str(cpp)], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{CXX} could not compile kernel {name!r} ({cpp}):\n{done.stderr}")
+        library = _LIBRARIES[key] = ctypes.CDLL(str(so))
+    return library
