@@ -81,7 +81,10 @@ def test_wheel_ships_kernels_and_works_installed(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "GPUNET"))}
-    env["PYTHONPATH"] = str(target)
+    # keep PYTHONPATH entries that hold dependencies (carried wheels on a GPU machine), never one with a gpunet
+    kept = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+            if entry and not (Path(entry) / "gpunet").exists()]
+    env["PYTHONPATH"] = os.pathsep.join([str(target), *kept])
     done = run([sys.executable, "-c", INSTALLED_CHECK, str(target), json.dumps(expected_kernels)], cwd=elsewhere,
                env=env)
     assert "installed gpunet OK" in done.stdout
