@@ -164,6 +164,9 @@ class SiLU(Activation):
 
 _GELU_C = math.sqrt(2.0 / math.pi)
 _GELU_K = 0.044715
+# beyond |z| = 100 the tanh is exactly +-1 in float32 and float64; clamping z there inside the polynomial keeps z^3
+# from overflowing (and 0 * inf from making NaN) without changing any result
+_GELU_CLAMP = 100.0
 
 
 class GELU(Activation):
@@ -172,10 +175,12 @@ class GELU(Activation):
 
     def forward(self, z):
         xp = array_namespace(z)
-        return 0.5 * z * (1 + xp.tanh(_GELU_C * (z + _GELU_K * z * z * z)))
+        zc = xp.clip(z, -_GELU_CLAMP, _GELU_CLAMP)
+        return 0.5 * z * (1 + xp.tanh(_GELU_C * (zc + _GELU_K * zc * zc * zc)))
 
     def backward(self, dy, z, y):
         xp = array_namespace(dy)
+        z = xp.clip(z, -_GELU_CLAMP, _GELU_CLAMP)
         z2 = z * z
         t = xp.tanh(_GELU_C * (z + _GELU_K * z2 * z))
         return dy * (0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _GELU_C * (1 + 3 * _GELU_K * z2))

@@ -55,23 +55,29 @@ class Loss:
 
     # -- public: any target form, checked -------------------------------------------------------------------------
     def __call__(self, pred, target):
-        return self.value(pred, self._target_like(pred, target))
+        return self.value(*self._checked(pred, target))
 
     def grad(self, pred, target):
         """Gradient of the loss with respect to ``pred``, shape of ``pred``."""
-        return self.gradient(pred, self._target_like(pred, target))
+        return self.gradient(*self._checked(pred, target))
 
-    def _target_like(self, pred, target):
+    def _checked(self, pred, target):
+        """``(pred, target)`` as floating arrays of one namespace: host data (lists, NumPy) joins pred's namespace,
+        and integer or bool predictions become float64."""
+        if not _is_array(pred):
+            pred = validation.as_array("pred", pred, _HostOnly())
         validation.numeric("pred", pred)
         if pred.ndim != 2:
             raise ValueError(f"pred must be 2-D (n_samples, n_outputs); received shape {tuple(pred.shape)}")
         xp = array_namespace(pred)
+        if not xp.isdtype(pred.dtype, "real floating"):
+            pred = xp.astype(pred, xp.float64)
         if not _same_namespace(target, xp):
             target = xp.asarray(to_numpy(validation.as_array("target", target, _HostOnly())), device=device_of(pred))
         t = self.prepare_target(target, pred.shape[1], name="target")
         if t.shape[0] != pred.shape[0]:
             raise ValueError(f"target has {t.shape[0]} rows but pred has {pred.shape[0]}")
-        return xp.astype(t, pred.dtype)
+        return pred, xp.astype(t, pred.dtype)
 
     # -- targets ---------------------------------------------------------------------------------------------------
     def prepare_target(self, y, n_outputs: int, name: str = "y"):
@@ -126,6 +132,14 @@ class _HostOnly:
     label = name = "host"
 
     def owns(self, x) -> bool:
+        return False
+
+
+def _is_array(x) -> bool:
+    try:
+        array_namespace(x)
+        return True
+    except TypeError:
         return False
 
 
@@ -283,7 +297,7 @@ class CategoricalCrossEntropy(Loss):
         validation.finite(name, y)
         xp = array_namespace(y)
         if y.ndim == 1:
-            labels = y
+            labels = xp.astype(y, xp.int64) if xp.isdtype(y.dtype, "bool") else y
             if not xp.isdtype(labels.dtype, "integral"):
                 if not bool(xp.all(labels == xp.round(labels))):
                     raise ValueError(f"{name} holds class indices, which must be whole numbers; found fractions")
@@ -309,8 +323,12 @@ class CategoricalCrossEntropy(Loss):
         return y
 
     def elementwise(self, pred, target, ops=None):
-        logp = array_utils.log_softmax(pred, axis=-1) if self.from_logits else _clamped_log(pred)
-        return -(target * logp)
+        xp = array_namespace(pred)
+        if not self.from_logits:
+            return -(target * _clamped_log(pred))
+        # a log-probability of -inf (logits ~1e38 apart in float32) costs nothing where the target is 0
+        logp = array_utils.log_softmax(pred, axis=-1)
+        return -(target * xp.where(target == 0, xp.zeros_like(logp), logp))
 
     def row_values(self, pred, target, ops=None):
         return array_namespace(pred).sum(self.elementwise(pred, target, ops), axis=1)

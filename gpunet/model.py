@@ -149,11 +149,15 @@ class Sequential:
         host = []
         for i, (w, shape) in enumerate(zip(weights, expected)):
             name = f"weights[{i}]"
-            w = np.asarray(to_numpy(w))
+            try:
+                w = np.asarray(to_numpy(w))
+            except (ValueError, TypeError) as exc:
+                raise TypeError(f"{name} must be a numeric array of shape {shape}; could not convert it ({exc})") \
+                    from None
             validation.numeric(name, w)
             if w.shape != shape:
                 raise ValueError(f"{name} must have shape {shape}; received {w.shape}")
-            host.append(validation.finite(name, w))
+            host.append(validation.within_dtype(name, validation.finite(name, w), self.dtype))
         with self.backend.activate():
             for p, w in zip(self.parameters(), host):
                 p[...] = self.backend.from_host(w, self.dtype)
@@ -449,16 +453,20 @@ class Sequential:
             return []
         if isinstance(metrics, (str, metrics_mod.Metric)):
             metrics = [metrics]
+        if not isinstance(metrics, (list, tuple)):
+            raise TypeError(f"metrics must be a name, a Metric or a list of them; received {metrics!r}")
         return [metrics_mod.get(m, loss) for m in metrics]
 
     def _features(self, name: str, X):
         X = validation.features(name, validation.as_array(name, X, self.backend), self.n_inputs)
-        return self._on_device(X)
+        return self._on_device(validation.within_dtype(name, X, self.dtype))
 
     def _data(self, x_name: str, X, y_name: str, y, loss):
         """Checked ``(X, Y)`` on the device, ``Y`` prepared for ``loss`` as ``(n, n_outputs)`` of the model dtype."""
         X = validation.features(x_name, validation.as_array(x_name, X, self.backend), self.n_inputs)
+        X = validation.within_dtype(x_name, X, self.dtype)
         Y = loss.prepare_target(validation.as_array(y_name, y, self.backend), self.n_outputs, name=y_name)
+        Y = validation.within_dtype(y_name, Y, self.dtype)
         if Y.shape[0] != X.shape[0]:
             raise ValueError(f"{x_name} has {X.shape[0]} samples but {y_name} has {Y.shape[0]}")
         return self._on_device(X), self._on_device(Y)

@@ -76,9 +76,10 @@ class Ops:
         xp = self.xp
         r = pred - target
         a = xp.abs(r)
-        inside = a <= delta
-        loss = xp.where(inside, 0.5 * r * r, delta * (a - 0.5 * delta))
-        grad = xp.where(inside, scale * r, scale * (delta * xp.sign(r)))
+        # q = min(|r|, delta): 0.5 q^2 + q (|r| - q) is both branches at once, and squares nothing beyond delta
+        q = xp.minimum(a, delta)
+        loss = 0.5 * q * q + q * (a - q)
+        grad = scale * xp.clip(r, -delta, delta)
         return loss, grad
 
     def bce_logits(self, z, target, scale: float):

@@ -79,7 +79,7 @@ def as_array(name: str, data, backend: Backend):
     """
     if backend.owns(data):
         return data
-    if isinstance(data, np.ndarray) or not _is_foreign_array(data):
+    if isinstance(data, (np.ndarray, np.generic)) or not _is_foreign_array(data):
         try:
             return np.asarray(data)
         except (ValueError, TypeError) as exc:
@@ -103,6 +103,18 @@ def numeric(name: str, x):
         raise TypeError(f"{name} must be a numeric array; received dtype {x.dtype}")
     if math.prod(x.shape) == 0:
         raise ValueError(f"{name} must not be empty; received shape {tuple(x.shape)}")
+    return x
+
+
+def within_dtype(name: str, x, dtype: str):
+    """Refuse finite values that the cast to ``dtype`` would turn into infinity (float64 data for a float32 model)."""
+    limit = float(np.finfo(dtype).max)
+    if _dtype_kind(x) in "iuf" and math.prod(x.shape):
+        xp = array_namespace(x)
+        big = float(xp.max(xp.abs(xp.astype(x, xp.float64))))
+        if big > limit:
+            raise ValueError(f"{name} must be finite as {dtype}: it holds {big:.6g}, beyond the largest {dtype} "
+                             f"({limit:.6g}); scale the data or use dtype='float64'")
     return x
 
 

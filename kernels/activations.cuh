@@ -40,10 +40,14 @@ template <typename T> GN_FN T gn_silu_bwd(T dy, T z, T a) {
 // GELU, tanh approximation (torch.nn.functional.gelu(approximate="tanh")).
 #define GN_GELU_C 0.7978845608028654  // sqrt(2 / pi)
 #define GN_GELU_K 0.044715
+// Beyond |z| = 100 the tanh is exactly +-1: clamping z there inside the polynomial keeps z^3 finite (no 0 * inf).
+template <typename T> GN_FN T gn_gelu_clamp(T z) { return z > T(100) ? T(100) : (z < T(-100) ? T(-100) : z); }
 template <typename T> GN_FN T gn_gelu_fwd(T z, T a) {
-    return T(0.5) * z * (T(1) + tanh(T(GN_GELU_C) * (z + T(GN_GELU_K) * z * z * z)));
+    T c = gn_gelu_clamp(z);
+    return T(0.5) * z * (T(1) + tanh(T(GN_GELU_C) * (c + T(GN_GELU_K) * c * c * c)));
 }
 template <typename T> GN_FN T gn_gelu_bwd(T dy, T z, T a) {
+    z = gn_gelu_clamp(z);
     T z2 = z * z;
     T t = tanh(T(GN_GELU_C) * (z + T(GN_GELU_K) * z2 * z));
     return dy * (T(0.5) * (T(1) + t) + T(0.5) * z * (T(1) - t * t) * T(GN_GELU_C) * (T(1) + T(3 * GN_GELU_K) * z2));

@@ -215,7 +215,7 @@ def assert_close(actual, expected, dtype, what, *, terms=0.0):
 
 # -- coverage: every function in the sources has a test here ----------------------------------------------------------
 ELEMENTWISE = [name for name, cls in activations.ACTIVATIONS.items() if cls.elementwise]
-HELPERS = ["gn_sign", "gn_sigmoid", "gn_clamped_log"]
+HELPERS = ["gn_sign", "gn_sigmoid", "gn_clamped_log", "gn_gelu_clamp"]
 LOSSES = ["gn_huber", "gn_bce_logits", "gn_bce_sigmoid", "gn_cce_softmax"]
 OPTIMIZERS = ["gn_sgd", "gn_sgd_momentum", "gn_adam", "gn_adam_amsgrad"]
 
@@ -236,7 +236,8 @@ def test_activation_signatures():
 
 
 # -- helpers of gpunet_common.cuh -------------------------------------------------------------------------------------
-HELPER_REFERENCE = {"gn_sign": anp.sign, "gn_sigmoid": array_utils.sigmoid, "gn_clamped_log": clamped_log}
+HELPER_REFERENCE = {"gn_sign": anp.sign, "gn_sigmoid": array_utils.sigmoid, "gn_clamped_log": clamped_log,
+                    "gn_gelu_clamp": lambda z: anp.clip(z, -100.0, 100.0)}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

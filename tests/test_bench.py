@@ -1,0 +1,44 @@
+"""`gpunet bench --quick` end to end: the report's structure, never its speed (timings are noisy)."""
+
+import json
+
+import pytest
+
+from gpunet import bench
+
+pytest.importorskip("matplotlib")
+
+
+def test_quick_bench_writes_table_json_and_plot(tmp_path, capsys):
+    assert bench.main(["--quick", "--repeats", "2", "--json", tmp_path / "b.json", "--plot", tmp_path / "b.png"]) == 0
+    out = capsys.readouterr().out
+    assert "| shape | batch | device | forward (ms) | backward (ms) | step (ms) |" in out
+    assert "GPU part skipped:" in out or "GPU:" in out
+
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert {"machine", "settings", "rows", "skipped", "gpu_vs_cpu", "crossover"} <= report.keys()
+    assert report["machine"]["cpu_count"] >= 1 and report["machine"]["numpy"]
+    rows = report["rows"]
+    assert {(r["shape"], r["batch"]) for r in rows} == {(s, b) for s in ("2-3-2", "64-128-10") for b in (1, 32)}
+    for row in rows:
+        assert row["device"] in ("cpu", "cuda") and row["impl"] in ("gpunet", "gpunet-unfused", "torch", "floor")
+        assert all(row[phase] > 0 for phase in bench.PHASES), row
+        assert row["step_gflops"] > 0 and row["step_over_floor"] > 0
+        if row["impl"] != "floor" and row["epoch_samples_per_s"] is not None:
+            assert row["epoch_samples_per_s"] > 0 and row["epoch_rows"] > 0
+    impls = {(r["impl"], r["device"]) for r in rows}
+    assert {("gpunet", "cpu"), ("floor", "cpu")} <= impls
+    if report["machine"]["torch"]:
+        assert ("torch", "cpu") in impls
+    assert (tmp_path / "b.png").stat().st_size > 0
+
+
+def test_step_flops_counts_the_matrix_products():
+    # forward 2*n*in*out per layer; backward dW for every layer, dx for all but the first
+    assert bench.step_flops([4, 3, 2], 5) == 2 * 5 * (4 * 3 * 2 + 3 * 2 * 3)
+
+
+def test_bad_shape_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--shapes", "784-x-10"])
+    assert exc.value.code == 2 and "positive integers" in capsys.readouterr().err
