@@ -219,11 +219,10 @@ class Huber(Loss):
         return self.value_and_grad(pred, target)[1]
 
 
-class BinaryCrossEntropy(Loss):
-    """Binary cross-entropy on probabilities (``BCELoss``) or, with ``from_logits=True``, on logits
-    (``BCEWithLogitsLoss``, stable for any logit). Targets in ``[0, 1]``, mean over all elements."""
+class _CrossEntropy(Loss):
+    """Shared by the two cross-entropies: ``from_logits`` and the output activation they combine with."""
 
-    name = "bce"
+    activation = ""  # the output activation whose Jacobian cancels against the loss's on probabilities
 
     def __init__(self, from_logits: bool = False):
         if not isinstance(from_logits, bool):
@@ -231,11 +230,19 @@ class BinaryCrossEntropy(Loss):
         self.from_logits = from_logits
 
     def __repr__(self) -> str:
-        return f"BinaryCrossEntropy(from_logits={self.from_logits})"
+        return f"{type(self).__name__}(from_logits={self.from_logits})"
 
     @property
     def pairs_with(self):
-        return None if self.from_logits else "sigmoid"
+        return None if self.from_logits else self.activation
+
+
+class BinaryCrossEntropy(_CrossEntropy):
+    """Binary cross-entropy on probabilities (``BCELoss``) or, with ``from_logits=True``, on logits
+    (``BCEWithLogitsLoss``, stable for any logit). Targets in ``[0, 1]``, mean over all elements."""
+
+    name = "bce"
+    activation = "sigmoid"
 
     def prepare_target(self, y, n_outputs, name="y"):
         y = super().prepare_target(y, n_outputs, name)
@@ -271,7 +278,7 @@ class BinaryCrossEntropy(Loss):
         return ops.xp.mean(loss), grad
 
 
-class CategoricalCrossEntropy(Loss):
+class CategoricalCrossEntropy(_CrossEntropy):
     """Categorical cross-entropy on softmax probabilities, or with ``from_logits=True`` on logits
     (``CrossEntropyLoss``, by log-sum-exp). Targets: class indices ``(n,)`` or probability rows ``(n, k)``.
 
@@ -279,18 +286,7 @@ class CategoricalCrossEntropy(Loss):
     """
 
     name = "cce"
-
-    def __init__(self, from_logits: bool = False):
-        if not isinstance(from_logits, bool):
-            raise TypeError(f"from_logits must be True or False; received {from_logits!r}")
-        self.from_logits = from_logits
-
-    def __repr__(self) -> str:
-        return f"CategoricalCrossEntropy(from_logits={self.from_logits})"
-
-    @property
-    def pairs_with(self):
-        return None if self.from_logits else "softmax"
+    activation = "softmax"
 
     def prepare_target(self, y, n_outputs, name="y"):
         validation.numeric(name, y)

@@ -7,6 +7,8 @@ the whole epoch, not an average of batch averages, and costs one device-to-host 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from array_api_compat import array_namespace, device
 
@@ -42,7 +44,22 @@ class Metric:
         return f"{type(self).__name__}()"
 
 
-class Accuracy(Metric):
+class _Mean(Metric):
+    """The mean of ``values(pred, target)`` over all its elements; stats are ``(sum, count)`` in float64."""
+
+    def values(self, pred, target):
+        raise NotImplementedError
+
+    def stats(self, pred, target):
+        xp = array_namespace(pred)
+        v = self.values(pred, target)
+        return xp.sum(xp.astype(v, xp.float64)), xp.asarray(float(math.prod(v.shape)), dtype=xp.float64)
+
+    def result(self, totals):
+        return float(totals[0]) / float(totals[1])
+
+
+class Accuracy(_Mean):
     """Share of correct predictions.
 
     Multi-class (``binary=False``, ``k > 1``): ``argmax(pred) == argmax(target)``. Binary or multi-label
@@ -56,40 +73,26 @@ class Accuracy(Metric):
         self.binary = binary
         self.threshold = threshold
 
-    def stats(self, pred, target):
-        xp = array_namespace(pred)
+    def values(self, pred, target):
         if self.binary or (self.binary is None and pred.shape[1] == 1):
-            correct = (pred > self.threshold) == (target > 0.5)
-        else:
-            correct = xp.argmax(pred, axis=1) == xp.argmax(target, axis=1)
-        return xp.sum(xp.astype(correct, pred.dtype)), xp.asarray(float(correct.shape[0] * (
-            correct.shape[1] if correct.ndim == 2 else 1)), dtype=pred.dtype)
-
-    def result(self, totals):
-        return float(totals[0]) / float(totals[1])
+            return (pred > self.threshold) == (target > 0.5)
+        xp = array_namespace(pred)
+        return xp.argmax(pred, axis=1) == xp.argmax(target, axis=1)
 
 
-class MeanSquaredError(Metric):
+class MeanSquaredError(_Mean):
     name = "mse"
 
-    def stats(self, pred, target):
-        xp = array_namespace(pred)
+    def values(self, pred, target):
         r = pred - target
-        return xp.sum(r * r), xp.asarray(float(r.shape[0] * r.shape[1]), dtype=pred.dtype)
-
-    def result(self, totals):
-        return float(totals[0]) / float(totals[1])
+        return r * r
 
 
-class MeanAbsoluteError(Metric):
+class MeanAbsoluteError(_Mean):
     name = "mae"
 
-    def stats(self, pred, target):
-        xp = array_namespace(pred)
-        return xp.sum(xp.abs(pred - target)), xp.asarray(float(pred.shape[0] * pred.shape[1]), dtype=pred.dtype)
-
-    def result(self, totals):
-        return float(totals[0]) / float(totals[1])
+    def values(self, pred, target):
+        return array_namespace(pred).abs(pred - target)
 
 
 class R2(Metric):
