@@ -8,13 +8,14 @@ Float32, ReLU hidden layers, softmax + cce, SGD (lr 0.01, momentum 0.9). Impleme
 gpunet on CuPy with and without (``fused=False``) its fused kernels (cuda), PyTorch (linear logits +
 CrossEntropyLoss, the same initial weights, TF32 off), and the floor: the phase's matrix products alone (NumPy /
 CuPy, into preallocated outputs). Phases: forward; backward (loss gradient + backward); step (forward + loss +
-backward + SGD update); epoch: samples/s of ``fit`` (PyTorch: the same shuffled loop by hand) over ``--rows``
-synthetic rows already on the device, at most ``--max-steps`` batches, median of up to 3 after a warm-up epoch.
+backward + SGD update); epoch: samples/s of ``fit(epochs=1)``, its input checks included (PyTorch: the same
+shuffled loop by hand) over ``--rows`` synthetic rows already on the device, at most ``--max-steps`` batches, the
+median of up to 3 after a warm-up epoch. Ratios: step time / the floor's, and gpunet's / PyTorch's, on one device.
 
 Times are medians of up to ``--repeats`` runs after 2 warm-up runs (a measurement stops early once it has 3 runs and
 1 s); GPU runs are timed by CUDA events on an idle stream. GFLOP/s counts 2*n*in*out per matrix product: forward one
-per layer, backward two per layer but the first (no input gradient). On the CPU, a shape x batch whose first step
-exceeds ``--cpu-step-limit`` s is skipped, and so is an epoch estimated above ``--cpu-epoch-limit`` s.
+per layer, backward two per layer but the first (no input gradient). On the CPU, a shape x batch whose third gpunet
+step exceeds ``--cpu-step-limit`` s is skipped, and so is an epoch estimated above ``--cpu-epoch-limit`` s.
 """
 
 from __future__ import annotations
@@ -186,7 +187,8 @@ def bench_device(device, sizes, batch, args, torch, skipped) -> list:
     data = (rng.standard_normal((n, sizes[0])).astype(np.float32), rng.integers(0, sizes[-1], n))
     model, phases, epoch = gpunet_step(sizes, batch, device, rng)
     weights = model.get_weights()
-    clock(phases["step"])  # the first step allocates the workspaces and the momentum
+    for _ in range(2):  # the first steps allocate (and first touch) workspaces, scratch arrays and the momentum
+        clock(phases["step"])
     first = clock(phases["step"])
     if cpu and first > args.cpu_step_limit:
         why = f"a step takes {first:.2f} s > --cpu-step-limit {args.cpu_step_limit:g} s"
@@ -353,7 +355,7 @@ def main(argv=None) -> int:
             torch.set_num_threads(args.threads)
     cuda_ok, why = gn.cuda_available()
     print(f"GPU: {why}" if cuda_ok else f"GPU part skipped: {why}")
-    if (load := os.getloadavg()[0]) > 0.5:
+    if (load := os.getloadavg()[0]) > 0.5 * (os.cpu_count() or 1):
         print(f"warning: load average {load:.1f} before the start: other processes share the CPU, so CPU timings "
               f"(PyTorch's thread pool above all) may be distorted")
 

@@ -17,5 +17,5 @@ python3 -c "import gpunet, cupy, numpy; print('cuda:', gpunet.cuda_available(), 
 python3 -m pytest -q -p no:cacheprovider -n 8 2>&1 | tee "$OUT/tests.log" | tail -6
 python3 scripts/bench_kernels.py 2>&1 | tee "$OUT/kernels.log" | tail -22
 python3 scripts/train_digits.py --device cuda --repeats 3 2>&1 | tee "$OUT/digits.log" | tail -6
-python3 scripts/bench_step.py --shapes "${BENCH_SHAPES:-2-3-2,64-128-10,784-512-256-10,784-1024-1024-10}" \
-  --batch "${BENCH_BATCH:-1,32,256,1024}" --repeats 30 2>&1 | tee "$OUT/bench.log" | tail -22
+python3 scripts/bench_step.py --shapes "${BENCH_SHAPES:-2-3-2,64-128-10,784-512-256-10,784-1024-1024-10,4096-4096-4096-10}" \
+  --batch "${BENCH_BATCH:-1,32,256,1024}" --json "$OUT/bench.json" --plot "$OUT/bench.png" 2>&1 | tee "$OUT/bench.log" | tail -45
