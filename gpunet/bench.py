@@ -82,11 +82,15 @@ def timed(fn, clock, repeats: int, warmup: int = 2, budget: float = 1.0, least: 
     return statistics.median(times)
 
 
+# a small rate: the benchmark trains on random labels (and on one batch over and over), which a large one diverges on
+LR = 1e-3
+
+
 def gpunet_step(sizes, batch, device, rng, fused=True):
     """``(model, {phase: callable}, epoch)``; ``epoch(X, y)`` moves the data to the device and returns the call."""
     layers = [gn.Dense(a, b, "relu") for a, b in zip(sizes[:-2], sizes[1:-1])]
     model = gn.Sequential(layers + [gn.Dense(sizes[-2], sizes[-1], "softmax")], device=device, seed=0, fused=fused)
-    loss, opt = gn.losses.get("cce"), gn.optim.SGD(lr=0.01, momentum=0.9)
+    loss, opt = gn.losses.get("cce"), gn.optim.SGD(lr=LR, momentum=0.9)
     Xd, Yd = model._data("X", rng.standard_normal((batch, sizes[0])), "y", rng.integers(0, sizes[-1], batch), loss)
     combined = model._output_pairing(loss)
 
@@ -137,7 +141,7 @@ def torch_step(sizes, batch, device, rng, weights):
     net = torch.nn.Sequential(*mods[:-1]).to(device)
     X = torch.as_tensor(rng.standard_normal((batch, sizes[0])), dtype=torch.float32, device=device)
     y = torch.as_tensor(rng.integers(0, sizes[-1], batch), device=device)
-    opt, loss_fn = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9), torch.nn.CrossEntropyLoss()
+    opt, loss_fn = torch.optim.SGD(net.parameters(), lr=LR, momentum=0.9), torch.nn.CrossEntropyLoss()
     out = net(X)
 
     def backward():  # through the graph of one forward, kept
@@ -174,7 +178,12 @@ def measure(impl, device, phases, clock, sizes, batch, args, epoch=None, data=No
         skipped.append({**{k: row[k] for k in ("shape", "batch", "device", "impl")}, "what": "epoch",
                         "why": f"estimated {estimate:.0f} s > --cpu-epoch-limit {args.cpu_epoch_limit:g} s"})
     elif epoch:  # one warm-up epoch, then the median of 1 to 3
-        seconds = timed(epoch(*data), clock, min(3, args.repeats), warmup=1, least=1)
+        try:
+            seconds = timed(epoch(*data), clock, min(3, args.repeats), warmup=1, least=1)
+        except gn.NonFiniteLossError as exc:  # random labels can diverge; the timing is then meaningless
+            skipped.append({**{k: row[k] for k in ("shape", "batch", "device", "impl")}, "what": "epoch",
+                            "why": f"training diverged ({str(exc).split('.')[0]})"})
+            return row
         row.update(epoch_rows=len(data[1]), epoch_samples_per_s=len(data[1]) / seconds)
     return row
 
