@@ -175,7 +175,7 @@ def get_backend(device="cpu") -> Backend:
     if spec == "cpu":
         return Backend(array_api_compat.numpy, "numpy")
     if spec == "cuda" or spec.startswith("cuda:"):
-        index_text = spec[5:] or "0"
+        index_text = "0" if spec == "cuda" else spec[5:]
         if not index_text.isdigit():
             raise ValueError(f"device must be 'cuda' or 'cuda:N' with N a GPU index; received device={device!r}")
         ok, why = cuda_available()

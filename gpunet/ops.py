@@ -210,7 +210,8 @@ class NumpyOps(Ops):
     def act_grad(self, activation, dy, z, y):
         name = activation.name
         if name == "relu":
-            return np.multiply(dy, y > 0, out=dy)
+            np.copyto(dy, 0, where=y <= 0)  # not dy * (y > 0): inf * 0 would be NaN where torch gives 0
+            return dy
         if name == "linear":
             return dy
         if name in ("tanh", "sigmoid"):

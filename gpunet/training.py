@@ -136,7 +136,10 @@ def _restore(model, optimizer, snapshot) -> None:
     if state is None:
         optimizer.reset()
     else:
-        optimizer.state, optimizer.steps = state, steps
+        # copies: a replay must not mutate the snapshot, which a second roll-back restores again
+        optimizer.state = [{k: None if v is None else model.xp.asarray(v, copy=True) for k, v in s.items()}
+                           for s in state]
+        optimizer.steps = steps
 
 
 def split_validation(n: int, fraction: float, labels, rng: np.random.Generator):
