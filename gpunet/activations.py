@@ -93,8 +93,8 @@ class ReLU(Activation):
         return array_namespace(z).maximum(z, 0)
 
     def backward(self, dy, z, y):
-        xp = array_namespace(dy)
-        return xp.where(y > 0, dy, xp.zeros_like(dy))
+        xp = array_namespace(dy)  # torch's threshold_backward: a NaN output passes dy on
+        return xp.where(y <= 0, xp.zeros_like(dy), dy)
 
 
 class LeakyReLU(Activation):
@@ -132,7 +132,7 @@ class ELU(Activation):
 
     def backward(self, dy, z, y):
         # for z <= 0: d/dz alpha (exp(z) - 1) = alpha exp(z) = y + alpha
-        return array_namespace(dy).where(y > 0, dy, dy * (y + self.alpha))
+        return array_namespace(dy).where(y <= 0, dy * (y + self.alpha), dy)  # NaN passes dy on, as in torch
 
     def __repr__(self) -> str:
         return f"ELU(alpha={self.alpha})"

@@ -16,14 +16,15 @@ template <typename T> GN_FN T gn_tanh_bwd(T dy, T y, T a) { return dy * (T(1) - 
 
 // Written as `z <= 0 ? 0 : z` so that NaN passes through, as in numpy.maximum and torch.relu.
 template <typename T> GN_FN T gn_relu_fwd(T z, T a) { return z <= T(0) ? T(0) : z; }
-template <typename T> GN_FN T gn_relu_bwd(T dy, T y, T a) { return y > T(0) ? dy : T(0); }
+// The backward passes test `y <= 0` as torch does (threshold_backward, elu_backward), so a NaN output passes dy on.
+template <typename T> GN_FN T gn_relu_bwd(T dy, T y, T a) { return y <= T(0) ? T(0) : dy; }
 
 template <typename T> GN_FN T gn_leaky_relu_fwd(T z, T a) { return z > T(0) ? z : a * z; }
 template <typename T> GN_FN T gn_leaky_relu_bwd(T dy, T y, T a) { return y > T(0) ? dy : a * dy; }
 
 template <typename T> GN_FN T gn_elu_fwd(T z, T a) { return z > T(0) ? z : a * expm1(z); }
 // for z <= 0: d/dz a (exp(z) - 1) = a exp(z) = y + a
-template <typename T> GN_FN T gn_elu_bwd(T dy, T y, T a) { return y > T(0) ? dy : dy * (y + a); }
+template <typename T> GN_FN T gn_elu_bwd(T dy, T y, T a) { return y <= T(0) ? dy * (y + a) : dy; }
 
 // torch's softplus: z itself above the threshold 20, where the derivative is exactly 1.
 template <typename T> GN_FN T gn_softplus_fwd(T z, T a) {

@@ -106,6 +106,24 @@ def test_activation_derivative_at_zero_is_torchs(name):
     assert np.all(host(zt.grad) == {"relu": 0.0, "leaky_relu": 0.01, "elu": 1.0}[name] * dy)
 
 
+
+@pytest.mark.parametrize("name", ["relu", "leaky_relu", "elu"])
+def test_activation_derivative_with_nonfinite_values_is_torchs(name):
+    """NaN/inf pre-activations and infinite upstream gradients: the reference and the NumPy ops give torch's values
+    (relu: 0 wherever the output is <= 0, even for an infinite dy; a NaN output passes dy on)."""
+    from gpunet.ops import ops_for
+
+    z = np.array([[np.nan, np.nan, -1.0, -1.0, 0.0, 2.0, np.inf, -np.inf]])
+    dy = np.array([[1.0, np.inf, np.inf, -np.inf, np.inf, np.inf, 3.0, -np.inf]])
+    zt = t64(z, grad=True)
+    TORCH_ACTIVATIONS[name](zt).backward(t64(dy))
+    act = activations.get(name)
+    y = act.forward(z.copy())
+    saved = z if act.uses_input else None
+    with np.errstate(invalid="ignore"):  # elu at z = -inf: -inf * 0 is NaN in torch too
+        assert_close(act.backward(dy.copy(), saved, y), zt.grad)
+        assert_close(ops_for(np).act_grad(act, dy.copy(), saved, y), zt.grad)
+
 # -- 2. losses --------------------------------------------------------------------------------------------------------
 def check_loss(loss, pred, target, torch_loss, torch_target):
     """Value and gradient of ``loss`` against ``torch_loss(pred_tensor, torch_target)`` and autograd."""
