@@ -245,11 +245,20 @@ class NumpyOps(Ops):
         return np.add(out, g, out=out)
 
     def sgd_update(self, p, g, buf, *, lr, momentum, dampening, nesterov, weight_decay):
+        new_buffer = momentum and buf is None
+        if new_buffer:
+            buf = np.empty_like(p)
+        for blocks in _blocks(p, g, buf):
+            self._sgd_block(*blocks, new_buffer, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                            weight_decay=weight_decay)
+        return buf
+
+    def _sgd_block(self, p, g, buf, new_buffer, *, lr, momentum, dampening, nesterov, weight_decay):
         g = self._decayed(p, g, weight_decay)
         direction = g
         if momentum:
-            if buf is None:
-                buf = g.copy()
+            if new_buffer:
+                np.copyto(buf, g)
             else:
                 buf *= momentum
                 if dampening:
@@ -261,9 +270,13 @@ class NumpyOps(Ops):
                 direction = np.multiply(buf, momentum, out=self._scratch(p))
                 direction += g
         p -= np.multiply(direction, lr, out=self._scratch(p))
-        return buf
 
     def adam_update(self, p, g, m, v, vmax, *, step, lr, beta1, beta2, eps, weight_decay, decoupled):
+        for blocks in _blocks(p, g, m, v, vmax):
+            self._adam_block(*blocks, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                             weight_decay=weight_decay, decoupled=decoupled)
+
+    def _adam_block(self, p, g, m, v, vmax, *, step, lr, beta1, beta2, eps, weight_decay, decoupled):
         if weight_decay and decoupled:
             p *= 1 - lr * weight_decay
         elif weight_decay:
@@ -285,6 +298,25 @@ class NumpyOps(Ops):
         np.divide(m, s, out=s)
         s *= lr / (1 - beta1**step)
         p -= s
+
+
+# NumPy's optimizer updates make several passes over every array (SGD with momentum 4, Adam 11): run them block by
+# block, so that a block of each array stays in the core's L2 cache between passes and the arrays cross the memory
+# bus about once per step instead of once per pass. 128 KiB per array keeps Adam's 7 arrays within a 1 MiB L2.
+UPDATE_BLOCK_BYTES = 128 * 1024
+
+
+def _blocks(*arrays):
+    """Aligned 1-D views ``(a[i:j], b[i:j], ...)`` over equal-size C-contiguous arrays (``None`` entries stay None),
+    block by block; the arrays whole, in one block, when they are small or not contiguous."""
+    present = [a for a in arrays if a is not None]
+    step = UPDATE_BLOCK_BYTES // present[0].itemsize
+    if present[0].size < 2 * step or not all(a.flags.c_contiguous for a in present):
+        yield arrays
+        return
+    flat = [None if a is None else a.reshape(-1) for a in arrays]
+    for i in range(0, present[0].size, step):
+        yield tuple(None if a is None else a[i:i + step] for a in flat)
 
 
 _OPS_CACHE: dict = {}

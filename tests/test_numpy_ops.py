@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gpunet import activations
-from gpunet.ops import NumpyOps, ops_for
+from gpunet.ops import UPDATE_BLOCK_BYTES, NumpyOps, ops_for
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # tests/ is no package: import the module beside this file
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,13 +62,34 @@ def test_loss(numpy_ops, step, dtype, rng):
     compare_loss(numpy_ops, REFERENCE, step, *loss_inputs(rng, step, (29, 7), dtype), TOL)
 
 
+# small arrays are updated whole; large ones block by block (a ragged last block here, in both dtypes)
+UPDATE_SHAPES = [(13, 6), (301, 300)]
+
+
+def test_large_updates_run_in_several_blocks():
+    assert all(301 * 300 > 2 * UPDATE_BLOCK_BYTES // np.dtype(d).itemsize for d in DTYPES)
+    assert (301 * 300 * 8) % UPDATE_BLOCK_BYTES != 0 and (301 * 300 * 4) % UPDATE_BLOCK_BYTES != 0
+
+
+@pytest.mark.parametrize("shape", UPDATE_SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", sorted(SGD_CASES))
-def test_sgd_update(numpy_ops, case, dtype, rng):
-    compare_sgd(numpy_ops, REFERENCE, *optimizer_inputs(rng, (13, 6), dtype), TOL, **SGD_CASES[case])
+def test_sgd_update(numpy_ops, case, dtype, shape, rng):
+    compare_sgd(numpy_ops, REFERENCE, *optimizer_inputs(rng, shape, dtype), TOL, **SGD_CASES[case])
 
 
+@pytest.mark.parametrize("shape", UPDATE_SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", sorted(ADAM_CASES))
-def test_adam_update(numpy_ops, case, dtype, rng):
-    compare_adam(numpy_ops, REFERENCE, *optimizer_inputs(rng, (13, 6), dtype), TOL, **ADAM_CASES[case])
+def test_adam_update(numpy_ops, case, dtype, shape, rng):
+    compare_adam(numpy_ops, REFERENCE, *optimizer_inputs(rng, shape, dtype), TOL, **ADAM_CASES[case])
+
+
+def test_non_contiguous_parameters_are_updated_in_place(numpy_ops, rng):
+    """A strided parameter (a view) cannot be cut into flat blocks: it is updated whole, in place."""
+    base, g, m = rng.standard_normal((600, 301)), rng.standard_normal((300, 301)), rng.standard_normal((300, 301))
+    p = base[::2]
+    want = p - 0.1 * (0.9 * m + g)
+    assert numpy_ops.sgd_update(p, g, m, lr=0.1, momentum=0.9, dampening=0.0, nesterov=False,
+                                weight_decay=0.0) is m
+    np.testing.assert_allclose(base[::2], want, rtol=1e-14)
