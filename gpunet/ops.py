@@ -193,7 +193,13 @@ class NumpyOps(Ops):
         return np.matmul(a, b, out=out)
 
     def sum_rows(self, a, out=None):
-        return np.sum(a, axis=0, out=out)
+        if a.shape[0] < 64:
+            return np.sum(a, axis=0, out=out)
+        key = ("ones", a.shape[0], a.dtype)  # ones @ a: a BLAS matrix-vector product on all threads (np.sum: one)
+        ones = self._scratch_arrays.get(key)
+        if ones is None:
+            ones = self._scratch_arrays[key] = np.ones(a.shape[0], a.dtype)
+        return np.matmul(ones, a, out=out)
 
     def bias_act(self, z, b, activation):
         np.add(z, b, out=z)
@@ -205,6 +211,12 @@ class NumpyOps(Ops):
         if name == "tanh":
             return None, np.tanh(z, out=z)
         if name == "linear":
+            return None, z
+        if name == "softmax" and z.ndim == 2:  # in place, shifted by the row maximum so exp never overflows
+            with np.errstate(over="ignore"):  # -huge - (+huge) is -inf, whose exp is the 0 it should be
+                np.subtract(z, z.max(axis=1, keepdims=True), out=z)
+            np.exp(z, out=z)
+            z /= z.sum(axis=1, keepdims=True)
             return None, z
         return None, activation.forward(z)
 
@@ -224,6 +236,17 @@ class NumpyOps(Ops):
                 t *= y
             return np.multiply(dy, t, out=dy)
         return activation.backward(dy, z, y)
+
+    def xent_combined(self, p, target, scale: float, binary: bool):
+        if binary:
+            loss = np.multiply(target, _clamped_log(p))
+            loss += (1 - target) * _clamped_log(1 - p)
+        else:
+            loss = np.multiply(target, _clamped_log(p))
+        np.negative(loss, out=loss)
+        grad = np.subtract(p, target)
+        grad *= scale
+        return loss, grad
 
     def _relu_grad(self, dy, y):
         """0 where ``y <= 0``, else ``dy`` (torch's threshold_backward: an infinite ``dy`` gives 0, not
@@ -306,17 +329,23 @@ class NumpyOps(Ops):
 UPDATE_BLOCK_BYTES = 128 * 1024
 
 
-def _blocks(*arrays):
-    """Aligned 1-D views ``(a[i:j], b[i:j], ...)`` over equal-size C-contiguous arrays (``None`` entries stay None),
-    block by block; the arrays whole, in one block, when they are small or not contiguous."""
-    present = [a for a in arrays if a is not None]
-    step = UPDATE_BLOCK_BYTES // present[0].itemsize
-    if present[0].size < 2 * step or not all(a.flags.c_contiguous for a in present):
-        yield arrays
-        return
-    flat = [None if a is None else a.reshape(-1) for a in arrays]
-    for i in range(0, present[0].size, step):
-        yield tuple(None if a is None else a[i:i + step] for a in flat)
+def _blocks(p, *arrays):
+    """Aligned 1-D views ``(p[i:j], a[i:j], ...)`` of ``p`` and equal-size ``arrays`` (``None`` entries stay None),
+    block by block; ``[(p, *arrays)]`` whole when they are small or not all C-contiguous."""
+    step = UPDATE_BLOCK_BYTES // p.itemsize
+    whole = (p, *arrays)
+    if p.size < 2 * step or not all(a is None or a.flags.c_contiguous for a in whole):
+        return [whole]
+    flat = [None if a is None else a.reshape(-1) for a in whole]
+    return [tuple(None if a is None else a[i:i + step] for a in flat) for i in range(0, p.size, step)]
+
+
+def _clamped_log(p):
+    """:func:`clamped_log` for NumPy arrays in two passes: ``fmax`` drops the NaN of ``log`` (p < 0 or NaN) for -100
+    and clamps ``log(0) = -inf``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log(p)
+    return np.fmax(out, -100.0, out=out)
 
 
 _OPS_CACHE: dict = {}

@@ -93,3 +93,25 @@ def test_non_contiguous_parameters_are_updated_in_place(numpy_ops, rng):
     assert numpy_ops.sgd_update(p, g, m, lr=0.1, momentum=0.9, dampening=0.0, nesterov=False,
                                 weight_decay=0.0) is m
     np.testing.assert_allclose(base[::2], want, rtol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 63, 64, 1000])
+def test_sum_rows(numpy_ops, rows, dtype, rng):
+    """Column sums (the bias gradient): np.sum for few rows, a BLAS product with ones for many; into ``out``."""
+    a = rng.standard_normal((rows, 9)).astype(dtype)
+    out = np.empty(9, dtype)
+    assert numpy_ops.sum_rows(a, out) is out
+    assert_close(out, a.astype(np.float64).sum(axis=0).astype(dtype), TOL)
+    assert_close(numpy_ops.sum_rows(a[::-1]), a.sum(axis=0), TOL)  # twice, strided: the cached ones stay ones
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_of_extreme_rows(numpy_ops, dtype):
+    """The in-place softmax: rows of opposite huge values (their difference overflows), ties, -inf entries."""
+    big = np.finfo(dtype).max / 2
+    z = np.array([[big, -big, 0.0], [1000.0, 1000.0, -1000.0], [-np.inf, 0.0, 1.0], [0.0, 0.0, 0.0]], dtype=dtype)
+    _, got = numpy_ops.bias_act(z.copy(), np.zeros(3, dtype), activations.Softmax())
+    want = REFERENCE.bias_act(z.copy(), np.zeros(3, dtype), activations.Softmax())[1]
+    assert_close(got, want, TOL)
+    np.testing.assert_allclose(got[:2], [[1, 0, 0], [0.5, 0.5, 0]], atol=1e-30)
