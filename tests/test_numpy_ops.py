@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpunet import activations
+from gpunet import activations, blas
 from gpunet.ops import UPDATE_BLOCK_BYTES, NumpyOps, ops_for
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # tests/ is no package: import the module beside this file
@@ -71,10 +71,20 @@ def test_large_updates_run_in_several_blocks():
     assert (301 * 300 * 8) % UPDATE_BLOCK_BYTES != 0 and (301 * 300 * 4) % UPDATE_BLOCK_BYTES != 0
 
 
+@pytest.fixture(params=["vector_blas", "ufuncs"])
+def sgd_path(request, monkeypatch):
+    """Large SGD updates run on NumPy's bundled BLAS where it is found, else on ufuncs block by block: both."""
+    if request.param == "ufuncs":
+        monkeypatch.setattr(blas, "vector_blas", lambda *arrays: None)
+    elif blas._library() is None:
+        pytest.skip("this NumPy build bundles no scipy-openblas64")
+    return request.param
+
+
 @pytest.mark.parametrize("shape", UPDATE_SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", sorted(SGD_CASES))
-def test_sgd_update(numpy_ops, case, dtype, shape, rng):
+def test_sgd_update(numpy_ops, case, dtype, shape, sgd_path, rng):
     compare_sgd(numpy_ops, REFERENCE, *optimizer_inputs(rng, shape, dtype), TOL, **SGD_CASES[case])
 
 
@@ -85,7 +95,7 @@ def test_adam_update(numpy_ops, case, dtype, shape, rng):
     compare_adam(numpy_ops, REFERENCE, *optimizer_inputs(rng, shape, dtype), TOL, **ADAM_CASES[case])
 
 
-def test_non_contiguous_parameters_are_updated_in_place(numpy_ops, rng):
+def test_non_contiguous_parameters_are_updated_in_place(numpy_ops, sgd_path, rng):
     """A strided parameter (a view) cannot be cut into flat blocks: it is updated whole, in place."""
     base, g, m = rng.standard_normal((600, 301)), rng.standard_normal((300, 301)), rng.standard_normal((300, 301))
     p = base[::2]
@@ -115,3 +125,20 @@ def test_softmax_of_extreme_rows(numpy_ops, dtype):
     want = REFERENCE.bias_act(z.copy(), np.zeros(3, dtype), activations.Softmax())[1]
     assert_close(got, want, TOL)
     np.testing.assert_allclose(got[:2], [[1, 0, 0], [0.5, 0.5, 0]], atol=1e-30)
+
+
+@pytest.mark.skipif(blas._library() is None, reason="this NumPy build bundles no scipy-openblas64")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_vector_blas(dtype, rng):
+    x, y = (rng.standard_normal(blas.MIN_SIZE + 5).astype(dtype) for _ in range(2))
+    vector = blas.vector_blas(x, y, None)
+    want = y - 0.25 * x
+    vector.axpy(-0.25, x, y)
+    assert_close(y, want, TOL)
+    want = 0.5 * x + 0.9 * y
+    vector.axpby(0.5, x, 0.9, y)
+    assert_close(y, want, TOL)
+    assert blas.vector_blas(x[:100], y[:100]) is None  # small: ufuncs
+    assert blas.vector_blas(x[::2], y[::2]) is None  # strided
+    assert blas.vector_blas(x, y.astype(np.float16)) is None and blas.vector_blas(x, y[1:]) is None
+    assert blas.vector_blas(x.astype(np.int64)) is None
