@@ -6,7 +6,8 @@
 Each kernel runs on 2^log2n elements; GB/s counts the fewest bytes it must move (each input read once, each output
 written once). The copy bandwidth is a device-to-device ``cupy.copyto`` (read + write). Times are CUDA-event means
 over ``--repeats`` runs after a warm-up; the first call, which compiles the kernel (or loads it from CuPy's disk
-cache), is reported apart.
+cache), is reported apart. Two minimal ElementwiseKernels (a copy, an in-place scale) show what CuPy's generated
+loop itself reaches: the ceiling for gpunet's kernels, which are ElementwiseKernels too.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def cases(ops, xp, cupy, n, dtype):
         writes = 2 if act.uses_input else 1  # the pre-activation is kept for backward
         out.append((f"{act.name}_fwd (bias+act)", (1 + writes) * n * item, lambda a=act, z=z: ops.bias_act(z, b, a)))
         out.append((f"{act.name}_bwd", 3 * n * item, lambda a=act: ops.act_grad(a, dy, x, x)))
+    # the bias as the layers pass it: one per column of a (rows, 1024) batch, which CuPy indexes in 2-D
+    z2, b2 = rand().reshape(-1, 1024), cupy.zeros(1024, dtype)
+    out.append(("relu_fwd, (rows, 1024) + (1024,)", 2 * n * item, lambda: ops.bias_act(z2, b2, activations.ReLU())))
     out += [
         ("huber (loss+grad)", 4 * n * item, lambda: ops.huber(x, dy, 1.0, 1.0 / n)),
         ("bce_logits (loss+grad)", 4 * n * item, lambda: ops.bce_logits(x, t, 1.0 / n)),
@@ -79,6 +83,15 @@ def main(argv=None) -> int:
     copy_s = event_time(lambda: cupy.copyto(dst, src), args.repeats)
     copy_bw = 2 * n * src.itemsize / copy_s
     print(f"{why}; {n:,} {args.dtype} elements; copy bandwidth {copy_bw / 1e9:.0f} GB/s\n")
+    # what a minimal ElementwiseKernel reaches: the ceiling for gpunet's kernels (CuPy's indexing, one element a thread)
+    for label, kernel, arrays in [
+            ("ElementwiseKernel y = x",
+             cupy.ElementwiseKernel("T x", "T y", "y = x", name="gn_bench_copy"), (src, dst)),
+            ("ElementwiseKernel in place x = a x",
+             cupy.ElementwiseKernel("T a", "T x", "x = a * x", name="gn_bench_scale"), (1.0, dst))]:
+        seconds = event_time(lambda: kernel(*arrays), args.repeats)
+        print(f"{label}: {seconds * 1e3:.3f} ms, {2 * n * src.itemsize / seconds / copy_bw * 100:.0f}% of the copy")
+    print()
     fused, plain = ops_for(cxp, fused=True), ops_for(cxp, fused=False)
     print("| kernel | first call (ms) | fused (ms) | fused GB/s | % of copy | unfused (ms) | speedup |")
     print("|---|---|---|---|---|---|---|")
