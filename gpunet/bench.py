@@ -4,7 +4,7 @@
     gpunet bench --shapes 784-1024-1024-10 --batch 32,1024 --json bench.json --plot bench.png
     gpunet bench --quick                                # a small matrix, seconds
 
-Float32, ReLU hidden layers, softmax + cce, SGD (lr 0.01, momentum 0.9). Implementations: gpunet on NumPy (cpu),
+Float32, ReLU hidden layers, softmax + cce, SGD (lr 1e-3, momentum 0.9). Implementations: gpunet on NumPy (cpu),
 gpunet on CuPy with and without (``fused=False``) its fused kernels (cuda), PyTorch (linear logits +
 CrossEntropyLoss, the same initial weights, TF32 off), and the floor: the phase's matrix products alone (NumPy /
 CuPy, into preallocated outputs). Phases: forward; backward (loss gradient + backward); step (forward + loss +
@@ -16,6 +16,7 @@ Times are medians of up to ``--repeats`` runs after 2 warm-up runs (a measuremen
 1 s); GPU runs are timed by CUDA events on an idle stream. GFLOP/s counts 2*n*in*out per matrix product: forward one
 per layer, backward two per layer but the first (no input gradient). On the CPU, a shape x batch whose third gpunet
 step exceeds ``--cpu-step-limit`` s is skipped, and so is an epoch estimated above ``--cpu-epoch-limit`` s.
+On a GPU the fused-kernel bandwidth table of :mod:`gpunet.bench_kernels` follows.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import time
 import numpy as np
 
 import gpunet as gn
+from gpunet import bench_kernels
 
 PHASES = ("forward", "backward", "step")
 DEFAULT_SHAPES = "2-3-2,64-128-10,784-512-256-10,784-1024-1024-10,4096-4096-4096-10"
@@ -335,6 +337,9 @@ def main(argv=None) -> int:
     parser.add_argument("--max-steps", type=int, default=256, help="most batches in a timed epoch (default 256)")
     parser.add_argument("--cpu-step-limit", type=float, default=0.25, help="seconds (default 0.25)")
     parser.add_argument("--cpu-epoch-limit", type=float, default=4.0, help="seconds (default 4)")
+    parser.add_argument("--kernels-log2n", type=int, default=26,
+                        help="elements (2^N) of the fused-kernel bandwidth table, on a GPU (default 26)")
+    parser.add_argument("--no-kernels", action="store_true", help="skip the fused-kernel bandwidth table")
     parser.add_argument("--json", metavar="PATH", help="write every raw number and the machine's description")
     parser.add_argument("--plot", metavar="PNG", help="step time vs batch per shape (needs matplotlib)")
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
@@ -344,6 +349,8 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv + QUICK)
     if min(map(len, args.shapes)) < 2 or min(args.repeats, args.rows, args.max_steps, args.threads or 1) < 1:
         parser.error("shapes need 2+ sizes; --repeats, --rows, --max-steps and --threads must be positive")
+    if args.kernels_log2n < 10:
+        parser.error("--kernels-log2n must be at least 10")
 
     try:
         import torch
@@ -377,13 +384,19 @@ def main(argv=None) -> int:
         info = machine_info(args, torch)
     speedups, crossover = gpu_vs_cpu(rows)
     print_report(rows, skipped, speedups, crossover, args)
+    kernels = None
+    if cuda_ok and not args.no_kernels:
+        kernels = bench_kernels.measure(args.kernels_log2n, repeats=min(args.repeats, 20))
+        bench_kernels.print_table(kernels)
+    elif not args.no_kernels:
+        print(f"\nfused-kernel bandwidth skipped: {why}")
     seconds = time.perf_counter() - start
     print(f"\nbenchmark took {seconds:.0f} s")
     if args.json:
         settings = {k: v for k, v in vars(args).items() if k not in ("json", "plot")}
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump({"machine": info, "settings": settings, "seconds": seconds, "rows": rows, "skipped": skipped,
-                       "gpu_vs_cpu": speedups, "crossover": crossover}, handle, indent=1)
+                       "gpu_vs_cpu": speedups, "crossover": crossover, "kernels": kernels}, handle, indent=1)
         print(f"wrote {args.json}")
     if args.plot:
         plot(rows, args.plot)

@@ -16,7 +16,9 @@ def test_quick_bench_writes_table_json_and_plot(tmp_path, capsys):
     assert "GPU part skipped:" in out or "GPU:" in out
 
     report = json.loads((tmp_path / "b.json").read_text())
-    assert {"machine", "settings", "rows", "skipped", "gpu_vs_cpu", "crossover"} <= report.keys()
+    assert {"machine", "settings", "rows", "skipped", "gpu_vs_cpu", "crossover", "kernels"} <= report.keys()
+    if "GPU part skipped:" in out:
+        assert "fused-kernel bandwidth skipped:" in out and report["kernels"] is None
     assert report["machine"]["cpu_count"] >= 1 and report["machine"]["numpy"]
     rows = report["rows"]
     assert {(r["shape"], r["batch"]) for r in rows} == {(s, b) for s in ("2-3-2", "64-128-10") for b in (1, 32)}
@@ -42,3 +44,28 @@ def test_bad_shape_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(["--shapes", "784-x-10"])
     assert exc.value.code == 2 and "positive integers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("which", ["host_fused_kernels", "reference"])
+def test_kernel_cases_run_and_count_bytes(which):
+    """The kernel table's cases on the host: CupyOps over the host stand-in of ElementwiseKernel, and the reference
+    ops (the unfused column); every case runs and counts at least a read and a write of each element."""
+    import sys
+    from pathlib import Path
+
+    import array_api_compat.numpy as anp
+
+    from gpunet.bench_kernels import cases
+    from gpunet.cuda_ops import CupyOps
+    from gpunet.ops import Ops
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from host_kernel import HostElementwiseKernel
+
+    ops = CupyOps(anp, elementwise_kernel=HostElementwiseKernel) if which == "host_fused_kernels" else Ops(anp)
+    n = 1 << 12
+    table = cases(ops, anp, n, "float32")
+    assert len({name for name, _, _ in table}) == len(table) >= 13
+    for name, nbytes, call in table:
+        assert nbytes >= 2 * n * 4, name
+        call()
