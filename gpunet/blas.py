@@ -1,7 +1,8 @@
-"""Vector BLAS (``axpy``, ``axpby``) from the OpenBLAS inside NumPy's wheels, for the optimizer updates on the CPU.
+"""Vector BLAS (``axpy``, ``scal``) from the OpenBLAS inside NumPy's wheels, for the optimizer updates on the CPU.
 
 NumPy's ufuncs make one pass per operation on one core, so ``buf = momentum buf + g; p -= lr buf`` costs four passes.
-``axpby`` and ``axpy`` do each line in one pass, in the library (and the thread pool) of NumPy's own matrix products.
+``scal`` and ``axpy`` make three passes, in the library (and the thread pool) of NumPy's own matrix products:
+OpenBLAS runs ``axpy`` on all its threads (``axpby`` on one, so it is not used).
 SciPy's BLAS would bring a second OpenBLAS, whose threads fight NumPy's for the cores between the two libraries'
 calls: a training step got 6x slower on 2 cores.
 
@@ -23,7 +24,7 @@ MIN_SIZE = 1 << 15
 
 
 class VectorBlas:
-    """``axpy``/``axpby`` of one dtype on C-contiguous arrays of that dtype and equal size (unchecked: see
+    """``axpy``/``scal`` of one dtype on C-contiguous arrays of that dtype and equal size (unchecked: see
     :func:`vector_blas`), in place on ``y``."""
 
     def __init__(self, lib: ctypes.CDLL, dtype):
@@ -31,16 +32,16 @@ class VectorBlas:
         n, ptr = ctypes.c_int64, ctypes.c_void_p
         self._axpy = getattr(lib, f"scipy_cblas_{letter}axpy64_")
         self._axpy.argtypes, self._axpy.restype = [n, scalar, ptr, n, ptr, n], None
-        self._axpby = getattr(lib, f"scipy_cblas_{letter}axpby64_")
-        self._axpby.argtypes, self._axpby.restype = [n, scalar, ptr, n, scalar, ptr, n], None
+        self._scal = getattr(lib, f"scipy_cblas_{letter}scal64_")
+        self._scal.argtypes, self._scal.restype = [n, scalar, ptr, n], None
 
     def axpy(self, a: float, x, y) -> None:
         """``y += a x``."""
         self._axpy(y.size, a, x.ctypes.data, 1, y.ctypes.data, 1)
 
-    def axpby(self, a: float, x, b: float, y) -> None:
-        """``y = a x + b y``."""
-        self._axpby(y.size, a, x.ctypes.data, 1, b, y.ctypes.data, 1)
+    def scal(self, a: float, x) -> None:
+        """``x *= a``."""
+        self._scal(x.size, a, x.ctypes.data, 1)
 
 
 @functools.cache
@@ -57,7 +58,7 @@ def _library() -> ctypes.CDLL | None:
         for path in sorted(folder.glob("libscipy_openblas64_*")):
             try:
                 lib = ctypes.CDLL(str(path))
-                lib.scipy_cblas_saxpby64_, lib.scipy_cblas_daxpy64_  # noqa: B018 (the symbols must be there)
+                lib.scipy_cblas_sscal64_, lib.scipy_cblas_daxpy64_  # noqa: B018 (the symbols must be there)
                 return lib
             except (OSError, AttributeError):
                 continue

@@ -272,12 +272,13 @@ class NumpyOps(Ops):
         if new_buffer:
             buf = np.empty_like(p)
         vector = blas.vector_blas(p, g, buf)
-        if vector:  # 1 pass per line (2 with momentum, not 4), on the threads of NumPy's BLAS
+        if vector:  # on the threads of NumPy's BLAS (3 passes with momentum, as the 4 ufunc passes on one core)
             g = self._decayed(p, g, weight_decay)
             if new_buffer:
                 np.copyto(buf, g)
             elif momentum:
-                vector.axpby(1 - dampening, g, momentum, buf)
+                vector.scal(momentum, buf)
+                vector.axpy(1 - dampening, g, buf)
             if not momentum or nesterov:
                 vector.axpy(-lr, g, p)
             if momentum:
