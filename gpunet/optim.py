@@ -12,6 +12,19 @@ model (it follows the model across ``model.to(...)``), and stepping another mode
 | ``AdamW(...)``                                           | AdamW | ``p *= 1 - lr wd``, then Adam without decay       |
 | ``RMSprop(lr, alpha, eps, weight_decay, momentum, centered)`` | RMSprop |                                              |
 | ``Adagrad(lr, lr_decay, weight_decay, initial_accumulator_value, eps)`` | Adagrad |                              |
+
+Gradient clipping, Keras's optimizer keywords with torch's arithmetic (at most one of them, as in Keras), applied
+in place to ``model.gradients()`` before the update (before weight decay is added, as torch's utilities do when
+called between ``backward()`` and ``step()``):
+
+- ``global_clipnorm=c``: ``torch.nn.utils.clip_grad_norm_(all parameters, c)``: every gradient times
+  ``min(1, c / (total_norm + 1e-6))``, ``total_norm`` the L2 norm of all gradients together;
+- ``clipnorm=c``: the same for each gradient array on its own (Keras's ``clipnorm``; torch's ``1e-6`` keeps a
+  zero gradient finite, so the result is at most ``1e-6`` relative off Keras's ``c / max(norm, c)``);
+- ``clipvalue=c``: ``torch.nn.utils.clip_grad_value_``: every element clamped to ``[-c, c]``.
+
+The norms stay on the device (no host read). Non-finite gradients are not an error (torch's default): an infinite
+norm scales the gradients by 0, and ``TerminateOnNaN`` or the divergence roll-back of ``fit`` deal with the loss.
 """
 
 from __future__ import annotations
@@ -24,13 +37,23 @@ from . import validation
 from .backend import to_numpy
 
 
+CLIPPING = ("clipnorm", "clipvalue", "global_clipnorm")
+
+
 class Optimizer:
-    """Base class. Subclasses define ``_new_state(p)`` and ``_update(p, g, state)``."""
+    """Base class. Subclasses define ``_new_state(p)`` and ``_update(ops, p, g, state)``, and pass the clipping
+    keywords (``clipnorm``, ``clipvalue``, ``global_clipnorm``: see the module docstring) on to this constructor."""
 
     name = "optimizer"
 
-    def __init__(self, lr: float):
+    def __init__(self, lr: float, *, clipnorm: float | None = None, clipvalue: float | None = None,
+                 global_clipnorm: float | None = None):
         self.lr = validation.positive_number("lr", lr)
+        for key, value in zip(CLIPPING, (clipnorm, clipvalue, global_clipnorm)):
+            setattr(self, key, None if value is None else validation.positive_number(key, value))
+        chosen = {k: getattr(self, k) for k in CLIPPING if getattr(self, k) is not None}
+        if len(chosen) > 1:
+            raise ValueError(f"set at most one of clipnorm, clipvalue and global_clipnorm; received {chosen}")
         self.steps = 0  # completed steps (torch's per-parameter "step", shared by all parameters here)
         self.state: list | None = None
         self._backend = None
@@ -41,8 +64,10 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
     def hyperparameters(self) -> dict:
-        """The constructor arguments, as the optimizer holds them now (``lr`` may have been changed)."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_") and k not in ("steps", "state")}
+        """The constructor arguments, as the optimizer holds them now (``lr`` may have been changed); clipping
+        keywords only when set."""
+        own = {k: v for k, v in vars(self).items() if not k.startswith("_") and k not in ("steps", "state", *CLIPPING)}
+        return own | {k: getattr(self, k) for k in CLIPPING if getattr(self, k) is not None}
 
     def step(self, model) -> None:
         """Apply one update to every parameter of ``model`` from its current gradients."""
@@ -60,8 +85,26 @@ class Optimizer:
         self.steps += 1
         ops = model.ops
         with model.backend.activate():  # new state lands on the model's GPU
+            self._clip(grads, model.xp)
             for p, g, state in zip(params, grads, self.state):
                 self._update(ops, p, g, state)
+
+    def _clip(self, grads, xp) -> None:
+        """Clip ``grads`` in place as the clipping keyword asks (none: nothing)."""
+        if self.clipvalue is not None:
+            for g in grads:
+                g[...] = xp.clip(g, -self.clipvalue, self.clipvalue)
+            return
+        if self.clipnorm is None and self.global_clipnorm is None:
+            return
+        norms = [xp.linalg.vector_norm(g) for g in grads]  # 0-d arrays: no host read
+        if self.global_clipnorm is not None:
+            total = xp.linalg.vector_norm(xp.stack(norms))
+            norms, limit = [total] * len(grads), self.global_clipnorm
+        else:
+            limit = self.clipnorm
+        for g, norm in zip(grads, norms):
+            g *= xp.clip(limit / (norm + 1e-6), max=1.0)
 
     def reset(self) -> None:
         """Forget all state (momentum, moments, step count)."""
@@ -133,8 +176,8 @@ class SGD(Optimizer):
     name = "sgd"
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0):
-        super().__init__(lr)
+                 weight_decay: float = 0.0, **clipping):
+        super().__init__(lr, **clipping)
         self.momentum = validation.number_in("momentum", momentum, 0.0, 1.0)
         self.dampening = validation.number_in("dampening", dampening, 0.0, 1.0, high_inclusive=True)
         if not isinstance(nesterov, bool):
@@ -162,8 +205,8 @@ class Adam(Optimizer):
     _decoupled = False
 
     def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, amsgrad: bool = False):
-        super().__init__(lr)
+                 weight_decay: float = 0.0, amsgrad: bool = False, **clipping):
+        super().__init__(lr, **clipping)
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise TypeError(f"betas must be a pair (beta1, beta2); received {betas!r}")
         self.betas = (validation.number_in("betas[0]", betas[0], 0.0, 1.0),
@@ -191,8 +234,8 @@ class AdamW(Adam):
     _decoupled = True
 
     def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, amsgrad: bool = False):
-        super().__init__(lr, betas, eps, weight_decay, amsgrad)
+                 weight_decay: float = 1e-2, amsgrad: bool = False, **clipping):
+        super().__init__(lr, betas, eps, weight_decay, amsgrad, **clipping)
 
 
 class RMSprop(Optimizer):
@@ -201,8 +244,8 @@ class RMSprop(Optimizer):
     name = "rmsprop"
 
     def __init__(self, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
-                 momentum: float = 0.0, centered: bool = False):
-        super().__init__(lr)
+                 momentum: float = 0.0, centered: bool = False, **clipping):
+        super().__init__(lr, **clipping)
         self.alpha = validation.number_in("alpha", alpha, 0.0, 1.0)
         self.eps = validation.number_in("eps", eps, 0.0, float("inf"))
         self.weight_decay = validation.number_in("weight_decay", weight_decay, 0.0, float("inf"))
@@ -226,8 +269,8 @@ class Adagrad(Optimizer):
     name = "adagrad"
 
     def __init__(self, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
-                 initial_accumulator_value: float = 0.0, eps: float = 1e-10):
-        super().__init__(lr)
+                 initial_accumulator_value: float = 0.0, eps: float = 1e-10, **clipping):
+        super().__init__(lr, **clipping)
         self.lr_decay = validation.number_in("lr_decay", lr_decay, 0.0, float("inf"))
         self.weight_decay = validation.number_in("weight_decay", weight_decay, 0.0, float("inf"))
         self.initial_accumulator_value = validation.number_in(
