@@ -2,7 +2,8 @@
 
 A metric computes statistics of a batch on the device (``stats``), merges them across batches (``combine``: a sum
 for most) and turns the totals into one number at the end (``result``), so a per-epoch training metric is exact over
-the whole epoch, not an average of batch averages, and costs one device-to-host copy per epoch.
+the whole epoch, not an average of batch averages. Row and element counts stay Python integers, so a batch copies
+nothing to or from the device; the totals are read once per epoch (one device-to-host copy per device array).
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ class Metric:
     name = "metric"
 
     def stats(self, pred, target) -> tuple:
-        """Sums over a batch (0-d or 1-d arrays of pred's namespace); ``pred`` and ``target`` are ``(n, k)``."""
+        """Sums over a batch (0-d or 1-d arrays of pred's namespace; counts as Python ints, which need no copy to
+        the device); ``pred`` and ``target`` are ``(n, k)``."""
         raise NotImplementedError
 
     def combine(self, a: tuple, b: tuple) -> tuple:
-        """Merge the statistics of two disjoint sets of rows (on the device)."""
+        """Merge the statistics of two disjoint sets of rows (arrays stay on the device)."""
         return tuple(x + y for x, y in zip(a, b))
 
     def result(self, totals: list[np.ndarray]) -> float:
-        """The metric from the combined ``stats`` (host arrays)."""
+        """The metric from the combined ``stats`` (host arrays, or the Python counts)."""
         raise NotImplementedError
 
     def __call__(self, pred, target) -> float:
@@ -45,7 +47,8 @@ class Metric:
 
 
 class _Mean(Metric):
-    """The mean of ``values(pred, target)`` over all its elements; stats are ``(sum, count)`` in float64."""
+    """The mean of ``values(pred, target)`` over all its elements; stats are ``(sum, count)``: a float64 device sum
+    and a Python int."""
 
     def values(self, pred, target):
         raise NotImplementedError
@@ -53,7 +56,7 @@ class _Mean(Metric):
     def stats(self, pred, target):
         xp = array_namespace(pred)
         v = self.values(pred, target)
-        return xp.sum(xp.astype(v, xp.float64)), xp.asarray(float(math.prod(v.shape)), dtype=xp.float64)
+        return xp.sum(xp.astype(v, xp.float64)), math.prod(v.shape)
 
     def result(self, totals):
         return float(totals[0]) / float(totals[1])
@@ -108,7 +111,7 @@ class R2(Metric):
     def stats(self, pred, target):
         xp = array_namespace(pred)
         r = pred - target
-        n = xp.asarray(float(pred.shape[0]), dtype=pred.dtype)
+        n = pred.shape[0]  # a Python int: the merge weights n_b / n are computed on the host
         mean = xp.mean(target, axis=0)
         d = target - mean
         return xp.sum(r * r, axis=0), n, mean, xp.sum(d * d, axis=0)

@@ -418,6 +418,35 @@ def test_r2_is_stable_for_targets_far_from_zero(path, dtype, offset, rng):
     assert got == pytest.approx(skm.r2_score(t.astype(float), p.astype(float)), abs=1e-3)
 
 
+class _CountingNamespace:
+    """An Array API namespace that counts ``asarray`` calls (a host -> device copy on a GPU) and forwards the rest."""
+
+    def __init__(self, xp):
+        self._xp, self.asarray_calls = xp, 0
+
+    def asarray(self, *args, **kwargs):
+        self.asarray_calls += 1
+        return self._xp.asarray(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._xp, name)
+
+
+@pytest.mark.parametrize("name", sorted(gn.metrics.METRICS))
+def test_metric_stats_copy_nothing_to_the_device(name, backend, to_xp, monkeypatch):
+    """A batch's statistics call no ``xp.asarray`` (per batch, on a GPU, a host -> device copy): counts are ints."""
+    counting = _CountingNamespace(backend.xp)
+    monkeypatch.setattr(gn.metrics, "array_namespace", lambda *arrays: counting)
+    pred, target = to_xp(rng0.random((6, 3))), to_xp(np.eye(3)[LABELS[:6]])
+    metric = gn.metrics.get(name)
+    stats = metric.stats(pred, target)
+    assert counting.asarray_calls == 0
+    assert type(stats[1]) is int and stats[1] == {"accuracy": 6, "mae": 18, "mse": 18, "r2": 6}[name]  # rows, elements
+    merged = metric.combine(stats, metric.stats(pred, target))
+    assert type(merged[1]) is int and merged[1] == 2 * stats[1]
+    assert counting.asarray_calls == 0
+
+
 # -- warnings -------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("activation, loss, match", [
     ("linear", gn.losses.CategoricalCrossEntropy(), "expects probabilities from a softmax output layer"),
