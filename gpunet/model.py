@@ -318,17 +318,19 @@ class Sequential:
 
         n = X.shape[0]
         batch = n if batch_size is None else min(batch_size, n)
+        combined = self._output_pairing(loss)  # here, so that its warning points at the caller of fit
         with self.backend.activate():
             return training.run(self, X, Y, W, val, loss=loss, optimizer=optimizer, metrics=metric_objs,
-                                epochs=epochs, batch=batch, shuffle=shuffle, callbacks=callbacks)
+                                epochs=epochs, batch=batch, shuffle=shuffle, callbacks=callbacks, combined=combined)
 
     def train_on_batch(self, x, y, loss, optimizer) -> float:
         """One gradient step on one batch (checked like ``fit``); returns the batch loss before the step."""
         loss = losses_mod.get(loss)
         optimizer = optim_mod.get(optimizer)
         X, Y = self._data("x", x, "y", y, loss)
+        combined = self._output_pairing(loss)
         with self.backend.activate(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            _, value = self._train_step(X, Y, loss, optimizer, self._output_pairing(loss))
+            _, value = self._train_step(X, Y, loss, optimizer, combined)
         return float(value)
 
     def _train_step(self, xb, yb, loss, optimizer, combined: bool, wb=None):
@@ -346,7 +348,10 @@ class Sequential:
         return pred, value
 
     def _output_pairing(self, loss) -> bool:
-        """True when the output activation and the loss combine into ``(p - y) / n``; warns on likely mistakes."""
+        """True when the output activation and the loss combine into ``(p - y) / n``; warns on likely mistakes.
+
+        Call it from a public method itself (``fit``, ``train_on_batch``): the warning names that method's caller.
+        """
         act = self.layers[-1].activation.name
         if loss.pairs_with is not None:
             if act == loss.pairs_with:

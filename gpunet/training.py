@@ -14,7 +14,8 @@ from .callbacks import History, NonFiniteLossError, TerminateOnNaN
 
 def run(model, X, Y, W, val, **kwargs) -> History:
     """Train ``model`` on device arrays ``X`` ``(n, in)``, ``Y`` ``(n, out)``, optional row weights ``W``
-    ``(n, 1)``; ``val`` is ``None`` or device ``(X_val, Y_val)``. Returns the History (also in ``callbacks``).
+    ``(n, 1)``; ``val`` is ``None`` or device ``(X_val, Y_val)``; ``combined`` is ``model._output_pairing(loss)``.
+    Returns the History (also in ``callbacks``).
 
     NumPy's overflow warnings are silenced: divergence is detected and reported by the loop itself.
     """
@@ -22,12 +23,11 @@ def run(model, X, Y, W, val, **kwargs) -> History:
         return _run(model, X, Y, W, val, **kwargs)
 
 
-def _run(model, X, Y, W, val, *, loss, optimizer, metrics, epochs, batch, shuffle, callbacks) -> History:
+def _run(model, X, Y, W, val, *, loss, optimizer, metrics, epochs, batch, shuffle, callbacks, combined) -> History:
     xp = model.xp
     n = X.shape[0]
     starts = list(range(0, n, batch))
     sizes = np.array([min(batch, n - s) for s in starts], dtype=np.float64)
-    combined = model._output_pairing(loss)
     history = next(cb for cb in callbacks if isinstance(cb, History))
     nan_policy = next(cb for cb in callbacks if isinstance(cb, TerminateOnNaN))
     model.stop_training = False

@@ -455,9 +455,14 @@ def test_metric_stats_copy_nothing_to_the_device(name, backend, to_xp, monkeypat
     ("sigmoid", gn.losses.BinaryCrossEntropy(from_logits=True), "applies the sigmoid itself"),
 ])
 def test_mismatched_output_layer_and_loss_warn(activation, loss, match):
+    """The warning points at the user's call (this file), not into gpunet."""
     model = gn.Sequential([gn.Dense(4, 3, activation)], dtype="float64", seed=0)
-    with pytest.warns(UserWarning, match=match):
+    with pytest.warns(UserWarning, match=match) as record:
         model.fit(X, np.eye(3)[LABELS], loss=loss, epochs=1)
+    assert len(record) == 1 and record[0].filename == __file__
+    with pytest.warns(UserWarning, match=match) as record:
+        model.train_on_batch(X, np.eye(3)[LABELS], loss, "sgd")
+    assert len(record) == 1 and record[0].filename == __file__
 
 
 @pytest.mark.parametrize("activation, loss", [("softmax", "cce"), ("sigmoid", "bce"), ("linear", "mse")])
