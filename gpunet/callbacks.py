@@ -2,7 +2,7 @@
 
 A callback is told when training begins and ends, when each epoch begins and ends (with that epoch's ``logs``:
 ``loss``, metrics, ``val_*``), and after each batch. It may stop training by setting ``model.stop_training = True``.
-Keras's names and semantics, PyTorch's formulas for the schedules.
+Keras's names and semantics, PyTorch's formulas for the schedules (ReduceLROnPlateau included).
 """
 
 from __future__ import annotations
@@ -203,6 +203,65 @@ class CosineAnnealingLR(LearningRateScheduler):
         T_max = validation.positive_int("T_max", T_max)
         eta_min = validation.number_in("eta_min", eta_min, 0.0, float("inf"))
         super().__init__(lambda epoch, lr0: eta_min + (lr0 - eta_min) * (1 + math.cos(math.pi * epoch / T_max)) / 2)
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by ``factor`` when ``monitor`` has not improved for more than ``patience`` epochs
+    (``torch.optim.lr_scheduler.ReduceLROnPlateau``, checked at every epoch's end; the new rate applies from the next
+    epoch, and the rate each epoch used is logged as ``"lr"``).
+
+    Improvement: ``value < best (1 - threshold)`` (``threshold_mode="rel"``) or ``value < best - threshold``
+    (``"abs"``), mirrored for ``mode="max"``; a NaN never improves. After a reduction, ``cooldown`` epochs pass
+    before bad epochs count again. The rate never drops below ``min_lr``, and a change smaller than ``eps`` is
+    skipped. Keras's callback reduces one epoch sooner (after ``patience`` bad epochs, not more than ``patience``).
+    """
+
+    def __init__(self, monitor: str = "val_loss", mode: str = "auto", factor: float = 0.1, patience: int = 10,
+                 threshold: float = 1e-4, threshold_mode: str = "rel", cooldown: int = 0, min_lr: float = 0.0,
+                 eps: float = 1e-8):
+        self.monitor = monitor
+        self.mode = _mode(monitor, mode)
+        self.factor = validation.number_in("factor", factor, 0.0, 1.0)
+        if self.factor == 0:
+            raise ValueError(f"factor must be in (0, 1); received factor={factor!r}")
+        self.patience = validation.non_negative_int("patience", patience)
+        self.threshold = validation.number_in("threshold", threshold, 0.0, float("inf"))
+        self.threshold_mode = validation.one_of("threshold_mode", threshold_mode, ("rel", "abs"))
+        self.cooldown = validation.non_negative_int("cooldown", cooldown)
+        self.min_lr = validation.number_in("min_lr", min_lr, 0.0, float("inf"))
+        self.eps = validation.number_in("eps", eps, 0.0, float("inf"))
+        self.on_train_begin()
+
+    def on_train_begin(self, logs=None):  # each fit starts afresh, as in Keras
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.num_bad_epochs = self.cooldown_counter = 0
+
+    def _improved(self, value: float) -> bool:
+        if self.mode == "min":
+            return value < (self.best * (1 - self.threshold) if self.threshold_mode == "rel" else
+                            self.best - self.threshold)
+        return value > (self.best * (1 + self.threshold) if self.threshold_mode == "rel" else
+                        self.best + self.threshold)
+
+    def on_epoch_end(self, epoch, logs):
+        if self.monitor not in logs:
+            raise ValueError(f"ReduceLROnPlateau monitors {self.monitor!r}, which fit does not log; logged: "
+                             f"{sorted(logs)} (val_* needs validation_data or validation_split)")
+        optimizer = self.model.optimizer
+        logs["lr"] = optimizer.lr
+        value = float(logs[self.monitor])
+        if self._improved(value):
+            self.best, self.num_bad_epochs = value, 0
+        else:
+            self.num_bad_epochs += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0
+        if self.num_bad_epochs > self.patience:
+            new_lr = max(optimizer.lr * self.factor, self.min_lr)
+            if optimizer.lr - new_lr > self.eps:
+                optimizer.lr = new_lr
+            self.cooldown_counter, self.num_bad_epochs = self.cooldown, 0
 
 
 class ProgressBar(Callback):

@@ -23,6 +23,14 @@ def positive_int(name: str, value) -> int:
     return int(value)
 
 
+def non_negative_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= 0; received {type(value).__name__}: {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be an integer >= 0; received {name}={value!r}")
+    return int(value)
+
+
 def real_number(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number; received {type(value).__name__}: {value!r}")

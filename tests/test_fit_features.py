@@ -751,3 +751,69 @@ def test_weight_errors(name, kwargs, error, match):
     model, X, y, _ = weighted_problem(name)
     with pytest.raises(error, match=match):
         model.fit(X, y, loss=WEIGHTED_CASES[name][0], **kwargs)
+
+
+# -- ReduceLROnPlateau against torch's, fed the same monitored values -----------------------------------------------
+PLATEAU_VALUES = [1.0, 0.9, 0.9, 0.95, 0.9, 0.89995, 0.91, 0.8, 0.8, 0.8, 0.8, 0.8, float("nan"), 0.79, 0.8, 0.8,
+                  0.8, 0.8, 0.8, 0.8, 0.8, 0.8]
+PLATEAU_CASES = [
+    dict(),
+    dict(patience=1, factor=0.5),
+    dict(patience=2, factor=0.5, cooldown=2),
+    dict(patience=0, factor=0.3, min_lr=0.01),
+    dict(patience=1, threshold=0.05, threshold_mode="abs"),
+    dict(patience=1, mode="max", factor=0.5),
+    dict(patience=1, mode="max", threshold_mode="abs", threshold=0.0),
+    dict(patience=0, factor=0.9, eps=0.02),
+]
+
+
+@pytest.mark.parametrize("kwargs", PLATEAU_CASES, ids=str)
+def test_reduce_lr_on_plateau_matches_torch(kwargs):
+    torch = pytest.importorskip("torch")
+    param = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([param], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, **kwargs)
+    expected = []
+    for value in PLATEAU_VALUES:
+        expected.append(opt.param_groups[0]["lr"])
+        scheduler.step(value)
+
+    class Holder:
+        optimizer = gn.optim.SGD(lr=0.1)
+
+    callback = cbs.ReduceLROnPlateau(monitor="val_loss", **kwargs)
+    callback.model = Holder()
+    callback.on_train_begin()
+    logged = []
+    for epoch, value in enumerate(PLATEAU_VALUES):
+        logs = {"val_loss": value}
+        callback.on_epoch_end(epoch, logs)
+        logged.append(logs["lr"])
+    np.testing.assert_allclose(logged, expected, rtol=1e-15)
+
+
+def test_reduce_lr_on_plateau_in_fit():
+    """A learning rate far too small makes the training loss plateau (relative change < 1e-4): reduced after
+    patience + 1 flat epochs; History holds the rate each epoch used."""
+    X, y = small_regression()
+    model = gn.Sequential([gn.Dense(2, 1)], dtype="float64", seed=0)
+    history = model.fit(X, y, optimizer=gn.optim.SGD(lr=1e-6), epochs=6, batch_size=None,
+                        callbacks=[cbs.ReduceLROnPlateau(monitor="loss", patience=2, factor=0.5)])
+    assert history["lr"] == pytest.approx([1e-6] * 4 + [5e-7] * 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    (dict(factor=1.0), ValueError), (dict(factor=0.0), ValueError), (dict(patience=-1), ValueError),
+    (dict(patience=1.5), TypeError), (dict(cooldown=True), TypeError), (dict(threshold_mode="relative"), ValueError),
+    (dict(min_lr=-1.0), ValueError), (dict(mode="up"), ValueError),
+])
+def test_reduce_lr_on_plateau_bad_arguments(kwargs, error):
+    with pytest.raises(error):
+        cbs.ReduceLROnPlateau(**kwargs)
+
+
+def test_reduce_lr_on_plateau_needs_its_monitor():
+    X, y = small_regression()
+    with pytest.raises(ValueError, match="val_loss"):
+        small_model().fit(X, y, optimizer=gn.optim.SGD(lr=0.01), epochs=1, callbacks=[cbs.ReduceLROnPlateau()])
