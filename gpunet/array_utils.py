@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from array_api_compat import array_namespace, device
 
+from .backend import on_device_of
+
 
 def sigmoid(z):
     """``1 / (1 + exp(-z))``, computed as ``exp(-|z|)``-based halves so no ``exp`` overflows.
@@ -66,7 +68,8 @@ def softmax(z, axis: int = -1):
 
 
 def one_hot(labels, num_classes: int, dtype):
-    """``(n,)`` integer class indices -> ``(n, num_classes)`` one-hot rows of ``dtype``."""
+    """``(n,)`` integer class indices -> ``(n, num_classes)`` one-hot rows of ``dtype``, on ``labels``' device."""
     xp = array_namespace(labels)
-    classes = xp.arange(num_classes, dtype=labels.dtype, device=device(labels))
-    return xp.astype(labels[:, None] == classes[None, :], dtype)
+    with on_device_of(labels):  # CuPy's arange ignores device=
+        classes = xp.arange(num_classes, dtype=labels.dtype, device=device(labels))
+        return xp.astype(labels[:, None] == classes[None, :], dtype)

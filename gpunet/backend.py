@@ -10,7 +10,9 @@ Device strings:
 - ``"auto"``: CUDA if CuPy imports and sees a GPU, else the CPU.
 - an Array API namespace module (``array_api_strict``, ``torch``, ``numpy``, ...): that library's default device.
 
-Data moves host -> device once per call (``fit``, ``predict``, ...) and never inside the batch loop.
+Data moves host -> device once per call (``fit``, ``predict``, ...) and never inside the batch loop. A CuPy array on
+another GPU than the model's is copied to the model's GPU, once per call, as Keras does (torch would require
+``.to(device)``).
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ class Backend:
         return getattr(self.xp, name)
 
     def owns(self, x) -> bool:
-        """True if ``x`` is an array of this backend's library."""
+        """True if ``x`` is an array of this backend's library, on any of its devices (:meth:`to_device` and
+        :meth:`cast` copy a CuPy array on another GPU onto this backend's)."""
         if self.name == "numpy":
             return isinstance(x, np.ndarray)
         try:
@@ -88,12 +91,33 @@ class Backend:
         with self.activate():
             return self.xp.asarray(x, dtype=self.dtype(dtype))
 
+    def to_device(self, x):
+        """``x`` on this backend's device: a CuPy array on another GPU is copied onto this backend's GPU; anything
+        else (host data, arrays already here) is returned as is."""
+        if self.name == "cupy" and array_api_compat.is_cupy_array(x) and x.device.id != self.cuda_index:
+            with self.activate():
+                return self.xp.asarray(x)  # CuPy copies an array of another GPU onto the current one
+        return x
+
     def cast(self, x, dtype: str):
-        """``x`` (already an array of this backend) as ``dtype``, without a copy when it already is."""
+        """``x`` (an array of this backend) as ``dtype`` on this backend's device (see :meth:`to_device`), without a
+        copy when it already is both."""
+        x = self.to_device(x)
         if x.dtype == self.dtype(dtype):
             return x
         with self.activate():
             return self.xp.astype(x, self.dtype(dtype))
+
+
+def on_device_of(x):
+    """A context in which new arrays land on ``x``'s device. CuPy allocates, and runs kernels, on the current GPU
+    whatever ``device=`` says (array-api-compat ignores it), so for a CuPy array this makes ``x``'s GPU current; for
+    any other array it does nothing."""
+    if array_api_compat.is_cupy_array(x):
+        import cupy
+
+        return cupy.cuda.Device(x.device.id)
+    return contextlib.nullcontext()
 
 
 def to_numpy(x) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 from array_api_compat import array_namespace, device
 
 from .array_utils import one_hot
-from .backend import to_numpy
+from .backend import on_device_of, to_numpy
 
 
 class Metric:
@@ -36,11 +36,12 @@ class Metric:
     def __call__(self, pred, target) -> float:
         """The metric of one set of predictions; ``target`` as ``pred``, or ``(n,)`` (class indices for k > 1)."""
         xp = array_namespace(pred)
-        target = xp.asarray(target, device=device(pred))
-        if target.ndim == 1:
-            k = pred.shape[1]
-            target = one_hot(xp.astype(target, xp.int64), k, pred.dtype) if k > 1 else xp.reshape(target, (-1, 1))
-        return self.result([to_numpy(s) for s in self.stats(pred, xp.astype(target, pred.dtype))])
+        with on_device_of(pred):  # CuPy runs kernels on the current GPU: make it pred's
+            target = xp.asarray(target, device=device(pred))
+            if target.ndim == 1:
+                k = pred.shape[1]
+                target = one_hot(xp.astype(target, xp.int64), k, pred.dtype) if k > 1 else xp.reshape(target, (-1, 1))
+            return self.result([to_numpy(s) for s in self.stats(pred, xp.astype(target, pred.dtype))])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -212,7 +212,8 @@ class Sequential:
 
     # -- forward and backward -------------------------------------------------------------------------------------
     def forward(self, x):
-        """``(n, n_inputs) -> (n, n_outputs)`` for an array of the model's namespace; keeps what backward needs."""
+        """``(n, n_inputs) -> (n, n_outputs)`` for an array of the model's namespace (a CuPy array on another GPU is
+        copied to the model's); keeps what backward needs."""
         if not self.backend.owns(x):
             raise TypeError(f"x must be an array of the model's namespace ({self.backend.name}); use predict() "
                             f"for host data")
@@ -233,7 +234,7 @@ class Sequential:
             raise ValueError(f"grad_out must be an array of the model's namespace with shape "
                              f"{tuple(cache[2].shape)}; received {type(grad_out).__name__} of shape "
                              f"{tuple(getattr(grad_out, 'shape', ()))}")
-        with self.backend.activate():  # a copy: backward may overwrite the gradient it is given
+        with self.backend.activate():  # a copy, on the model's GPU: backward may overwrite the gradient it is given
             grad = self.xp.asarray(grad_out, copy=True)
             return self._backward(grad, through_last_activation=True, input_grad=True)
 
@@ -257,7 +258,8 @@ class Sequential:
 
         Args:
             X: ``(n, n_inputs)`` features: host data (NumPy, lists) is moved to the model's device once, here;
-                arrays of the model's own namespace are used in place. Arrays of another library are refused.
+                arrays of the model's own namespace are used in place (a CuPy array on another GPU is copied to the
+                model's, once). Arrays of another library are refused.
             y: targets, see :meth:`gpunet.losses.Loss.prepare_target` (cce also takes class indices).
             loss: a name (``"mse"``, ``"mae"``, ``"huber"``, ``"bce"``, ``"cce"``) or a Loss; ``None``: the last
                 fit's loss, else ``"mse"``.
@@ -462,19 +464,26 @@ class Sequential:
             raise TypeError(f"metrics must be a name, a Metric or a list of them; received {metrics!r}")
         return [metrics_mod.get(m, loss) for m in metrics]
 
+    def _as_array(self, name: str, data):
+        """``data`` as host data or an array of the model's backend on the model's device (see
+        :meth:`gpunet.backend.Backend.to_device`: a CuPy array on another GPU is copied to the model's)."""
+        return self.backend.to_device(validation.as_array(name, data, self.backend))
+
     def _features(self, name: str, X):
-        X = validation.features(name, validation.as_array(name, X, self.backend), self.n_inputs)
-        return self._on_device(validation.within_dtype(name, X, self.dtype))
+        with self.backend.activate():  # checks and copies run on the model's GPU
+            X = validation.features(name, self._as_array(name, X), self.n_inputs)
+            return self._on_device(validation.within_dtype(name, X, self.dtype))
 
     def _data(self, x_name: str, X, y_name: str, y, loss):
         """Checked ``(X, Y)`` on the device, ``Y`` prepared for ``loss`` as ``(n, n_outputs)`` of the model dtype."""
-        X = validation.features(x_name, validation.as_array(x_name, X, self.backend), self.n_inputs)
-        X = validation.within_dtype(x_name, X, self.dtype)
-        Y = loss.prepare_target(validation.as_array(y_name, y, self.backend), self.n_outputs, name=y_name)
-        Y = validation.within_dtype(y_name, Y, self.dtype)
-        if Y.shape[0] != X.shape[0]:
-            raise ValueError(f"{x_name} has {X.shape[0]} samples but {y_name} has {Y.shape[0]}")
-        return self._on_device(X), self._on_device(Y)
+        with self.backend.activate():  # checks, one-hot targets and copies run on the model's GPU
+            X = validation.features(x_name, self._as_array(x_name, X), self.n_inputs)
+            X = validation.within_dtype(x_name, X, self.dtype)
+            Y = loss.prepare_target(self._as_array(y_name, y), self.n_outputs, name=y_name)
+            Y = validation.within_dtype(y_name, Y, self.dtype)
+            if Y.shape[0] != X.shape[0]:
+                raise ValueError(f"{x_name} has {X.shape[0]} samples but {y_name} has {Y.shape[0]}")
+            return self._on_device(X), self._on_device(Y)
 
     def _on_device(self, a):
         if isinstance(a, np.ndarray) and not self.backend.is_numpy:

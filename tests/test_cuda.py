@@ -16,6 +16,7 @@ import pytest
 
 import gpunet as gn
 from gpunet import optim
+from gpunet.array_utils import one_hot
 from gpunet.cuda_ops import CupyOps
 from gpunet.ops import Ops, fused_default, ops_for
 
@@ -193,6 +194,33 @@ def test_second_gpu(cupy, rng):
     assert all(p.device.id == 1 for p in model.parameters())
     assert all(s.device.id == 1 for state in model.optimizer.state for s in state.values() if s is not None)
     assert model.predict(X).device.id == 1
+
+
+def test_arrays_on_another_gpu_are_copied_to_the_models(cupy, rng):
+    """A cuda:0 model given CuPy arrays on GPU 1 copies them to GPU 0 (checks included) and trains as on host data."""
+    if cupy.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two or more GPUs")
+    X = rng.standard_normal((40, 4))
+    labels = (X[:, 0] > 0).astype(np.int64) + (X[:, 1] > 0)
+    with cupy.cuda.Device(1):
+        X1, labels1 = cupy.asarray(X), cupy.asarray(labels)
+        onehot = one_hot(labels1, 3, cupy.float64)
+    assert onehot.device.id == 1  # CuPy ignores device=: one_hot makes the labels' GPU current
+    np.testing.assert_array_equal(cupy.asnumpy(onehot), np.eye(3)[labels])
+
+    def model():
+        return gn.Sequential([gn.Dense(4, 8, "relu"), gn.Dense(8, 3, "softmax")], device="cuda:0", dtype="float64",
+                             seed=0)
+
+    on_host, on_gpu1 = model(), model()
+    on_host.fit(X, labels, loss="cce", optimizer="adam", epochs=2, metrics=["accuracy"])
+    on_gpu1.fit(X1, labels1, loss="cce", optimizer="adam", epochs=2, metrics=["accuracy"])
+    assert all(p.device.id == 0 for p in on_gpu1.parameters())
+    for a, b in zip(on_host.get_weights(), on_gpu1.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    assert on_gpu1.predict(X1).device.id == 0 and on_gpu1(X1).device.id == 0
+    assert on_gpu1.evaluate(X1, labels1) == pytest.approx(on_host.evaluate(X, labels), rel=1e-12)
+    assert X1.device.id == 1 and labels1.device.id == 1
 
 
 # -- host transfers ---------------------------------------------------------------------------------------------------
