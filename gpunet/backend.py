@@ -1,7 +1,8 @@
 """Devices and array namespaces: where a model's arrays live and how data gets there.
 
 A :class:`Backend` pairs an Array API namespace ``xp`` with a device. gpunet's math only ever talks to ``xp``;
-this module is the one place that knows which library is behind it.
+this module is where devices and the library behind ``xp`` are resolved (``gpunet.ops.ops_for`` then picks that
+library's specialised steps).
 
 Device strings:
 
@@ -10,9 +11,9 @@ Device strings:
 - ``"auto"``: CUDA if CuPy imports and sees a GPU, else the CPU.
 - an Array API namespace module (``array_api_strict``, ``torch``, ``numpy``, ...): that library's default device.
 
-Data moves host -> device once per call (``fit``, ``predict``, ...) and never inside the batch loop. A CuPy array on
-another GPU than the model's is copied to the model's GPU, once per call, as Keras does (torch would require
-``.to(device)``).
+Data moves host -> device once per call (``fit``, ``predict``, ...) and never inside the batch loop (``fit`` copies
+only the shuffled row order, once per epoch). A CuPy array on another GPU than the model's is copied to the model's
+GPU, once per call, as Keras does (torch would require ``.to(device)``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ DTYPES = ("float32", "float64")
 class Backend:
     """An Array API namespace ``xp`` plus a device: allocates, moves and converts arrays for a model.
 
-    Build one with :func:`get_backend`; ``Backend`` objects are compared by ``(name, device)``.
+    Build one with :func:`get_backend`; ``Backend`` objects are compared by ``(name, label)``.
     """
 
     def __init__(self, xp, name: str, device=None, cuda_index: int | None = None):
@@ -121,7 +122,8 @@ def on_device_of(x):
 
 
 def to_numpy(x) -> np.ndarray:
-    """A host NumPy copy (or view, for NumPy input) of any supported array."""
+    """A host NumPy array of any supported array: a copy of GPU data, a view of data already in host memory (NumPy,
+    CPU torch tensors, array-api-strict arrays)."""
     if isinstance(x, (np.ndarray, np.generic)):
         return np.asarray(x)
     if array_api_compat.is_cupy_array(x):

@@ -1,7 +1,10 @@
 """The epoch loop behind ``Sequential.fit``: batches, device-side accumulation, callbacks, divergence roll-back.
 
-Nothing here checks arguments: ``fit`` has done that once. Per batch there is no host transfer; per epoch there is
-one read of the batch losses, one of a "weights finite" flag, one per metric, and the validation pass.
+Nothing here checks arguments: ``fit`` has done that once. Per batch nothing moves between host and device, unless a
+callback calls its ``running_logs()`` (the progress bar does, at most every ``refresh`` seconds). Per epoch there is
+one host -> device copy of the shuffled row order (when shuffling), one read of the batch losses, one of a "weights
+finite" flag, one per device array of each metric's statistics (one for accuracy, mse and mae; three for r2), and
+the validation pass; rolling back a diverged epoch reads the flag once per replayed step.
 """
 
 from __future__ import annotations
