@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import tempfile
-import warnings
 
 import numpy as np
 
@@ -40,6 +39,7 @@ from . import activations as activations_mod
 from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import optim as optim_mod
+from . import validation
 from .backend import DTYPES, get_backend
 
 FORMAT = "gpunet.Sequential"
@@ -151,7 +151,7 @@ def _optimizer_to_save(model, optimizer):
                    f"so it cannot be rebuilt from a file")
         if explicit:
             raise TypeError(message + "; pass optimizer=False to save the model without it")
-        warnings.warn(message + "; saving the model without it", UserWarning, stacklevel=3)
+        validation.warn_at_caller(message + "; saving the model without it")
         return None
     return optimizer
 
@@ -162,7 +162,7 @@ def _config(obj, registry: dict, kind: str, strict: bool = False):
         message = f"{obj!r} is not one of gpunet's {kind}s {sorted(registry)}, so it cannot be rebuilt from a file"
         if strict:
             raise TypeError(message)
-        warnings.warn(message + "; the file will not hold it", UserWarning, stacklevel=4)
+        validation.warn_at_caller(message + "; the file will not hold it")
         return None
     return {"name": obj.name, "args": dict(vars(obj))}
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import sys
+import warnings
 
 import numpy as np
 from array_api_compat import array_namespace
@@ -21,6 +24,16 @@ def positive_int(name: str, value) -> int:
     if value <= 0:
         raise ValueError(f"{name} must be a positive integer; received {name}={value!r}")
     return int(value)
+
+
+def warn_at_caller(message: str, category=UserWarning) -> None:
+    """``warnings.warn`` pointing at the first frame outside the gpunet package: the user's call, however deep
+    inside gpunet the warning arises (``model.save``, ``gn.save`` and ``pickle`` reach the same code)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(0), 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == package:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def non_negative_int(name: str, value) -> int:
@@ -83,7 +96,8 @@ def as_array(name: str, data, backend: Backend):
 
     Host data (NumPy arrays, lists, scalars) is accepted for every backend and moved later, once. Arrays of
     another library (a CuPy array for a CPU model, a torch tensor for a NumPy model...) are refused: move them
-    explicitly, once, rather than have gpunet copy across devices behind your back.
+    explicitly, once, rather than have gpunet copy between libraries behind your back. (A CuPy array on another
+    GPU of the same library is copied to the model's GPU: see :meth:`gpunet.backend.Backend.to_device`.)
     """
     if backend.owns(data):
         return data

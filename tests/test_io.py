@@ -261,9 +261,15 @@ def test_custom_components(tmp_path):
     model.fit(X, Y_REG, optimizer=MySGD(lr=0.01), epochs=1)
     with pytest.raises(TypeError, match="MySGD is not one of gpunet's optimizers.*optimizer=False"):
         model.save(tmp_path / "m.safetensors", optimizer=model.optimizer)
-    with pytest.warns(UserWarning, match="saving the model without it"):
-        model.save(tmp_path / "m.safetensors")
+    for save in (model.save, lambda path: gn.save(model, path)):  # the warning points at this file's call
+        with pytest.warns(UserWarning, match="saving the model without it") as record:
+            save(tmp_path / "m.safetensors")
+        assert len(record) == 1 and record[0].filename == __file__
     assert gn.load(tmp_path / "m.safetensors").optimizer is None
+    model.loss, model.optimizer = Cube(), None  # not a loss at all: io cannot rebuild it, so it warns and drops it
+    with pytest.warns(UserWarning, match="the file will not hold it") as record:
+        model.save(tmp_path / "m.safetensors")
+    assert len(record) == 1 and record[0].filename == __file__
     cube = gn.Sequential([gn.Dense(4, 2, Cube())])
     with pytest.raises(TypeError, match="is not one of gpunet's activations"):
         cube.save(tmp_path / "cube.safetensors")
