@@ -84,6 +84,16 @@ class Backend:
         except TypeError:
             return False
 
+    def random_generator(self, seed: np.random.SeedSequence):
+        """A generator of uniform floats for dropout masks, seeded by ``seed``: ``rng.random(shape, dtype=name)``.
+        CuPy's draws on its GPU (no host copy per batch); every other backend draws with NumPy on the host."""
+        if self.name == "cupy":
+            import cupy
+
+            with self.activate():
+                return cupy.random.default_rng(int(seed.generate_state(1, np.uint64)[0]))
+        return np.random.default_rng(seed)
+
     def from_host(self, x: np.ndarray, dtype: str):
         """Copy a host NumPy array onto this backend's device as ``dtype``."""
         x = np.ascontiguousarray(x, dtype=dtype)

@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--task", choices=data_mod.TASKS, help="override the task inferred from the data")
     train.add_argument("--layers", default="128,64", help="hidden layer sizes, comma-separated (default 128,64)")
     train.add_argument("--activation", default="relu", help="hidden activation (default relu)")
+    train.add_argument("--dropout", type=float, default=0.0, help="dropout after each hidden layer (default 0)")
+    train.add_argument("--clipnorm", type=float, help="clip the gradients' global L2 norm (global_clipnorm)")
     train.add_argument("--loss", help="default: cce (multi-class), bce (binary), mse (regression)")
     train.add_argument("--optimizer", default="adam", help="sgd | adam | adamw | rmsprop | adagrad (default adam)")
     train.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
@@ -106,11 +108,12 @@ def train(args) -> int:
     n_out = len(data.classes) if data.task == "multiclass" else (1 if data.task == "binary" else _as_2d(data.y).shape[1])
     out_act = {"multiclass": "softmax", "binary": "sigmoid", "regression": None}[data.task]
     sizes = [data.X.shape[1], *hidden, n_out]
-    layers = [gn.Dense(a, b, args.activation) for a, b in zip(sizes[:-2], sizes[1:-1])]
+    layers = [gn.Dense(a, b, args.activation, dropout=args.dropout) for a, b in zip(sizes[:-2], sizes[1:-1])]
     model = gn.Sequential(layers + [gn.Dense(sizes[-2], sizes[-1], out_act)], device=args.device,
                           dtype=args.dtype, seed=args.seed)
     optimizer = gn.optim.get(args.optimizer)
-    optimizer = type(optimizer)(lr=args.lr, **({"momentum": args.momentum} if optimizer.name == "sgd" else {}))
+    optimizer = type(optimizer)(lr=args.lr, global_clipnorm=args.clipnorm,
+                                **({"momentum": args.momentum} if optimizer.name == "sgd" else {}))
     callbacks = []
     if args.early_stopping and args.val_split:
         callbacks.append(gn.callbacks.EarlyStopping("val_loss", patience=args.early_stopping,

@@ -92,7 +92,7 @@ def to_bytes(model, optimizer=None, path: str = "<bytes>") -> bytes:
         "fused": bool(model.fused),
         "layers": [{"in_features": layer.in_features, "out_features": layer.out_features,
                     "activation": _config(layer.activation, activations_mod.ACTIVATIONS, "activation", strict=True),
-                    "init": layer.init} for layer in model.layers],
+                    "init": layer.init, "dropout": layer.dropout} for layer in model.layers],
         "loss": None if model.loss is None else _config(model.loss, losses_mod.LOSSES, "loss"),
         "metrics": [_config(m, metrics_mod.METRICS, "metric") for m in model.metrics],
         "optimizer": None,
@@ -300,7 +300,7 @@ def from_bytes(data: bytes, device="cpu", path: str = "<bytes>"):
         for i, spec in enumerate(meta["layers"]):
             act = _rebuild(path, f"layer {i}'s activation", spec["activation"], activations_mod.ACTIVATIONS)
             layers.append(_checked(path, f"layer {i}", Dense, spec["in_features"], spec["out_features"], act,
-                                   spec["init"]))
+                                   spec["init"], spec.get("dropout", 0.0)))
         model = _checked(path, "architecture", Sequential, layers, device=backend, dtype=dtype,
                          seed=_from_json_safe(meta["seed"]), fused=meta["fused"])
         loss = None if meta["loss"] is None else _rebuild(path, "loss", meta["loss"], losses_mod.LOSSES)

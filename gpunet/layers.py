@@ -37,6 +37,9 @@ class Dense:
         activation: a name (see :mod:`gpunet.activations`), ``None`` for identity, or an Activation.
         init: ``"auto"`` (He uniform for the ReLU family, Glorot uniform otherwise), ``"he_uniform"``,
             ``"he_normal"``, ``"glorot_uniform"``, ``"glorot_normal"`` or ``"zeros"``. Biases start at zero.
+        dropout: probability in ``[0, 1)`` of zeroing each output in training (``fit``, ``train_on_batch``,
+            ``forward(training=True)``), the kept ones scaled by ``1 / (1 - dropout)``: a ``torch.nn.Dropout`` /
+            ``keras.layers.Dropout`` after this layer. Inference never drops. Not on a model's output layer.
 
     The weights exist once the layer is part of a model (:class:`gpunet.Sequential` builds it on its device).
 
@@ -44,11 +47,14 @@ class Dense:
     Dense(4, 3, activation='relu')
     """
 
-    def __init__(self, in_features: int, out_features: int, activation=None, init: str = "auto"):
+    def __init__(self, in_features: int, out_features: int, activation=None, init: str = "auto",
+                 dropout: float = 0.0):
         self.in_features = validation.positive_int("in_features", in_features)
         self.out_features = validation.positive_int("out_features", out_features)
         self.activation = activations.get(activation)
         self.init = validation.one_of("init", init, INITS)
+        self.dropout = validation.number_in("dropout", dropout, 0.0, 1.0)
+        self._rng = None  # the model's dropout generator, set by build()
         self.W = self.b = None  # set by build()
         self.dW = self.db = None  # set by backward()
         self.xp = self.ops = None  # the model's namespace and its ops, set by build()
@@ -56,7 +62,8 @@ class Dense:
         self._workspaces = {}  # training-step arrays reused from step to step where ops.reuses_buffers
 
     def __repr__(self) -> str:
-        return f"Dense({self.in_features}, {self.out_features}, activation={self.activation.name!r})"
+        drop = f", dropout={self.dropout}" if self.dropout else ""
+        return f"Dense({self.in_features}, {self.out_features}, activation={self.activation.name!r}{drop})"
 
     @property
     def n_params(self) -> int:
@@ -69,9 +76,10 @@ class Dense:
             init = "he_uniform" if self.activation.relu_family else "glorot_uniform"
         return init_weight(rng, (self.in_features, self.out_features), init), np.zeros(self.out_features)
 
-    def build(self, ops, W, b) -> None:
-        """Adopt ``W`` and ``b``, arrays of namespace ``ops.xp``, and compute with ``ops`` (the model calls this)."""
-        self.xp, self.ops = ops.xp, ops
+    def build(self, ops, W, b, rng=None) -> None:
+        """Adopt ``W`` and ``b``, arrays of namespace ``ops.xp``, and compute with ``ops``; ``rng`` draws the dropout
+        masks (the model calls this)."""
+        self.xp, self.ops, self._rng = ops.xp, ops, rng
         self.W, self.b = W, b
         self.dW = self.db = None
         self._cache = None
@@ -93,15 +101,24 @@ class Dense:
             buf = self._workspaces[key] = self.xp.empty(shape, dtype=self.W.dtype)
         return buf
 
-    def forward(self, x, training: bool = False):
+    def forward(self, x, training: bool = False, reuse: bool | None = None):
         """``(n, in_features) -> (n, out_features)``; keeps what :meth:`backward` needs.
 
-        ``training=True`` (inside ``fit``) computes into workspaces that the next training step overwrites.
+        ``training=True`` applies dropout. ``reuse`` (default: ``training``, as inside ``fit``) computes into
+        workspaces that the next such call overwrites.
         """
-        out = self._workspace("z", (x.shape[0], self.out_features)) if training else None
-        z, y = self.ops.bias_act(self.ops.matmul(x, self.W, out), self.b, self.activation)
-        self._cache = (x, z, y)
-        return y
+        shape = (x.shape[0], self.out_features)
+        reuse = training if reuse is None else reuse
+
+        def buffer(name):
+            return self._workspace(name, shape) if reuse else None
+
+        z, y = self.ops.bias_act(self.ops.matmul(x, self.W, buffer("z")), self.b, self.activation)
+        mask = None
+        if training and self.dropout:
+            dropped, mask = self.ops.dropout(y, self.dropout, self._rng, buffer("mask"), buffer("dropped"))
+        self._cache = (x, z, y, mask)
+        return y if mask is None else dropped
 
     def backward(self, dy, *, input_grad: bool = True, through_activation: bool = True):
         """Gradients from ``dy = dL/dy`` (shape of the output, owned by the caller: it may be overwritten):
@@ -112,7 +129,9 @@ class Dense:
         """
         if self._cache is None:
             raise RuntimeError("backward() needs a forward() first")
-        x, z, y = self._cache
+        x, z, y, mask = self._cache
+        if mask is not None:  # through the dropout: the same noise
+            dy *= mask
         dz = self.ops.act_grad(self.activation, dy, z, y) if through_activation else dy
         self.dW = self.ops.matmul(x.T, dz, self._workspace("dW", self.W.shape))
         self.db = self.ops.sum_rows(dz, self._workspace("db", self.b.shape))

@@ -54,6 +54,9 @@ class Sequential:
                     f"layer sizes do not chain: layers[{i - 1}] has out_features={layers[i - 1].out_features} "
                     f"but layers[{i}] has in_features={layers[i].in_features}"
                 )
+        if layers[-1].dropout:
+            raise ValueError(f"the output layer cannot have dropout; received {layers[-1]!r} (dropout belongs to "
+                             f"hidden layers: it drops a layer's outputs on their way to the next layer)")
         if len({id(layer) for layer in layers}) != len(layers):
             raise ValueError("layers must be distinct Dense objects (the same object appears twice)")
         for i, layer in enumerate(layers):
@@ -72,7 +75,7 @@ class Sequential:
         self.backend = get_backend(device)
         if device == "auto":
             logger.info("device='auto' resolved to %s", self.backend.label)
-        init_rng, shuffle_seed = np.random.SeedSequence(seed).spawn(2)
+        init_rng, shuffle_seed, self._dropout_seed = np.random.SeedSequence(seed).spawn(3)
         self._shuffle_rng = np.random.default_rng(shuffle_seed)
         rng = np.random.default_rng(init_rng)
         host = [layer.initial_weights(rng) for layer in self.layers]
@@ -118,7 +121,8 @@ class Sequential:
         """A table of layers, output shapes and parameter counts (also printed)."""
         lines = [f"{'layer':<28}{'output':<16}{'params':>10}"]
         for i, layer in enumerate(self.layers):
-            lines.append(f"{f'{i}: Dense({layer.activation.name})':<28}{f'(n, {layer.out_features})':<16}"
+            drop = f", dropout={layer.dropout:g}" if layer.dropout else ""
+            lines.append(f"{f'{i}: Dense({layer.activation.name}{drop})':<28}{f'(n, {layer.out_features})':<16}"
                          f"{layer.n_params:>10,}")
         lines.append(f"total parameters: {self.count_params():,} ({self.dtype}, on {self.device})")
         text = "\n".join(lines)
@@ -207,20 +211,25 @@ class Sequential:
     def _adopt(self, host_weights: list[np.ndarray]) -> None:
         arrays = [self.backend.from_host(w, self.dtype) for w in host_weights]
         ops = ops_for(self.xp, self.fused)
+        # dropout masks: one stream from the seed on this device (restarted by to(); not saved with the model)
+        rng = self.backend.random_generator(self._dropout_seed) if any(l.dropout for l in self.layers) else None
         for i, layer in enumerate(self.layers):
-            layer.build(ops, arrays[2 * i], arrays[2 * i + 1])
+            layer.build(ops, arrays[2 * i], arrays[2 * i + 1], rng)
 
     # -- forward and backward -------------------------------------------------------------------------------------
-    def forward(self, x):
+    def forward(self, x, training: bool = False):
         """``(n, n_inputs) -> (n, n_outputs)`` for an array of the model's namespace (a CuPy array on another GPU is
-        copied to the model's); keeps what backward needs."""
+        copied to the model's); keeps what backward needs. ``training=True`` applies the layers' dropout (``fit``
+        and ``train_on_batch`` do)."""
         if not self.backend.owns(x):
             raise TypeError(f"x must be an array of the model's namespace ({self.backend.name}); use predict() "
                             f"for host data")
         if x.ndim != 2 or x.shape[1] != self.n_inputs:
             raise ValueError(f"x must have shape (n, {self.n_inputs}); received {tuple(x.shape)}")
+        if not isinstance(training, bool):
+            raise TypeError(f"training must be True or False; received {training!r}")
         with self.backend.activate():
-            return self._forward(self.backend.cast(x, self.dtype))
+            return self._forward(self.backend.cast(x, self.dtype), training, reuse=False)
 
     __call__ = forward
 
@@ -238,9 +247,9 @@ class Sequential:
             grad = self.xp.asarray(grad_out, copy=True)
             return self._backward(grad, through_last_activation=True, input_grad=True)
 
-    def _forward(self, x, training: bool = False):
+    def _forward(self, x, training: bool = False, reuse: bool | None = None):
         for layer in self.layers:
-            x = layer.forward(x, training)
+            x = layer.forward(x, training, reuse)
         return x
 
     def _backward(self, g, *, through_last_activation: bool, input_grad: bool):

@@ -59,6 +59,18 @@ class Ops:
         z = z + b
         return (z if activation.uses_input else None), activation.forward(z)
 
+    def dropout(self, y, p: float, rng, mask=None, out=None):
+        """Inverted dropout of ``y`` for training: ``(y * mask, mask)``, ``mask`` 0 with probability ``p`` and
+        ``1 / (1 - p)`` elsewhere (``torch.nn.functional.dropout``: noise ``bernoulli(1 - p) / (1 - p)``).
+
+        ``rng.random(shape, dtype=...)`` draws the uniforms (see :meth:`gpunet.backend.Backend.random_generator`);
+        an element is kept where its uniform is ``>= p``. Specialisations write into ``mask`` and ``out``."""
+        xp = self.xp
+        name = "float32" if y.dtype == xp.float32 else "float64"
+        u = xp.asarray(rng.random(tuple(y.shape), dtype=name), device=array_api_compat.device(y))
+        mask = xp.astype(u >= p, y.dtype) / (1 - p)
+        return y * mask, mask
+
     def act_grad(self, activation, dy, z, y):
         """``dz = dy * f'(z)`` (softmax: the row Jacobian-vector product); ``z`` is ``None`` unless ``uses_input``.
 
@@ -219,6 +231,14 @@ class NumpyOps(Ops):
             z /= z.sum(axis=1, keepdims=True)
             return None, z
         return None, activation.forward(z)
+
+    def dropout(self, y, p, rng, mask=None, out=None):
+        if mask is None:
+            mask, out = np.empty_like(y), np.empty_like(y)
+        rng.random(dtype=mask.dtype, out=mask)  # uniforms in [0, 1) of y's dtype, then the noise in place
+        np.greater_equal(mask, p, out=mask)
+        np.divide(mask, 1 - p, out=mask)
+        return np.multiply(y, mask, out=out), mask
 
     def act_grad(self, activation, dy, z, y):
         name = activation.name

@@ -37,6 +37,18 @@ def test_train_bundled_dataset_reports_accuracy_and_confusion_matrix(capsys):
     assert sum(int(v) for row in matrix for v in row) == 36  # round(0.25 * 50) = 12 rows of each class
 
 
+def test_train_with_dropout_and_clipping_saves_them(capsys, tmp_path):
+    import gpunet as gn
+
+    path = tmp_path / "iris.safetensors"
+    code, out, _ = run(capsys, "train", "--dataset", "iris", "--epochs", "150", "--device", "cpu", "--quiet",
+                       "--dropout", "0.2", "--clipnorm", "1.0", "--save", str(path))
+    assert code == 0 and float(out.split("test: accuracy ")[1].split()[0]) >= 0.85
+    model = gn.load(path)
+    assert [layer.dropout for layer in model.layers] == [0.2, 0.2, 0.0]
+    assert model.optimizer.global_clipnorm == 1.0
+
+
 def test_train_shows_progress_device_and_time(capsys):
     code, out, err = run(capsys, "train", "--dataset", "iris", "--epochs", "3", "--device", "cpu",
                          "--early-stopping", "0")

@@ -338,10 +338,11 @@ def test_metadata_contents(tmp_path):
     assert meta["dtype"] == "float32" and meta["seed"] == 0 and meta["fused"] is model.fused
     assert meta["layers"] == [
         {"in_features": 4, "out_features": 6, "activation": {"name": "leaky_relu", "args": {"negative_slope": 0.2}},
-         "init": "auto"},
+         "init": "auto", "dropout": 0.0},
         {"in_features": 6, "out_features": 5, "activation": {"name": "elu", "args": {"alpha": 0.5}},
-         "init": "he_normal"},
-        {"in_features": 5, "out_features": 3, "activation": {"name": "softmax", "args": {}}, "init": "auto"},
+         "init": "he_normal", "dropout": 0.0},
+        {"in_features": 5, "out_features": 3, "activation": {"name": "softmax", "args": {}}, "init": "auto",
+         "dropout": 0.0},
     ]
     assert meta["loss"] == {"name": "cce", "args": {"from_logits": False}}
     assert meta["metrics"] == [{"name": "accuracy", "args": {"binary": None, "threshold": 0.5}}]
