@@ -328,6 +328,27 @@ class NumpyOps(Ops):
         p -= np.multiply(direction, lr, out=self._scratch(p))
 
     def adam_update(self, p, g, m, v, vmax, *, step, lr, beta1, beta2, eps, weight_decay, decoupled):
+        vector = blas.vector_blas(p, g, m, v, vmax)
+        if vector:  # 9 passes instead of 13, the scaled adds on the BLAS threads
+            if weight_decay and decoupled:
+                vector.scal(1 - lr * weight_decay, p)
+            elif weight_decay:
+                g = self._decayed(p, g, weight_decay)
+            s = self._scratch(p)
+            vector.scal(beta1, m)  # m = b1 m + (1 - b1) g
+            vector.axpy(1 - beta1, g, m)
+            np.multiply(g, g, out=s)  # v = b2 v + (1 - b2) g^2
+            vector.scal(beta2, v)
+            vector.axpy(1 - beta2, s, v)
+            if vmax is not None:
+                np.maximum(vmax, v, out=vmax)
+                v = vmax
+            bc2 = math.sqrt(1 - beta2**step)  # m / (sqrt(v) / bc2 + eps) = bc2 m / (sqrt(v) + bc2 eps)
+            np.sqrt(v, out=s)
+            s += bc2 * eps
+            np.divide(m, s, out=s)
+            vector.axpy(-lr / (1 - beta1**step) * bc2, s, p)
+            return
         for blocks in _blocks(p, g, m, v, vmax):
             self._adam_block(*blocks, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                              weight_decay=weight_decay, decoupled=decoupled)

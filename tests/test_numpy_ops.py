@@ -72,8 +72,9 @@ def test_large_updates_run_in_several_blocks():
 
 
 @pytest.fixture(params=["vector_blas", "ufuncs"])
-def sgd_path(request, monkeypatch):
-    """Large SGD updates run on NumPy's bundled BLAS where it is found, else on ufuncs block by block: both."""
+def update_path(request, monkeypatch):
+    """Large SGD and Adam updates run on NumPy's bundled BLAS where it is found, else on ufuncs block by block:
+    both."""
     if request.param == "ufuncs":
         monkeypatch.setattr(blas, "vector_blas", lambda *arrays: None)
     elif blas._library() is None:
@@ -84,18 +85,18 @@ def sgd_path(request, monkeypatch):
 @pytest.mark.parametrize("shape", UPDATE_SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", sorted(SGD_CASES))
-def test_sgd_update(numpy_ops, case, dtype, shape, sgd_path, rng):
+def test_sgd_update(numpy_ops, case, dtype, shape, update_path, rng):
     compare_sgd(numpy_ops, REFERENCE, *optimizer_inputs(rng, shape, dtype), TOL, **SGD_CASES[case])
 
 
 @pytest.mark.parametrize("shape", UPDATE_SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", sorted(ADAM_CASES))
-def test_adam_update(numpy_ops, case, dtype, shape, rng):
+def test_adam_update(numpy_ops, case, dtype, shape, update_path, rng):
     compare_adam(numpy_ops, REFERENCE, *optimizer_inputs(rng, shape, dtype), TOL, **ADAM_CASES[case])
 
 
-def test_non_contiguous_parameters_are_updated_in_place(numpy_ops, sgd_path, rng):
+def test_non_contiguous_parameters_are_updated_in_place(numpy_ops, update_path, rng):
     """A strided parameter (a view) cannot be cut into flat blocks: it is updated whole, in place."""
     base, g, m = rng.standard_normal((600, 301)), rng.standard_normal((300, 301)), rng.standard_normal((300, 301))
     p = base[::2]
