@@ -72,13 +72,16 @@ def _for_dtype(dtype) -> VectorBlas | None:
 
 
 def vector_blas(*arrays) -> VectorBlas | None:
-    """The vector BLAS for ``arrays`` (``None`` entries ignored): C-contiguous float32 or float64 arrays of one dtype
-    and one size of at least :data:`MIN_SIZE` elements; None when they do not qualify or no such library is found."""
+    """The vector BLAS for ``arrays`` (``None`` entries ignored): writeable, aligned, C-contiguous float32 or float64
+    arrays of one dtype and one size of at least :data:`MIN_SIZE` elements; None when they do not qualify or no such
+    library is found."""
     arrays = [a for a in arrays if a is not None]
     first = arrays[0]
     if first.size < MIN_SIZE or first.dtype not in (np.float32, np.float64):
         return None
+    # BLAS writes through raw pointers: it must never see memory NumPy would refuse to write (read-only buffers,
+    # read-only memory maps) or unaligned data
     if not all(type(a) is np.ndarray and a.dtype == first.dtype and a.size == first.size and a.flags.c_contiguous
-               for a in arrays):
+               and a.flags.writeable and a.flags.aligned for a in arrays):
         return None
     return _for_dtype(first.dtype)

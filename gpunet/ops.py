@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import os
+import threading
 
 import array_api_compat
 import numpy as np
@@ -182,21 +183,28 @@ class Ops:
 
 class NumpyOps(Ops):
     """NumPy specialisation: the same results as :class:`Ops` up to rounding, with in-place ``out=`` arithmetic and
-    workspaces reused across steps, so a steady-state training step allocates (almost) nothing."""
+    workspaces reused across steps, so a steady-state training step allocates (almost) nothing. Scratch arrays are
+    per thread, so models may train in parallel threads."""
 
     reuses_buffers = True
 
     def __init__(self, xp):
         super().__init__(xp)
-        self._scratch_arrays: dict = {}
+        self._local = threading.local()  # scratch arrays per thread: one ops object serves every model
+
+    def _arrays(self) -> dict:
+        arrays = getattr(self._local, "arrays", None)
+        if arrays is None:
+            arrays = self._local.arrays = {}
+        return arrays
 
     def _scratch(self, like, slot: int = 0, dtype=None):
-        """A scratch array shaped like ``like`` (of ``dtype``, default ``like``'s), one per (shape, dtype, slot),
-        reused across calls."""
-        key = (like.shape, dtype or like.dtype, slot)
-        buf = self._scratch_arrays.get(key)
+        """A scratch array shaped like ``like`` (of ``dtype``, default ``like``'s), one per (shape, dtype, slot) and
+        thread, reused across calls."""
+        arrays, key = self._arrays(), (like.shape, dtype or like.dtype, slot)
+        buf = arrays.get(key)
         if buf is None:
-            buf = self._scratch_arrays[key] = np.empty_like(like, dtype=dtype)
+            buf = arrays[key] = np.empty_like(like, dtype=dtype)
         return buf
 
     def matmul(self, a, b, out=None):
@@ -207,10 +215,10 @@ class NumpyOps(Ops):
     def sum_rows(self, a, out=None):
         if a.shape[0] < 64:
             return np.sum(a, axis=0, out=out)
-        key = ("ones", a.shape[0], a.dtype)  # ones @ a: a BLAS matrix-vector product on all threads (np.sum: one)
-        ones = self._scratch_arrays.get(key)
+        arrays, key = self._arrays(), ("ones", a.shape[0], a.dtype)
+        ones = arrays.get(key)  # ones @ a: a BLAS matrix-vector product on all threads (np.sum: one)
         if ones is None:
-            ones = self._scratch_arrays[key] = np.ones(a.shape[0], a.dtype)
+            ones = arrays[key] = np.ones(a.shape[0], a.dtype)
         return np.matmul(ones, a, out=out)
 
     def bias_act(self, z, b, activation):
@@ -291,7 +299,8 @@ class NumpyOps(Ops):
         new_buffer = momentum and buf is None
         if new_buffer:
             buf = np.empty_like(p)
-        vector = blas.vector_blas(p, g, buf)
+        # dampening 1 would be axpy with a = 0, which BLAS skips: an inf/NaN in g would not reach buf as in torch
+        vector = blas.vector_blas(p, g, buf) if dampening != 1 else None
         if vector:  # on the threads of NumPy's BLAS (3 passes with momentum, as the 4 ufunc passes on one core)
             g = self._decayed(p, g, weight_decay)
             if new_buffer:

@@ -24,7 +24,8 @@ called between ``backward()`` and ``step()``):
 - ``clipvalue=c``: ``torch.nn.utils.clip_grad_value_``: every element clamped to ``[-c, c]``.
 
 The norms stay on the device (no host read). Non-finite gradients are not an error (torch's default): an infinite
-norm scales the gradients by 0, and ``TerminateOnNaN`` or the divergence roll-back of ``fit`` deal with the loss.
+norm scales the finite entries to 0 and the infinite ones to NaN, as in torch, and ``TerminateOnNaN`` or the
+divergence roll-back of ``fit`` deal with the loss.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ class Optimizer:
                 state = [{k: None if v is None else model.backend.from_host(np.array(to_numpy(v), copy=True),
                                                                             model.dtype)
                           for k, v in s.items()} for s in state]
-        vars(self).update({k: getattr(fresh, k) for k in fresh.hyperparameters()})
+        vars(self).update({k: getattr(fresh, k) for k in [*fresh.hyperparameters(), *CLIPPING]})
         self.state, self.steps = state, steps
         self._backend, self._model = (None, None) if state is None else (model.backend, weakref.ref(model))
 

@@ -110,3 +110,10 @@ def test_clipping_is_a_hyperparameter_only_when_set(tmp_path, rng):
     again = optim.Adam()
     again.load_state_dict(state, model)
     assert again.global_clipnorm == 2.0 and again.clipnorm is None and repr(again) == repr(opt)
+    clipped_the_other_way = optim.Adam(clipvalue=0.5)  # loading replaces every clipping keyword
+    clipped_the_other_way.load_state_dict(state, model)
+    assert clipped_the_other_way.global_clipnorm == 2.0 and clipped_the_other_way.clipvalue is None
+    plain = optim.Adam(lr=0.01)
+    unclipped = optim.Adam(global_clipnorm=1.0)
+    unclipped.load_state_dict(plain.state_dict(), model)
+    assert unclipped.global_clipnorm is None and "clip" not in repr(unclipped)

@@ -13,7 +13,8 @@ NaN: wherever the reference yields NaN the kernel must too, and nowhere else; in
 No function needs an exception. Two cases look surprising but hold on both sides: ``clamped_log`` maps NaN to -100,
 so a NaN probability gives a finite (100) binary cross-entropy loss with a NaN gradient; and for a NaN saved output
 ``y`` the ``relu`` and ``elu`` derivatives pass ``dy`` on (``y <= 0`` is false, as in torch's threshold_backward
-and elu_backward) while ``leaky_relu``'s gives ``a dy`` (``y > 0`` is false, as torch tests ``z > 0``). The sign of a zero result is not compared.
+and elu_backward) while ``leaky_relu``'s gives ``a dy`` (``y > 0`` is false, as torch tests ``z > 0``). The sign
+of a zero result is not compared.
 
 Mutations of the sources (a changed constant, a wrong branch condition, a dropped term, an ignored ``first`` flag or
 activation parameter) make these tests fail; the few that do not are exact rewrites (``z / (1 + exp(-z))`` for

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gpunet import activations, blas
-from gpunet.ops import UPDATE_BLOCK_BYTES, NumpyOps, ops_for
+from gpunet.ops import UPDATE_BLOCK_BYTES, NumpyOps, _blocks, ops_for
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # tests/ is no package: import the module beside this file
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -66,9 +66,17 @@ def test_loss(numpy_ops, step, dtype, rng):
 UPDATE_SHAPES = [(13, 6), (301, 300)]
 
 
-def test_large_updates_run_in_several_blocks():
-    assert all(301 * 300 > 2 * UPDATE_BLOCK_BYTES // np.dtype(d).itemsize for d in DTYPES)
-    assert (301 * 300 * 8) % UPDATE_BLOCK_BYTES != 0 and (301 * 300 * 4) % UPDATE_BLOCK_BYTES != 0
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large_updates_run_in_several_blocks(dtype):
+    """(301, 300) is cut into aligned blocks of 128 KiB per array, the last one ragged; (13, 6) and strided arrays
+    stay whole; None entries (no momentum buffer) stay None."""
+    p, g = np.zeros((301, 300), dtype), np.ones((301, 300), dtype)
+    blocks = _blocks(p, g, None)
+    step = UPDATE_BLOCK_BYTES // np.dtype(dtype).itemsize
+    assert len(blocks) == -(-p.size // step) > 2 and 0 < blocks[-1][0].size < step
+    assert all(b[2] is None and np.shares_memory(b[0], p) for b in blocks)
+    assert sum(b[1].sum() for b in blocks) == p.size  # every element exactly once
+    assert len(_blocks(p[:13, :6].copy(), g[:13, :6].copy())) == 1 and len(_blocks(p[::2], g[::2])) == 1
 
 
 @pytest.fixture(params=["vector_blas", "ufuncs"])
@@ -96,7 +104,7 @@ def test_adam_update(numpy_ops, case, dtype, shape, update_path, rng):
     compare_adam(numpy_ops, REFERENCE, *optimizer_inputs(rng, shape, dtype), TOL, **ADAM_CASES[case])
 
 
-def test_non_contiguous_parameters_are_updated_in_place(numpy_ops, update_path, rng):
+def test_non_contiguous_parameters_are_updated_in_place(numpy_ops, rng):
     """A strided parameter (a view) cannot be cut into flat blocks: it is updated whole, in place."""
     base, g, m = rng.standard_normal((600, 301)), rng.standard_normal((300, 301)), rng.standard_normal((300, 301))
     p = base[::2]
@@ -120,7 +128,7 @@ def test_sum_rows(numpy_ops, rows, dtype, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_softmax_of_extreme_rows(numpy_ops, dtype):
     """The in-place softmax: rows of opposite huge values (their difference overflows), ties, -inf entries."""
-    big = np.finfo(dtype).max / 2
+    big = np.finfo(dtype).max
     z = np.array([[big, -big, 0.0], [1000.0, 1000.0, -1000.0], [-np.inf, 0.0, 1.0], [0.0, 0.0, 0.0]], dtype=dtype)
     _, got = numpy_ops.bias_act(z.copy(), np.zeros(3, dtype), activations.Softmax())
     want = REFERENCE.bias_act(z.copy(), np.zeros(3, dtype), activations.Softmax())[1]
@@ -143,3 +151,48 @@ def test_vector_blas(dtype, rng):
     assert blas.vector_blas(x[::2], y[::2]) is None  # strided
     assert blas.vector_blas(x, y.astype(np.float16)) is None and blas.vector_blas(x, y[1:]) is None
     assert blas.vector_blas(x.astype(np.int64)) is None
+
+
+def test_dampening_one_keeps_nonfinite_gradients_as_torch():
+    """dampening = 1 adds 0 * g to the buffer: NaN/inf in g still make the buffer NaN (the BLAS path is skipped)."""
+    p, buf = np.zeros(1 << 16), np.zeros(1 << 16)
+    g = np.ones(1 << 16)
+    g[0] = np.inf
+    with np.errstate(invalid="ignore"):  # inf * 0
+        ops_for(np).sgd_update(p, g, buf, lr=0.1, momentum=0.9, dampening=1.0, nesterov=False, weight_decay=0.0)
+    assert np.isnan(buf[0]) and np.isnan(p[0]) and buf[1] == 0 and p[1] == 0
+
+
+def test_vector_blas_refuses_read_only_and_unaligned_memory():
+    """BLAS writes through raw pointers: never into memory NumPy itself would refuse to write."""
+    n = blas.MIN_SIZE
+    frozen = np.frombuffer(bytes(8 * n), dtype=np.float64)
+    assert not frozen.flags.writeable and blas.vector_blas(frozen, np.ones(n)) is None
+    raw = np.zeros(8 * n + 1, np.uint8)[1:].view(np.float64)
+    assert not raw.flags.aligned and blas.vector_blas(raw, np.ones(n)) is None
+    p = np.frombuffer(bytes(8 * n), dtype=np.float64)
+    with pytest.raises(ValueError, match="read-only"):  # as NumPy's own ufuncs would
+        ops_for(np).sgd_update(p, np.ones(n), None, lr=0.1, momentum=0.0, dampening=0.0, nesterov=False,
+                               weight_decay=0.0)
+
+
+def test_numpy_ops_are_thread_safe():
+    """One NumpyOps serves every model: its scratch arrays are per thread, so concurrent steps do not mix."""
+    import threading
+
+    numpy_ops = ops_for(np)
+    rng = np.random.default_rng(0)
+    cases = [(rng.standard_normal((256, 512)), np.maximum(rng.standard_normal((256, 512)), 0)) for _ in range(2)]
+    wrong = []
+
+    def work(dy, y):
+        want = np.where(y <= 0, 0, dy)
+        for _ in range(60):
+            wrong.append(not np.array_equal(numpy_ops.act_grad(activations.ReLU(), dy.copy(), None, y), want))
+
+    threads = [threading.Thread(target=work, args=case) for case in cases]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wrong) == 120 and not any(wrong)
