@@ -109,16 +109,14 @@ class Dense:
         """
         shape = (x.shape[0], self.out_features)
         reuse = training if reuse is None else reuse
-
-        def buffer(name):
-            return self._workspace(name, shape) if reuse else None
-
-        z, y = self.ops.bias_act(self.ops.matmul(x, self.W, buffer("z")), self.b, self.activation)
+        z, y = self.ops.bias_act(self.ops.matmul(x, self.W, self._workspace("z", shape) if reuse else None),
+                                 self.b, self.activation)
         mask = None
         if training and self.dropout:
-            dropped, mask = self.ops.dropout(y, self.dropout, self._rng, buffer("mask"), buffer("dropped"))
+            buffers = (self._workspace("mask", shape), self._workspace("dropped", shape)) if reuse else (None, None)
+            y_dropped, mask = self.ops.dropout(y, self.dropout, self._rng, *buffers)
         self._cache = (x, z, y, mask)
-        return y if mask is None else dropped
+        return y if mask is None else y_dropped
 
     def backward(self, dy, *, input_grad: bool = True, through_activation: bool = True):
         """Gradients from ``dy = dL/dy`` (shape of the output, owned by the caller: it may be overwritten):

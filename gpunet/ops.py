@@ -192,16 +192,10 @@ class NumpyOps(Ops):
         super().__init__(xp)
         self._local = threading.local()  # scratch arrays per thread: one ops object serves every model
 
-    def _arrays(self) -> dict:
-        arrays = getattr(self._local, "arrays", None)
-        if arrays is None:
-            arrays = self._local.arrays = {}
-        return arrays
-
     def _scratch(self, like, slot: int = 0, dtype=None):
         """A scratch array shaped like ``like`` (of ``dtype``, default ``like``'s), one per (shape, dtype, slot) and
         thread, reused across calls."""
-        arrays, key = self._arrays(), (like.shape, dtype or like.dtype, slot)
+        arrays, key = self._local.__dict__, (like.shape, dtype or like.dtype, slot)
         buf = arrays.get(key)
         if buf is None:
             buf = arrays[key] = np.empty_like(like, dtype=dtype)
@@ -215,7 +209,7 @@ class NumpyOps(Ops):
     def sum_rows(self, a, out=None):
         if a.shape[0] < 64:
             return np.sum(a, axis=0, out=out)
-        arrays, key = self._arrays(), ("ones", a.shape[0], a.dtype)
+        arrays, key = self._local.__dict__, ("ones", a.shape[0], a.dtype)
         ones = arrays.get(key)  # ones @ a: a BLAS matrix-vector product on all threads (np.sum: one)
         if ones is None:
             ones = arrays[key] = np.ones(a.shape[0], a.dtype)
@@ -300,7 +294,7 @@ class NumpyOps(Ops):
         if new_buffer:
             buf = np.empty_like(p)
         # dampening 1 would be axpy with a = 0, which BLAS skips: an inf/NaN in g would not reach buf as in torch
-        vector = blas.vector_blas(p, g, buf) if dampening != 1 else None
+        vector = blas.vector_blas(p, g, buf) if dampening != 1 and p.size >= blas.MIN_SIZE else None
         if vector:  # on the threads of NumPy's BLAS (3 passes with momentum, as the 4 ufunc passes on one core)
             g = self._decayed(p, g, weight_decay)
             if new_buffer:
@@ -313,7 +307,7 @@ class NumpyOps(Ops):
             if momentum:
                 vector.axpy(-lr * momentum if nesterov else -lr, buf, p)
             return buf
-        for blocks in _blocks(p, g, buf):
+        for blocks in _blocks(p, g, buf) if p.size >= blas.MIN_SIZE else [(p, g, buf)]:
             self._sgd_block(*blocks, new_buffer, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
                             weight_decay=weight_decay)
         return buf

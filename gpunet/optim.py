@@ -86,17 +86,16 @@ class Optimizer:
         self.steps += 1
         ops = model.ops
         with model.backend.activate():  # new state lands on the model's GPU
-            self._clip(grads, model.xp)
+            if self.clipnorm is not None or self.clipvalue is not None or self.global_clipnorm is not None:
+                self._clip(grads, model.xp)
             for p, g, state in zip(params, grads, self.state):
                 self._update(ops, p, g, state)
 
     def _clip(self, grads, xp) -> None:
-        """Clip ``grads`` in place as the clipping keyword asks (none: nothing)."""
+        """Clip ``grads`` in place as the clipping keyword asks."""
         if self.clipvalue is not None:
             for g in grads:
                 g[...] = xp.clip(g, -self.clipvalue, self.clipvalue)
-            return
-        if self.clipnorm is None and self.global_clipnorm is None:
             return
         norms = [xp.linalg.vector_norm(g) for g in grads]  # 0-d arrays: no host read
         if self.global_clipnorm is not None:
