@@ -109,8 +109,7 @@ class Dense:
         """
         shape = (x.shape[0], self.out_features)
         reuse = training if reuse is None else reuse
-        z, y = self.ops.bias_act(self.ops.matmul(x, self.W, self._workspace("z", shape) if reuse else None),
-                                 self.b, self.activation)
+        z, y = self.ops.dense(x, self.W, self.b, self.activation, self._workspace("z", shape) if reuse else None)
         mask = None
         if training and self.dropout:
             buffers = (self._workspace("mask", shape), self._workspace("dropped", shape)) if reuse else (None, None)

@@ -60,6 +60,12 @@ class Ops:
         z = z + b
         return (z if activation.uses_input else None), activation.forward(z)
 
+    def dense(self, x, W, b, activation, out=None):
+        """A dense layer's forward: ``activation(x @ W + b)`` for ``x`` ``(n, in)``, ``W`` ``(in, out)``, ``b``
+        ``(out,)``; returns ``(z_saved, y)`` as :meth:`bias_act` does. ``out`` ``(n, out)``, when given, receives
+        the pre-activation (and may be ``y`` itself)."""
+        return self.bias_act(self.matmul(x, W, out), b, activation)
+
     def dropout(self, y, p: float, rng, mask=None, out=None):
         """Inverted dropout of ``y`` for training: ``(y * mask, mask)``, ``mask`` 0 with probability ``p`` and
         ``1 / (1 - p)`` elsewhere (``torch.nn.functional.dropout``: noise ``bernoulli(1 - p) / (1 - p)``).
@@ -215,8 +221,22 @@ class NumpyOps(Ops):
             ones = arrays[key] = np.ones(a.shape[0], a.dtype)
         return np.matmul(ones, a, out=out)
 
+    def dense(self, x, W, b, activation, out=None):
+        if out is None:
+            out = np.empty((x.shape[0], W.shape[1]), dtype=np.result_type(x, W))
+        gemm = blas.matrix_blas(x, W, out)
+        if gemm is None:
+            return self.bias_act(self.matmul(x, W, out), b, activation)
+        np.copyto(out, b)  # z starts as the bias rows: the threaded gemm adds x @ W (beta = 1), no pass of its own
+        gemm.gemm(x, W, out)
+        return self._activate(out, activation)
+
     def bias_act(self, z, b, activation):
         np.add(z, b, out=z)
+        return self._activate(z, activation)
+
+    def _activate(self, z, activation):
+        """``(z_saved, y)`` for the pre-activation ``z``, in place where the activation allows."""
         if activation.uses_input:
             return z, activation.forward(z)
         name = activation.name

@@ -196,3 +196,36 @@ def test_numpy_ops_are_thread_safe():
     for t in threads:
         t.join()
     assert len(wrong) == 120 and not any(wrong)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", [activations.ReLU(), activations.Tanh(), activations.GELU(),
+                                        activations.Softmax(), activations.get(None)], ids=repr)
+@pytest.mark.parametrize("shape", [(5, 7, 3), (33, 260, 130)], ids=["small", "blas_gemm"])
+def test_dense_forward(numpy_ops, activation, dtype, shape, update_path, rng):
+    """``activation(x @ W + b)``: the bias added inside the BLAS product (z starts as the bias rows) for large W,
+    matmul + bias_act otherwise; into ``out`` or a new array; a strided x takes the NumPy path."""
+    n, k, m = shape
+    x, W, b = (rng.standard_normal(s).astype(dtype) for s in [(n, k), (k, m), (m,)])
+    want_z, want_y = REFERENCE.bias_act(x @ W, b, activation)
+    for args in [(x, None), (x, np.full((n, m), np.nan, dtype)), (np.asfortranarray(x), None)]:
+        got_z, got_y = numpy_ops.dense(args[0], W, b, activation, args[1])
+        assert_close(got_y, want_y, TOL)
+        if activation.uses_input:
+            assert_close(got_z, want_z, TOL)
+        if args[1] is not None:
+            assert np.shares_memory(got_z if activation.uses_input else got_y, args[1])
+
+
+def test_matrix_blas_checks():
+    a, b, c = np.ones((4, 300)), np.ones((300, 200)), np.zeros((4, 200))
+    if blas._library() is not None:
+        assert blas.matrix_blas(a, b, c) is not None
+        blas.matrix_blas(a, b, c).gemm(a, b, c)
+        np.testing.assert_array_equal(c, 300.0)
+    assert blas.matrix_blas(a, b[:, :100], c) is None  # shapes do not match
+    assert blas.matrix_blas(a, b[:, ::2], c[:, :100]) is None  # strided
+    assert blas.matrix_blas(a[:, :10], b[:10], c) is None  # too small for BLAS to pay
+    assert blas.matrix_blas(a.astype(np.float32), b, c) is None  # mixed dtypes
+    frozen = np.frombuffer(bytes(c.nbytes), dtype=np.float64).reshape(c.shape)
+    assert blas.matrix_blas(a, b, frozen) is None
