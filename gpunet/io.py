@@ -8,8 +8,9 @@ The file is a plain `safetensors <https://huggingface.co/docs/safetensors>`_ fil
   is saved, its state ``optimizer.{j}.{name}`` (``j`` indexes ``model.parameters()``: ``2 i`` is ``W``, ``2 i + 1``
   is ``b`` of layer ``i``);
 - one metadata entry, ``"gpunet"``: a JSON object with the format name and version, the gpunet version, the
-  architecture (sizes, activations with their parameters, inits), dtype, seed, fused flag, the last fit's loss and
-  metrics, the optimizer (class, hyperparameters, step count), the state of the shuffling generator, a SHA-256 of
+  architecture (sizes, activations with their parameters, inits, dropout), dtype, seed, fused flag, the last fit's loss
+  and metrics, the optimizer (class, hyperparameters, step count), the state of the shuffling generator (and of the
+  dropout generator when NumPy draws the masks), a SHA-256 of
   every tensor, and ``model.metadata`` when a model has one (any JSON value, e.g. the CLI's data transform).
 
 Loading parses JSON and raw tensors only: no pickle, so a file can never run code. Saving writes a temporary file in
@@ -97,6 +98,9 @@ def to_bytes(model, optimizer=None, path: str = "<bytes>") -> bytes:
         "metrics": [_config(m, metrics_mod.METRICS, "metric") for m in model.metrics],
         "optimizer": None,
         "shuffle_rng": _json_safe(model._shuffle_rng.bit_generator.state),
+        # dropout masks drawn by NumPy resume where they stopped; CuPy's generator lives on the GPU and restarts
+        "dropout_rng": (_json_safe(model._dropout_rng.bit_generator.state)
+                        if isinstance(model._dropout_rng, np.random.Generator) else None),
     }
     meta["metrics"] = [m for m in meta["metrics"] if m is not None]  # custom ones are left out (with a warning)
     if optimizer is not None:
@@ -341,6 +345,8 @@ def from_bytes(data: bytes, device="cpu", path: str = "<bytes>"):
         if opt_meta is not None:
             model.optimizer = _optimizer(path, opt_meta, tensors, model)
         model._shuffle_rng = _generator(path, meta["shuffle_rng"])
+        if meta.get("dropout_rng") is not None and isinstance(model._dropout_rng, np.random.Generator):
+            model._dropout_rng.bit_generator.state = _generator(path, meta["dropout_rng"]).bit_generator.state
         if "metadata" in meta:
             model.metadata = meta["metadata"]
     except (KeyError, TypeError, AttributeError, IndexError) as exc:
@@ -449,6 +455,6 @@ def _generator(path: str, state) -> np.random.Generator:
     try:
         bit_generator.state = state
     except (TypeError, ValueError, KeyError) as exc:
-        raise ValueError(f"{path}: invalid shuffle generator state in the gpunet metadata "
+        raise ValueError(f"{path}: invalid random generator state in the gpunet metadata "
                          f"({type(exc).__name__}: {exc})") from None
     return np.random.Generator(bit_generator)

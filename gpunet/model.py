@@ -211,10 +211,11 @@ class Sequential:
     def _adopt(self, host_weights: list[np.ndarray]) -> None:
         arrays = [self.backend.from_host(w, self.dtype) for w in host_weights]
         ops = ops_for(self.xp, self.fused)
-        # dropout masks: one stream from the seed on this device (restarted by to(); not saved with the model)
-        rng = self.backend.random_generator(self._dropout_seed) if any(l.dropout for l in self.layers) else None
+        # dropout masks: one stream from the seed on this device (restarted by to(); io saves a NumPy one's state)
+        self._dropout_rng = (self.backend.random_generator(self._dropout_seed)
+                             if any(layer.dropout for layer in self.layers) else None)
         for i, layer in enumerate(self.layers):
-            layer.build(ops, arrays[2 * i], arrays[2 * i + 1], rng)
+            layer.build(ops, arrays[2 * i], arrays[2 * i + 1], self._dropout_rng)
 
     # -- forward and backward -------------------------------------------------------------------------------------
     def forward(self, x, training: bool = False):

@@ -503,7 +503,7 @@ def test_saving_non_finite_weights_is_refused(tmp_path):
      r"invalid optimizer state in the gpunet metadata: optimizer state 0 holds \['exp_avg', 'exp_avg_sq', "
      r"'max_exp_avg_sq', 'momentum_buffer'\]; Adam\(.*\) keeps"),
     (lambda m: m["shuffle_rng"].update(bit_generator="os.system"), "unknown random bit generator 'os.system'"),
-    (lambda m: m["shuffle_rng"]["state"].pop("inc"), "shuffle generator state|malformed"),
+    (lambda m: m["shuffle_rng"]["state"].pop("inc"), "random generator state|malformed"),
     (lambda m: m.pop("layers"), "malformed gpunet metadata \\(KeyError: 'layers'\\)"),
     (lambda m: m.update(seed="zero"), "invalid architecture in the gpunet metadata: seed must be"),
 ])
