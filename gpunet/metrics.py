@@ -1,4 +1,4 @@
-"""Metrics: accuracy (binary and multi-class), mse, mae, r2.
+"""Metrics: accuracy, precision, recall, f1 (binary, multi-label and multi-class), mse, mae, r2.
 
 A metric computes statistics of a batch on the device (``stats``), merges them across batches (``combine``: a sum
 for most) and turns the totals into one number at the end (``result``), so a per-epoch training metric is exact over
@@ -132,12 +132,92 @@ class R2(Metric):
         return float(np.mean(r2))
 
 
-METRICS = {"accuracy": Accuracy, "mse": MeanSquaredError, "mae": MeanAbsoluteError, "r2": R2}
-_ALIASES = {"acc": "accuracy", "mean_squared_error": "mse", "mean_absolute_error": "mae", "r2_score": "r2"}
+class _Classification(Metric):
+    """Per-class true positives, false positives and false negatives (float64 device sums), merged across batches,
+    for precision, recall and F1 with scikit-learn's definitions.
+
+    Binary or multi-label (``binary=True`` or ``k == 1``): a column is predicted positive where ``pred >
+    threshold`` (0.5 for probabilities, 0 for logits) and is positive where ``target > 0.5``; ``k == 1`` is
+    ``average="binary"`` (the positive class). Multi-class (``k > 1``): the class of a row is its argmax. Several
+    columns or classes are averaged as ``average="macro"`` over the ones present in the targets or the predictions,
+    and an undefined ratio (no predicted or no true positives) counts 0 (``zero_division=0``).
+    """
+
+    def __init__(self, binary: bool | None = None, threshold: float = 0.5):
+        self.binary = binary
+        self.threshold = threshold
+
+    def stats(self, pred, target):
+        xp = array_namespace(pred)
+        if self.binary or (self.binary is None and pred.shape[1] == 1):
+            p, t = pred > self.threshold, target > 0.5
+        else:
+            k = pred.shape[1]
+            classes = xp.arange(k, device=device(pred))
+            p = xp.argmax(pred, axis=1)[:, None] == classes[None, :]
+            t = xp.argmax(target, axis=1)[:, None] == classes[None, :]
+
+        def count(m):
+            return xp.sum(xp.astype(m, xp.float64), axis=0)
+
+        return count(p & t), count(p & ~t), count(~p & t)
+
+    def result(self, totals):
+        tp, fp, fn = (np.asarray(t, dtype=np.float64) for t in totals)
+        present = tp + fp + fn > 0
+        if not present.any():
+            return 0.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scores = np.nan_to_num(self._score(tp, fp, fn), nan=0.0)
+        return float(np.mean(scores[present]))
+
+    @staticmethod
+    def _score(tp, fp, fn):
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(binary={self.binary}, threshold={self.threshold})"
+
+
+class Precision(_Classification):
+    """``tp / (tp + fp)``: of the predicted positives, the share that is right (see :class:`_Classification`)."""
+
+    name = "precision"
+
+    @staticmethod
+    def _score(tp, fp, fn):
+        return tp / (tp + fp)
+
+
+class Recall(_Classification):
+    """``tp / (tp + fn)``: of the true positives, the share that is found (see :class:`_Classification`)."""
+
+    name = "recall"
+
+    @staticmethod
+    def _score(tp, fp, fn):
+        return tp / (tp + fn)
+
+
+class F1(_Classification):
+    """``2 tp / (2 tp + fp + fn)``, the harmonic mean of precision and recall (see :class:`_Classification`)."""
+
+    name = "f1"
+
+    @staticmethod
+    def _score(tp, fp, fn):
+        return 2 * tp / (2 * tp + fp + fn)
+
+
+METRICS = {"accuracy": Accuracy, "mse": MeanSquaredError, "mae": MeanAbsoluteError, "r2": R2,
+           "precision": Precision, "recall": Recall, "f1": F1}
+_ALIASES = {"acc": "accuracy", "mean_squared_error": "mse", "mean_absolute_error": "mae", "r2_score": "r2",
+            "f1_score": "f1"}
 
 
 def get(metric, loss=None) -> Metric:
-    """A :class:`Metric` from a name or an instance; ``loss`` tunes accuracy (bce: element-wise, logits: 0)."""
+    """A :class:`Metric` from a name or an instance; ``loss`` tunes the classification metrics (bce: element-wise,
+    logits: threshold 0)."""
     if isinstance(metric, Metric):
         return metric
     if not isinstance(metric, str):
@@ -145,9 +225,9 @@ def get(metric, loss=None) -> Metric:
     key = _ALIASES.get(metric.strip().lower(), metric.strip().lower())
     if key not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; expected one of {sorted(METRICS)}")
-    if key == "accuracy" and loss is not None:
+    if key in ("accuracy", "precision", "recall", "f1") and loss is not None:
         binary = True if loss.name == "bce" else None
-        return Accuracy(binary=binary, threshold=0.0 if loss.from_logits else 0.5)
+        return METRICS[key](binary=binary, threshold=0.0 if loss.from_logits else 0.5)
     return METRICS[key]()
 
 

@@ -201,7 +201,8 @@ def test_bad_batch_size_and_epochs(name, value, exc):
     (dict(optimizer="lbfgs"), ValueError,
      r"unknown optimizer 'lbfgs'; expected one of \['adagrad', 'adam', 'adamw', 'rmsprop', 'sgd'\]"),
     (dict(optimizer=0.1), TypeError, "optimizer must be a name or a gpunet.optim.Optimizer"),
-    (dict(metrics=["f1"]), ValueError, r"unknown metric 'f1'; expected one of \['accuracy', 'mae', 'mse', 'r2'\]"),
+    (dict(metrics=["auc"]), ValueError,
+     r"unknown metric 'auc'; expected one of \['accuracy', 'f1', 'mae', 'mse', 'precision', 'r2', 'recall'\]"),
     (dict(metrics=[len]), TypeError, "metrics must be names"),
     (dict(shuffle=1), TypeError, "shuffle must be True or False"),
     (dict(validation_data=X), TypeError, r"validation_data must be a pair \(X_val, y_val\)"),
@@ -390,6 +391,42 @@ def test_regression_metrics_and_training_metrics_match_sklearn(device, rng):
     assert history["loss"][0] == pytest.approx(skm.mean_squared_error(Y, preds), rel=1e-12)
 
 
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+def test_precision_recall_f1_match_sklearn(task, device):
+    """evaluate() in batches of 5 against scikit-learn on the whole set: ``average="binary"`` for one sigmoid
+    output, ``"macro"`` over the classes present for softmax outputs, ``zero_division=0``."""
+    model = binary_model(device) if task == "binary" else classifier(device)
+    model.set_weights([w * 3 for w in model.get_weights()])
+    proba = gn.to_numpy(model.predict(X))
+    target, loss = (BINARY, "bce") if task == "binary" else (LABELS, "cce")
+    predicted = (proba[:, 0] > 0.5).astype(int) if task == "binary" else proba.argmax(axis=1)
+    average = "binary" if task == "binary" else "macro"
+    got = model.evaluate(X, target, loss=loss, metrics=["precision", "recall", "f1"], batch_size=5)
+    expected = {name: score(np.ravel(target), predicted, average=average, zero_division=0)
+                for name, score in [("precision", skm.precision_score), ("recall", skm.recall_score),
+                                    ("f1", skm.f1_score)]}
+    assert 0 < expected["f1"] < 1 and len({round(v, 6) for v in expected.values()}) > 1
+    assert {k: got[k] for k in expected} == pytest.approx(expected, rel=1e-12)
+
+
+def test_precision_recall_f1_edge_cases(rng):
+    """Multi-label columns (binary=True) average like sklearn's "macro" on indicator arrays; a class nobody
+    predicts scores 0; no positives anywhere gives 0; from logits the threshold is 0 (through get(loss=...))."""
+    pred, target = rng.random((40, 3)), (rng.random((40, 3)) > 0.6).astype(float)
+    for name, score in [("precision", skm.precision_score), ("recall", skm.recall_score), ("f1", skm.f1_score)]:
+        metric = gn.metrics.METRICS[name](binary=True)
+        assert metric(pred, target) == pytest.approx(score(target, pred > 0.5, average="macro", zero_division=0),
+                                                     rel=1e-12)
+        never = np.tile([0.6, 0.3, 0.1], (6, 1))  # always class 0: classes 1 and 2 are true but never predicted
+        labels = np.array([0, 1, 2, 0, 1, 2])
+        assert gn.metrics.METRICS[name]()(never, labels) == pytest.approx(
+            score(labels, never.argmax(axis=1), average="macro", zero_division=0), rel=1e-12)
+        assert gn.metrics.METRICS[name]()(np.zeros((4, 1)), np.zeros(4)) == 0.0
+        logits = gn.metrics.get(name, gn.losses.BinaryCrossEntropy(from_logits=True))
+        assert logits.threshold == 0.0 and logits(np.array([[0.2], [-0.1]]), np.array([1.0, 1.0])) == (
+            {"precision": 1.0, "recall": 0.5, "f1": 2 / 3}[name])
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_functional_metrics_match_sklearn(dtype, rng):
     target = rng.normal(size=(200, 2))
@@ -441,10 +478,12 @@ def test_metric_stats_copy_nothing_to_the_device(name, backend, to_xp, monkeypat
     metric = gn.metrics.get(name)
     stats = metric.stats(pred, target)
     assert counting.asarray_calls == 0
-    assert type(stats[1]) is int and stats[1] == {"accuracy": 6, "mae": 18, "mse": 18, "r2": 6}[name]  # rows, elements
     merged = metric.combine(stats, metric.stats(pred, target))
-    assert type(merged[1]) is int and merged[1] == 2 * stats[1]
     assert counting.asarray_calls == 0
+    counts = {"accuracy": 6, "mae": 18, "mse": 18, "r2": 6}  # rows or elements; precision & co. count on the device
+    if name in counts:
+        assert type(stats[1]) is int and stats[1] == counts[name]
+        assert type(merged[1]) is int and merged[1] == 2 * stats[1]
 
 
 # -- warnings -------------------------------------------------------------------------------------------------------

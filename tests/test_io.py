@@ -493,7 +493,7 @@ def test_saving_non_finite_weights_is_refused(tmp_path):
     (lambda m: m["layers"][0].update(init="orthogonal"), "invalid layer 0 in the gpunet metadata: unknown init"),
     (lambda m: m["loss"].update(name="hinge"), r"unknown name 'hinge' for loss.*\['bce', 'cce', 'huber'"),
     (lambda m: m["loss"].update(args={"delta": 1.0}), "invalid loss in the gpunet metadata"),
-    (lambda m: m["metrics"][0].update(name="f1"), "unknown name 'f1' for metric"),
+    (lambda m: m["metrics"][0].update(name="auc"), "unknown name 'auc' for metric"),
     (lambda m: m["optimizer"].update(name="lbfgs", **{"class": "LBFGS"}),
      r"unknown optimizer 'LBFGS' in the gpunet metadata; this gpunet knows \['adagrad', 'adam'"),
     (lambda m: m["optimizer"]["hyperparameters"].update(lr=-1.0),
