@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--layers", default="128,64", help="hidden layer sizes, comma-separated (default 128,64)")
     train.add_argument("--activation", default="relu", help="hidden activation (default relu)")
     train.add_argument("--dropout", type=float, default=0.0, help="dropout after each hidden layer (default 0)")
-    train.add_argument("--clipnorm", type=float, help="clip the gradients' global L2 norm (global_clipnorm)")
+    train.add_argument("--global-clipnorm", type=float, help="clip the gradients' global L2 norm to this value")
     train.add_argument("--loss", help="default: cce (multi-class), bce (binary), mse (regression)")
     train.add_argument("--optimizer", default="adam", help="sgd | adam | adamw | rmsprop | adagrad (default adam)")
     train.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
@@ -112,7 +112,7 @@ def train(args) -> int:
     model = gn.Sequential(layers + [gn.Dense(sizes[-2], sizes[-1], out_act)], device=args.device,
                           dtype=args.dtype, seed=args.seed)
     optimizer = gn.optim.get(args.optimizer)
-    optimizer = type(optimizer)(lr=args.lr, global_clipnorm=args.clipnorm,
+    optimizer = type(optimizer)(lr=args.lr, global_clipnorm=args.global_clipnorm,
                                 **({"momentum": args.momentum} if optimizer.name == "sgd" else {}))
     callbacks = []
     if args.early_stopping and args.val_split:

@@ -42,7 +42,7 @@ def test_train_with_dropout_and_clipping_saves_them(capsys, tmp_path):
 
     path = tmp_path / "iris.safetensors"
     code, out, _ = run(capsys, "train", "--dataset", "iris", "--epochs", "150", "--device", "cpu", "--quiet",
-                       "--dropout", "0.2", "--clipnorm", "1.0", "--save", str(path))
+                       "--dropout", "0.2", "--global-clipnorm", "1.0", "--save", str(path))
     assert code == 0 and float(out.split("test: accuracy ")[1].split()[0]) >= 0.85
     model = gn.load(path)
     assert [layer.dropout for layer in model.layers] == [0.2, 0.2, 0.0]
