@@ -107,12 +107,14 @@ def vector_blas(*arrays) -> Blas | None:
 
 def matrix_blas(a, b, c) -> Blas | None:
     """The BLAS for ``c = a @ b + c`` (:meth:`Blas.gemm`): 2-D arrays passing the checks of :func:`vector_blas`
-    with matching shapes and at least :data:`MIN_SIZE` multiply-adds per row block (``k n >= MIN_SIZE``); None
-    otherwise."""
+    with matching shapes, ``c`` sharing no memory with ``a`` or ``b``, and at least :data:`MIN_SIZE` multiply-adds
+    per row (``k n >= MIN_SIZE``); None otherwise."""
     if not (a.ndim == b.ndim == c.ndim == 2 and a.dtype in (np.float32, np.float64)):
         return None
     if a.shape[1] != b.shape[0] or c.shape != (a.shape[0], b.shape[1]) or b.size < MIN_SIZE:
         return None
     if not (_safe(a, a.dtype) and _safe(b, a.dtype) and _safe(c, a.dtype)):
+        return None
+    if np.may_share_memory(c, a) or np.may_share_memory(c, b):  # callers fill c before gemm reads a and b
         return None
     return _for_dtype(a.dtype)

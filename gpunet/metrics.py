@@ -138,18 +138,22 @@ class _Classification(Metric):
 
     Binary or multi-label (``binary=True`` or ``k == 1``): a column is predicted positive where ``pred >
     threshold`` (0.5 for probabilities, 0 for logits) and is positive where ``target > 0.5``; ``k == 1`` is
-    ``average="binary"`` (the positive class). Multi-class (``k > 1``): the class of a row is its argmax. Several
-    columns or classes are averaged as ``average="macro"`` over the ones present in the targets or the predictions,
-    and an undefined ratio (no predicted or no true positives) counts 0 (``zero_division=0``).
+    ``average="binary"`` (the positive class), several columns ``average="macro"`` over all of them. Multi-class
+    (``k > 1``): the class of a row is its argmax, averaged as ``average="macro"`` over the classes present in the
+    targets or the predictions. An undefined ratio (no predicted or no true positives) counts 0 (``zero_division=0``).
     """
 
     def __init__(self, binary: bool | None = None, threshold: float = 0.5):
         self.binary = binary
         self.threshold = threshold
 
+    def _columns(self, pred) -> bool:
+        """Binary or multi-label: each column on its own (else multi-class, by argmax)."""
+        return bool(self.binary or (self.binary is None and pred.shape[1] == 1))
+
     def stats(self, pred, target):
         xp = array_namespace(pred)
-        if self.binary or (self.binary is None and pred.shape[1] == 1):
+        if self._columns(pred):
             p, t = pred > self.threshold, target > 0.5
         else:
             k = pred.shape[1]
@@ -160,11 +164,16 @@ class _Classification(Metric):
         def count(m):
             return xp.sum(xp.astype(m, xp.float64), axis=0)
 
-        return count(p & t), count(p & ~t), count(~p & t)
+        # the last entry says how to average: over every column, or over the classes present
+        return count(p & t), count(p & ~t), count(~p & t), self._columns(pred)
+
+    def combine(self, a, b):
+        return (*(x + y for x, y in zip(a[:3], b[:3])), a[3])
 
     def result(self, totals):
-        tp, fp, fn = (np.asarray(t, dtype=np.float64) for t in totals)
-        present = tp + fp + fn > 0
+        tp, fp, fn = (np.asarray(t, dtype=np.float64) for t in totals[:3])
+        # multi-class: sklearn's labels are those in the targets or the predictions; columns: every column counts
+        present = np.ones(tp.shape, bool) if totals[3] else tp + fp + fn > 0
         if not present.any():
             return 0.0
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -125,15 +125,20 @@ def _divergence_message(epoch, bad, batch_losses, keep, n_batches) -> str:
 
 
 def _snapshot(model, optimizer):
-    """Device copies of the parameters and the optimizer state, to roll back to if the epoch diverges."""
+    """Device copies of the parameters and the optimizer state, and the dropout generator's state (NumPy's; CuPy's
+    lives on the GPU and goes on), to roll back to if the epoch diverges."""
     xp = model.xp
     copy = lambda a: None if a is None else xp.asarray(a, copy=True)  # noqa: E731
     state = None if optimizer.state is None else [{k: copy(v) for k, v in s.items()} for s in optimizer.state]
-    return [copy(p) for p in model.parameters()], state, optimizer.steps
+    rng = model._dropout_rng
+    rng_state = rng.bit_generator.state if isinstance(rng, np.random.Generator) else None
+    return [copy(p) for p in model.parameters()], state, optimizer.steps, rng_state
 
 
 def _restore(model, optimizer, snapshot) -> None:
-    params, state, steps = snapshot
+    params, state, steps, rng_state = snapshot
+    if rng_state is not None:  # a replayed step draws the masks it drew the first time
+        model._dropout_rng.bit_generator.state = rng_state
     for p, saved in zip(model.parameters(), params):
         p[...] = saved
     if state is None:

@@ -413,6 +413,7 @@ def test_precision_recall_f1_edge_cases(rng):
     """Multi-label columns (binary=True) average like sklearn's "macro" on indicator arrays; a class nobody
     predicts scores 0; no positives anywhere gives 0; from logits the threshold is 0 (through get(loss=...))."""
     pred, target = rng.random((40, 3)), (rng.random((40, 3)) > 0.6).astype(float)
+    pred[:, 2], target[:, 2] = 0.1, 0.0  # a column with no positives at all: sklearn averages it in, as 0
     for name, score in [("precision", skm.precision_score), ("recall", skm.recall_score), ("f1", skm.f1_score)]:
         metric = gn.metrics.METRICS[name](binary=True)
         assert metric(pred, target) == pytest.approx(score(target, pred > 0.5, average="macro", zero_division=0),
@@ -425,6 +426,25 @@ def test_precision_recall_f1_edge_cases(rng):
         logits = gn.metrics.get(name, gn.losses.BinaryCrossEntropy(from_logits=True))
         assert logits.threshold == 0.0 and logits(np.array([[0.2], [-0.1]]), np.array([1.0, 1.0])) == (
             {"precision": 1.0, "recall": 0.5, "f1": 2 / 3}[name])
+
+
+def test_precision_recall_f1_accumulate_over_fit_batches():
+    """fit's per-epoch precision/recall/f1 merge the batches' counts: equal to sklearn on the predictions made
+    before each step (batches of 5 without shuffling; 12 rows, so the last batch is ragged)."""
+    model, probe = classifier(), classifier()
+    optimizer, preds = gn.optim.SGD(lr=0.5), []
+    for start in range(0, 12, 5):
+        preds.append(gn.to_numpy(probe.predict(X[start:start + 5])).argmax(axis=1))
+        probe.train_on_batch(X[start:start + 5], LABELS[start:start + 5], "cce", optimizer)
+    history = model.fit(X, LABELS, loss="cce", optimizer=gn.optim.SGD(lr=0.5), batch_size=5, shuffle=False,
+                        metrics=["precision", "recall", "f1"])
+    preds = np.concatenate(preds)
+    for name, score in [("precision", skm.precision_score), ("recall", skm.recall_score), ("f1", skm.f1_score)]:
+        whole = score(LABELS, preds, average="macro", zero_division=0)
+        assert history[name][0] == pytest.approx(whole, rel=1e-12)
+        batch_mean = np.mean([score(LABELS[s:s + 5], preds[s:s + 5], average="macro", zero_division=0)
+                              for s in range(0, 12, 5)])
+        assert abs(batch_mean - whole) > 1e-3  # an average of batch scores would differ
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

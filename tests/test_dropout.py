@@ -160,3 +160,24 @@ def test_resumed_training_with_dropout_matches_uninterrupted(tmp_path):
     control._dropout_rng.bit_generator.state = np.random.default_rng(control._dropout_seed).bit_generator.state
     run(control, 2)
     assert not np.array_equal(control.get_weights()[0], straight.get_weights()[0])
+
+
+def test_roll_back_replays_the_same_masks():
+    """A diverged epoch is rolled back and replayed: with dropout, the replay draws the masks the first pass drew,
+    so the kept weights are those of the clean steps before the bad batch."""
+    from gpunet.callbacks import NonFiniteLossError
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(64, 4)), rng.normal(size=(64, 1))
+    y[48:] = 1e300  # batch 4 of 4 overflows
+
+    def model():
+        return gn.Sequential([gn.Dense(4, 8, "tanh", dropout=0.5), gn.Dense(8, 1)], dtype="float64", seed=0)
+
+    diverged = model()
+    with pytest.raises(NonFiniteLossError):
+        diverged.fit(X, y, loss="mse", optimizer=optim.SGD(lr=0.01), epochs=1, batch_size=16, shuffle=False)
+    clean = model()  # the two steps before the batch whose loss was computed with the kept weights
+    clean.fit(X[:32], y[:32], loss="mse", optimizer=optim.SGD(lr=0.01), epochs=1, batch_size=16, shuffle=False)
+    for a, b in zip(diverged.get_weights(), clean.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -201,10 +201,19 @@ def test_numpy_ops_are_thread_safe():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", [activations.ReLU(), activations.Tanh(), activations.GELU(),
                                         activations.Softmax(), activations.get(None)], ids=repr)
-@pytest.mark.parametrize("shape", [(5, 7, 3), (33, 260, 130)], ids=["small", "blas_gemm"])
-def test_dense_forward(numpy_ops, activation, dtype, shape, update_path, rng):
+@pytest.mark.parametrize("shape", [(5, 7, 3), (33, 260, 130)], ids=["small", "large"])
+@pytest.mark.parametrize("path", ["blas_gemm", "numpy"])
+def test_dense_forward(numpy_ops, activation, dtype, shape, path, rng, monkeypatch):
     """``activation(x @ W + b)``: the bias added inside the BLAS product (z starts as the bias rows) for large W,
     matmul + bias_act otherwise; into ``out`` or a new array; a strided x takes the NumPy path."""
+    gemm_calls = []
+    if path == "numpy":
+        monkeypatch.setattr(blas, "matrix_blas", lambda *arrays: None)
+    elif blas._library() is None:
+        pytest.skip("this NumPy build bundles no scipy-openblas64")
+    else:
+        original = blas.Blas.gemm
+        monkeypatch.setattr(blas.Blas, "gemm", lambda self, *args: gemm_calls.append(1) or original(self, *args))
     n, k, m = shape
     x, W, b = (rng.standard_normal(s).astype(dtype) for s in [(n, k), (k, m), (m,)])
     want_z, want_y = REFERENCE.bias_act(x @ W, b, activation)
@@ -215,6 +224,17 @@ def test_dense_forward(numpy_ops, activation, dtype, shape, update_path, rng):
             assert_close(got_z, want_z, TOL)
         if args[1] is not None:
             assert np.shares_memory(got_z if activation.uses_input else got_y, args[1])
+    assert len(gemm_calls) == (2 if path == "blas_gemm" and shape[1] * shape[2] >= blas.MIN_SIZE else 0)
+
+
+def test_dense_forward_into_its_own_input(numpy_ops, rng):
+    """``out`` may be ``x`` itself (a square layer applied twice reuses its own workspace): the result is still
+    ``x @ W + b``, not a product of the bias rows."""
+    x, W, b = rng.standard_normal((64, 300)), rng.standard_normal((300, 300)), rng.standard_normal(300)
+    want = np.tanh(x @ W + b)
+    buf = x.copy()
+    _, got = numpy_ops.dense(buf, W, b, activations.Tanh(), out=buf)
+    assert_close(got, want, TOL)
 
 
 def test_matrix_blas_checks():
@@ -225,7 +245,9 @@ def test_matrix_blas_checks():
         np.testing.assert_array_equal(c, 300.0)
     assert blas.matrix_blas(a, b[:, :100], c) is None  # shapes do not match
     assert blas.matrix_blas(a, b[:, ::2], c[:, :100]) is None  # strided
-    assert blas.matrix_blas(a[:, :10], b[:10], c) is None  # too small for BLAS to pay
+    assert blas.matrix_blas(np.ones((4, 10)), np.ones((10, 200)), c) is None  # too small for BLAS to pay
+    square = np.ones((300, 300))
+    assert blas.matrix_blas(square, np.ones((300, 300)), square) is None  # c is a: filling c would change a
     assert blas.matrix_blas(a.astype(np.float32), b, c) is None  # mixed dtypes
     frozen = np.frombuffer(bytes(c.nbytes), dtype=np.float64).reshape(c.shape)
     assert blas.matrix_blas(a, b, frozen) is None
