@@ -330,7 +330,7 @@ class Sequential:
 
         n = X.shape[0]
         batch = n if batch_size is None else min(batch_size, n)
-        combined = self._output_pairing(loss)  # here, so that its warning points at the caller of fit
+        combined = self._output_pairing(loss)
         with self.backend.activate():
             return training.run(self, X, Y, W, val, loss=loss, optimizer=optimizer, metrics=metric_objs,
                                 epochs=epochs, batch=batch, shuffle=shuffle, callbacks=callbacks, combined=combined)
@@ -360,19 +360,17 @@ class Sequential:
         return pred, value
 
     def _output_pairing(self, loss) -> bool:
-        """True when the output activation and the loss combine into ``(p - y) / n``; warns on likely mistakes.
-
-        Call it from a public method itself (``fit``, ``train_on_batch``): the warning names that method's caller.
-        """
+        """True when the output activation and the loss combine into ``(p - y) / n``; warns (at the user's call) on
+        likely mistakes."""
         act = self.layers[-1].activation.name
         if loss.pairs_with is not None:
             if act == loss.pairs_with:
                 return True
-            warnings.warn(f"{loss!r} expects probabilities from a {loss.pairs_with} output layer, but the last "
-                          f"layer's activation is {act!r}; use from_logits=True for raw scores", stacklevel=3)
+            validation.warn_at_caller(f"{loss!r} expects probabilities from a {loss.pairs_with} output layer, but the "
+                                      f"last layer's activation is {act!r}; use from_logits=True for raw scores")
         elif loss.from_logits and act in ("sigmoid", "softmax"):
-            warnings.warn(f"{loss!r} applies the {act} itself, and the last layer already has activation {act!r}; "
-                          f"use a linear last layer or from_logits=False", stacklevel=3)
+            validation.warn_at_caller(f"{loss!r} applies the {act} itself, and the last layer already has activation "
+                                      f"{act!r}; use a linear last layer or from_logits=False")
         return False
 
     # -- inference ------------------------------------------------------------------------------------------------
