@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from array_api_compat import array_namespace, device
 
-from .backend import on_device_of
+from .backend.devices import on_device_of
 
 
 def sigmoid(z):

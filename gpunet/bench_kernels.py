@@ -74,7 +74,7 @@ def measure(log2n: int = 26, dtype: str = "float32", repeats: int = 20) -> dict:
     import array_api_compat.cupy as cxp
     import cupy
 
-    from gpunet.ops import ops_for
+    from gpunet.backend import ops_for
 
     n = 1 << log2n
     src, dst = cupy.asarray(np.random.default_rng(1).standard_normal(n).astype(dtype)), cupy.empty(n, dtype)

@@ -30,8 +30,8 @@ from array_api_compat import device as device_of
 
 from . import array_utils, validation
 from .backend import to_numpy
-from .ops import clamped_log as _clamped_log
-from .ops import ops_for
+from .backend.reference import clamped_log as _clamped_log
+from .backend import ops_for
 
 _EPS = 9.999999960041972e-13  # BCELoss's floor for its gradient's denominator: float32(1e-12), even for float64
 

@@ -16,7 +16,7 @@ from . import optim as optim_mod
 from . import training, validation
 from .backend import DTYPES, get_backend, to_numpy
 from .callbacks import History
-from .ops import fused_default, ops_for
+from .backend import fused_default, ops_for
 
 logger = logging.getLogger("gpunet")
 

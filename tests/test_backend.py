@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import gpunet as gn
-from gpunet import kernel_sources
+from gpunet.backend import kernel_sources
 from gpunet.backend import Backend, get_backend, on_device_of, to_numpy
 
 

@@ -56,8 +56,8 @@ def test_kernel_cases_run_and_count_bytes(which):
     import array_api_compat.numpy as anp
 
     from gpunet.bench_kernels import cases
-    from gpunet.cuda_ops import CupyOps
-    from gpunet.ops import Ops
+    from gpunet.backend.cuda_ops import CupyOps
+    from gpunet.backend import Ops
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from host_kernel import HostElementwiseKernel

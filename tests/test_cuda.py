@@ -17,8 +17,8 @@ import pytest
 import gpunet as gn
 from gpunet import optim
 from gpunet.array_utils import one_hot
-from gpunet.cuda_ops import CupyOps
-from gpunet.ops import Ops, fused_default, ops_for
+from gpunet.backend.cuda_ops import CupyOps
+from gpunet.backend import Ops, fused_default, ops_for
 
 CUDA_OK, CUDA_WHY = gn.cuda_available()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not CUDA_OK, reason=f"no usable GPU: {CUDA_WHY}")]

@@ -1,7 +1,7 @@
 """gpunet's CuPy ops in CI, without a GPU: ``CupyOps`` built with :class:`host_kernel.HostElementwiseKernel` in place
 of ``cupy.ElementwiseKernel``, so the very kernel declarations and CUDA C++ sources of ``kernels/`` run on the host.
 
-Every fused step must equal the Array-API reference :class:`gpunet.ops.Ops` on the same inputs (up to float
+Every fused step must equal the Array-API reference :class:`gpunet.backend.Ops` on the same inputs (up to float
 rounding) and update the arrays it is given in place, and whole training runs through these ops must end where the
 reference ends. The case tables and ``compare_*`` drivers here are namespace-agnostic: tests/test_cuda.py runs
 them on a real GPU against the unfused CuPy reference.
@@ -17,8 +17,8 @@ import pytest
 
 import gpunet as gn
 from gpunet import activations, losses, optim
-from gpunet.cuda_ops import CupyOps
-from gpunet.ops import Ops, ops_for
+from gpunet.backend.cuda_ops import CupyOps
+from gpunet.backend import Ops, ops_for
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # tests/ is no package: import the helper beside this file
     sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -4,7 +4,7 @@ The test writes a C++ harness with one ``extern "C"`` loop per template function
 signatures it reads in the sources themselves (``T x`` -> an input array, ``T& x`` -> an array updated in place,
 ``bool x`` -> a bool array, a ``T`` result -> an output array; scalars such as ``a``, ``delta`` or ``lr`` are
 broadcast to arrays on the Python side), compiles it once per module with ``g++ -O2`` (no ``-ffast-math``), and calls
-it through ctypes. Every function is held to the Array-API reference: :class:`gpunet.ops.Ops` on
+it through ctypes. Every function is held to the Array-API reference: :class:`gpunet.backend.Ops` on
 ``array_api_compat.numpy`` and the :mod:`gpunet.activations` classes, in float32 and float64, on random values and
 on edge cases (signed zeros, subnormals, +-1e4, the softplus threshold, |r| = delta, probabilities 0 and 1, NaN
 and infinities).
@@ -34,8 +34,10 @@ import array_api_compat.numpy as anp
 import numpy as np
 import pytest
 
-from gpunet import activations, array_utils, kernel_sources
-from gpunet.ops import Ops, clamped_log
+from gpunet import activations, array_utils
+from gpunet.backend import kernel_sources
+from gpunet.backend import Ops
+from gpunet.backend.reference import clamped_log
 
 CXX = shutil.which("g++")
 pytestmark = pytest.mark.skipif(CXX is None, reason="g++ is not on PATH: the host twin of kernels/ cannot be built")

@@ -1,5 +1,5 @@
 """nvcc compiles every kernel source for the GPU: each ``kernels/*.cuh`` as included, and as the include-inlined text
-that CuPy hands NVRTC (``gpunet.kernel_sources.kernel_source``).
+that CuPy hands NVRTC (``gpunet.backend.kernel_sources.kernel_source``).
 
 For each source the test writes a ``.cu`` file with one ``extern "C" __global__`` kernel per template function and
 dtype (float and double) that calls the function on element i of its arrays, so that nvcc really generates device
@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from gpunet import kernel_sources
+from gpunet.backend import kernel_sources
 
 
 def _find_nvcc():

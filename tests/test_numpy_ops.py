@@ -1,7 +1,7 @@
 """The NumPy specialisation of the ops (in place, ``out=``, reused scratch arrays) against the Array-API reference.
 
-:class:`gpunet.ops.NumpyOps` runs every CPU model by default; here each of its steps is compared with the reference
-:class:`gpunet.ops.Ops` on the same inputs, special values included, using the case tables and drivers of
+:class:`gpunet.backend.NumpyOps` runs every CPU model by default; here each of its steps is compared with the reference
+:class:`gpunet.backend.Ops` on the same inputs, special values included, using the case tables and drivers of
 tests/test_cuda_ops_host.py.
 """
 
@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpunet import activations, blas
-from gpunet.ops import UPDATE_BLOCK_BYTES, NumpyOps, _blocks, ops_for
+from gpunet import activations
+from gpunet.backend import blas
+from gpunet.backend import NumpyOps, ops_for
+from gpunet.backend.numpy_ops import UPDATE_BLOCK_BYTES, _blocks
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # tests/ is no package: import the module beside this file
     sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import gpunet
-from gpunet import kernel_sources
+from gpunet.backend import kernel_sources
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import gpunet as gn
-from gpunet import kernel_sources
+from gpunet.backend import kernel_sources
 
 target = Path(sys.argv[1]).resolve()
 assert Path(gn.__file__).resolve().is_relative_to(target), f"imported {gn.__file__}, not the copy in {target}"
@@ -72,7 +72,8 @@ def test_wheel_ships_kernels_and_works_installed(tmp_path):
     assert expected_kernels, "no kernel sources in the checkout"
     for name in expected_kernels:
         assert f"gpunet/kernels/{name}" in names, f"{name} is missing from the wheel"
-    for module in ("gpunet/__init__.py", "gpunet/cuda_ops.py", "gpunet/kernel_sources.py", "gpunet/ops.py"):
+    for module in ("gpunet/__init__.py", "gpunet/backend/__init__.py", "gpunet/backend/cuda_ops.py",
+                   "gpunet/backend/kernel_sources.py", "gpunet/backend/reference.py", "gpunet/backend/numpy_ops.py"):
         assert module in names, f"{module} is missing from the wheel"
     assert not any(name.startswith(("tests/", "kernels/")) for name in names), sorted(names)
 

@@ -24,7 +24,7 @@ import pytest
 import gpunet as gn
 from gpunet import activations, array_utils, losses, metrics, optim
 from gpunet.layers import INITS
-from gpunet.ops import ops_for
+from gpunet.backend import ops_for
 
 rng0 = np.random.default_rng(0)
 X = rng0.normal(size=(12, 4))

@@ -111,7 +111,7 @@ def test_activation_derivative_at_zero_is_torchs(name):
 def test_activation_derivative_with_nonfinite_values_is_torchs(name):
     """NaN/inf pre-activations and infinite upstream gradients: the reference and the NumPy ops give torch's values
     (relu: 0 wherever the output is <= 0, even for an infinite dy; a NaN output passes dy on)."""
-    from gpunet.ops import ops_for
+    from gpunet.backend import ops_for
 
     z = np.array([[np.nan, np.nan, -1.0, -1.0, 0.0, 2.0, np.inf, -np.inf]])
     dy = np.array([[1.0, np.inf, np.inf, -np.inf, np.inf, np.inf, 3.0, -np.inf]])

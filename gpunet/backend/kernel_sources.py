@@ -20,7 +20,7 @@ def kernels_dir():
     packaged = importlib.resources.files("gpunet") / "kernels"
     if packaged.is_dir():
         return packaged
-    checkout = Path(__file__).resolve().parent.parent / "kernels"
+    checkout = Path(__file__).resolve().parents[2] / "kernels"
     if checkout.is_dir():
         return checkout
     raise FileNotFoundError(f"gpunet's CUDA kernel sources are missing: neither {packaged} nor {checkout} exists")

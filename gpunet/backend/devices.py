@@ -1,7 +1,7 @@
 """Devices and array namespaces: where a model's arrays live and how data gets there.
 
 A :class:`Backend` pairs an Array API namespace ``xp`` with a device. gpunet's math only ever talks to ``xp``;
-this module is where devices and the library behind ``xp`` are resolved (``gpunet.ops.ops_for`` then picks that
+this module is where devices and the library behind ``xp`` are resolved (``gpunet.backend.ops_for`` then picks that
 library's specialised steps).
 
 Device strings:

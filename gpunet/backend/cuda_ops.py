@@ -2,9 +2,9 @@
 
 Each kernel's operation is one call of a template function from ``kernels/*.cuh`` (given as the preamble), so the
 CUDA math lives in one place that the host compiler also builds for tests. Kernels are declared once per ops object
-(one per namespace per process, see :func:`gpunet.ops.ops_for`) and compiled by CuPy on first use per dtype and
+(one per namespace per process, see :func:`gpunet.backend.ops_for`) and compiled by CuPy on first use per dtype and
 device; CuPy caches the binaries on disk, so later processes start fast. Steps with no kernel here (softmax, which
-couples a row; RMSprop, Adagrad) fall back to the Array-API reference of :class:`gpunet.ops.Ops`.
+couples a row; RMSprop, Adagrad) fall back to the Array-API reference of :class:`gpunet.backend.Ops`.
 
 Kernel names are ``gpunet_<step>`` (``gpunet_relu_fwd``, ``gpunet_gelu_bwd``, ``gpunet_adam``...), so a profiler
 trace reads like the code.
@@ -18,11 +18,11 @@ from __future__ import annotations
 import math
 
 from .kernel_sources import kernel_source
-from .ops import Ops
+from .reference import Ops
 
 
 class CupyOps(Ops):
-    """Fused CUDA kernels for CuPy arrays; results equal :class:`gpunet.ops.Ops` within float rounding.
+    """Fused CUDA kernels for CuPy arrays; results equal :class:`gpunet.backend.Ops` within float rounding.
 
     Args:
         xp: the CuPy namespace (``array_api_compat.cupy``), or any namespace the kernel factory accepts.
