@@ -6,8 +6,8 @@ alone (sigmoid, tanh, ReLU, leaky ReLU, ELU, softmax, identity), ``uses_input`` 
 layers then keep one array fewer for backward.
 
 Non-finite values, one definition for every op and every path (this reference, the NumPy ops, the CUDA kernels): a
-NaN among an element's inputs (``z`` forward; ``dy`` or the saved ``y``/``z`` backward; softmax: anywhere in the row)
-makes that output NaN. Without NaN, the values are torch's, infinities included (relu's gradient is 0 wherever
+NaN among the values an output is computed from (``z`` forward; ``dy`` and the saved ``y``/``z`` backward, which the
+identity's derivative does not read; softmax: anywhere in the row) makes that output NaN. Without NaN, the values are torch's, infinities included (relu's gradient is 0 wherever
 ``y <= 0``, even for an infinite ``dy``, because torch selects there rather than multiplies). torch itself is not
 consistent at NaN (its ELU backward returns ``dy`` or NaN depending on the array's length and the CPU's vector
 width), so gpunet does not follow it there.

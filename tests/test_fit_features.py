@@ -844,3 +844,34 @@ def test_reduce_lr_on_plateau_needs_its_monitor():
     X, y = small_regression()
     with pytest.raises(ValueError, match="val_loss"):
         small_model().fit(X, y, optimizer=gn.optim.SGD(lr=0.01), epochs=1, callbacks=[cbs.ReduceLROnPlateau()])
+
+
+def test_initial_epoch_resumes_the_history_and_the_schedules():
+    """Keras's initial_epoch: fit(epochs=2), then fit(epochs=5, initial_epoch=2) equals one fit(epochs=5), bit for
+    bit, with the History, the schedule and the checkpoint names counting on from epoch 2."""
+    X, y = small_regression(n=24)
+
+    def schedule():
+        return cbs.StepLR(step_size=3, gamma=0.5)
+
+    straight, rec = small_model(), Recorder()
+    straight.fit(X, y, loss="mse", optimizer=gn.optim.SGD(lr=0.05, momentum=0.9), epochs=5, batch_size=8,
+                 callbacks=[schedule(), rec])
+    resumed, step_lr, rec2 = small_model(), schedule(), Recorder()
+    first = resumed.fit(X, y, loss="mse", optimizer=gn.optim.SGD(lr=0.05, momentum=0.9), epochs=2, batch_size=8,
+                        callbacks=[step_lr])
+    second = resumed.fit(X, y, epochs=5, initial_epoch=2, batch_size=8, callbacks=[step_lr, rec2])
+    assert first.epoch == [0, 1] and second.epoch == [2, 3, 4]
+    assert rec2.lrs == rec.lrs[2:] == [0.05, 0.025, 0.025]
+    assert_weights_equal(resumed.get_weights(), straight.get_weights())
+    assert second["loss"] == [logs["loss"] for logs in rec.epoch_logs][2:]
+
+
+@pytest.mark.parametrize("initial_epoch, error", [(-1, ValueError), (6, ValueError), (1.5, TypeError)])
+def test_initial_epoch_is_checked(initial_epoch, error):
+    X, y = small_regression()
+    model = small_model()
+    before = model.get_weights()
+    with pytest.raises(error, match="initial_epoch"):
+        model.fit(X, y, epochs=5, initial_epoch=initial_epoch)
+    assert_weights_equal(model.get_weights(), before)

@@ -619,3 +619,44 @@ def test_pickle_and_deepcopy_round_trip_and_resume_exactly():
     for m in copies:
         for a, b in zip(model.get_weights(), m.get_weights()):
             np.testing.assert_array_equal(a, b)
+
+
+def test_copies_keep_what_the_file_format_refuses():
+    """deepcopy and pickle copy the object as it is: an infinite weight, NaN optimizer state, dropout generator state
+    and metadata (the file format refuses non-finite tensors; a copy is not a file)."""
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(0)
+    model = gn.Sequential([gn.Dense(3, 5, "tanh", dropout=0.2), gn.Dense(5, 1)], dtype="float64", seed=0)
+    model.fit(rng.normal(size=(16, 3)), rng.normal(size=16), loss="mse", optimizer="adam", epochs=1, batch_size=4)
+    model.metadata = {"note": "kept"}
+    model.layers[1].W[0, 0] = np.inf
+    model.optimizer.state[0]["exp_avg"][0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        model.save("never-written.safetensors")
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert clone.layers[1].W[0, 0] == np.inf and np.isnan(clone.optimizer.state[0]["exp_avg"][0, 0])
+        assert clone.metadata == {"note": "kept"}
+        assert clone.layers[1].W is not model.layers[1].W
+        assert clone.optimizer._model() is clone  # the state belongs to the copy: its next step continues it
+        assert (clone.trainer.dropout_rng.bit_generator.state == model.trainer.dropout_rng.bit_generator.state)
+        assert clone.trainer.shuffle_rng.bit_generator.state == model.trainer.shuffle_rng.bit_generator.state
+
+
+def test_a_checkpoint_at_learning_rate_zero_loads(tmp_path):
+    """CosineAnnealingLR(T_max=2) reaches lr = 0 at epoch 2: the checkpoint of that epoch loads (torch accepts a
+    zero rate, and so does every gpunet optimizer)."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(24, 4)), rng.normal(size=(24, 2))
+    model = regressor()
+    path = tmp_path / "ckpt-{epoch}.safetensors"
+    model.fit(X, y, loss="mse", optimizer=gn.optim.Adam(lr=0.1), epochs=3, batch_size=8,
+              callbacks=[gn.callbacks.CosineAnnealingLR(T_max=2), gn.callbacks.ModelCheckpoint(str(path))])
+    assert model.optimizer.lr == 0.0
+    loaded = gn.load(tmp_path / "ckpt-3.safetensors")
+    assert loaded.optimizer.lr == 0.0
+    before = loaded.get_weights()
+    loaded.fit(X, y, epochs=1, batch_size=8)  # a zero rate changes nothing (Adam's moments still advance)
+    for a, b in zip(before, loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
