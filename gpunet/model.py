@@ -14,7 +14,7 @@ from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import optim as optim_mod
 from . import training, validation
-from .backend import DTYPES, fused_default, get_backend, ops_for, to_numpy
+from .backend import DTYPES, flat, fused_default, get_backend, ops_for, to_numpy
 from .callbacks import History
 from .trainer import Trainer
 
@@ -133,7 +133,8 @@ class Sequential:
 
     # -- parameters -----------------------------------------------------------------------------------------------
     def parameters(self) -> list:
-        """``[W1, b1, W2, b2, ...]`` as arrays of the model's namespace (updated in place by optimizers)."""
+        """``[W1, b1, W2, b2, ...]`` as arrays of the model's namespace (updated in place by optimizers; on NumPy and
+        CuPy views of one flat array)."""
         return [p for layer in self.layers for p in layer.parameters()]
 
     def gradients(self) -> list:
@@ -219,7 +220,13 @@ class Sequential:
             trainer.optimizer.attach(self)  # its host state onto this model's device, bound to this model
 
     def _adopt(self, host_weights: list[np.ndarray]) -> None:
+        """Build the layers on this model's backend from host ``[W1, b1, ...]``: on NumPy and CuPy the parameters are
+        views of one flat array (``_flat_params``; see :mod:`gpunet.backend.flat`), elsewhere separate arrays."""
         arrays = [self.backend.from_host(w, self.dtype) for w in host_weights]
+        self._flat_params = None
+        if flat.supports_views(self.backend):
+            with self.backend.activate():
+                self._flat_params, arrays = flat.gather(self.xp, arrays, self.backend.dtype(self.dtype))
         ops = ops_for(self.xp, self.fused)
         for i, layer in enumerate(self.layers):
             layer.build(ops, arrays[2 * i], arrays[2 * i + 1])

@@ -35,7 +35,7 @@ import weakref
 import numpy as np
 
 from . import validation
-from .backend import to_numpy
+from .backend import flat, to_numpy
 
 
 CLIPPING = ("clipnorm", "clipvalue", "global_clipnorm")
@@ -58,7 +58,7 @@ class Optimizer:
         if len(chosen) > 1:
             raise ValueError(f"set at most one of clipnorm, clipvalue and global_clipnorm; received {chosen}")
         self.steps = 0  # completed steps (torch's per-parameter "step", shared by all parameters here)
-        self.state: list | None = None
+        self.state = None
         self._backend = None
         self._model = None  # weak reference to the model the state belongs to
 
@@ -80,25 +80,70 @@ class Optimizer:
             raise RuntimeError("optimizer.step(model) needs gradients: call model.backward(...) first")
         self.apply(model, grads, model.trainer.workspaces.shared)
 
-    def apply(self, model, grads, ws=None) -> None:
+    @property
+    def state(self) -> list | None:
+        """One ``{name: array or None}`` per parameter (``model.parameters()`` order), or ``None`` before the first
+        step. Assigning it (loading, rolling back) makes the next flat update gather it again."""
+        return self._state
+
+    @state.setter
+    def state(self, value) -> None:
+        self._state, self._flat = value, None
+
+    def apply(self, model, grads, ws=None, flat_grads=None) -> None:
         """Clip ``grads`` (in place) and update ``model.parameters()`` from them; ``ws``: scratch space for the
         update (the trainer's shared workspace). The state is made on the first step, moved when the model moved,
-        and started afresh for another model."""
+        and started afresh for another model.
+
+        ``flat_grads``: the flat array ``grads`` are views of, laid out as the model's flat parameters (the
+        trainer's, on NumPy): then the state is kept flat too and one update covers every parameter."""
         params = model.parameters()
         if self.state is None or self._model is None or self._model() is not model:  # first step, or another model
             self.steps = 0
             with model.backend.activate():
                 self.state = [self._new_state(p) for p in params]
             self._backend, self._model = model.backend, weakref.ref(model)
-        elif self._backend != model.backend:  # the model moved (model.to(...)): move the state with it
+        elif self._backend is not model.backend and self._backend != model.backend:  # the model moved: follow it
             self.attach(model)
         self.steps += 1
         ops = model.ops
         with model.backend.activate():  # new state lands on the model's GPU
             if self.clipnorm is not None or self.clipvalue is not None or self.global_clipnorm is not None:
                 self._clip(grads, model.xp)
+            if flat_grads is not None and model._flat_params is not None:
+                state = self._flat_state(model)
+                self._update(ops, model._flat_params, flat_grads, state, ws)
+                self._slice_new_state(model)
+                return
             for p, g, state in zip(params, grads, self.state):
                 self._update(ops, p, g, state, ws)
+
+    def _flat_state(self, model) -> dict:
+        """``{name: flat array or None}`` behind the per-parameter state, gathered (one copy) when the state was
+        made or assigned per parameter; the per-parameter entries become views of it."""
+        if self._flat is None:
+            shapes = [tuple(p.shape) for p in model.parameters()]
+            self._flat = {}
+            for name in self._state[0]:
+                entries = [s[name] for s in self._state]
+                if all(e is None for e in entries):
+                    self._flat[name] = None
+                    continue
+                whole, parts = flat.gather(model.xp, [e if e is not None else model.xp.zeros(shape, dtype=p.dtype)
+                                                      for e, shape, p in zip(entries, shapes, model.parameters())],
+                                           model._flat_params.dtype)
+                self._flat[name] = whole
+                for s, part in zip(self._state, parts):
+                    s[name] = part
+        return self._flat
+
+    def _slice_new_state(self, model) -> None:
+        """A flat entry the update made (SGD's momentum buffer on its first step): cut it into the per-parameter
+        state."""
+        for name, whole in self._flat.items():
+            if whole is not None and self._state[0][name] is None:
+                for s, part in zip(self._state, flat.views(whole, [tuple(p.shape) for p in model.parameters()])):
+                    s[name] = part
 
     def attach(self, model) -> None:
         """Bind the state (if any) to ``model``: copied onto its device and dtype, so the next step continues it."""
@@ -109,7 +154,7 @@ class Optimizer:
     def __getstate__(self) -> dict:
         """Pickle with the state on the host (unbound: :meth:`attach` binds it to the unpickled model)."""
         state = dict(vars(self))
-        state.update(_backend=None, _model=None, state=None if self.state is None else
+        state.update(_backend=None, _model=None, _flat=None, _state=None if self.state is None else
                      [{k: None if v is None else to_numpy(v) for k, v in s.items()} for s in self.state])
         return state
 

@@ -8,7 +8,8 @@ One step on a batch ``(x, y)`` of device arrays::
     grads  = backward through the layers: [dW1, db1, dW2, db2, ...], in the workspace
     hooks  = every gradient hook, in order: hook(trainer, grads) may change grads in place (an all-reduce across
              ranks, a penalty's gradient) -- the point between backward and update
-    update = optimizer.apply: clipping, then the update rule, in place on the parameters
+    update = optimizer.apply: clipping, then the update rule, in place on the parameters (on NumPy one call over
+             the flat parameters, gradients and state: see gpunet.backend.flat)
     record = inside an epoch: the batch loss and the metrics' statistics, added up on the device
 
 Nothing in a step reads the device from the host: ``fit`` reads the epoch's sums once, at its end
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .activations import builtin_kernel
-from .backend import to_numpy
+from .backend import flat, to_numpy
 from .backend.workspaces import Workspaces
 
 
@@ -112,6 +113,15 @@ class Trainer:
         self.workspaces = Workspaces(model.xp)
         self.dropout_rng = (model.backend.random_generator(self.seeds[1])
                             if any(layer.dropout for layer in model.layers) else None)
+        # the gradients as views of one flat array laid out as the flat parameters: one update call per step
+        self.flat_grads, self._grad_views = None, None
+        if model._flat_params is not None and model.ops.reuses_buffers:
+            with model.backend.activate():
+                self.flat_grads, self._grad_views = flat.empty(model.xp, [tuple(p.shape) for p in model.parameters()],
+                                                               model._flat_params.dtype)
+            for layer, dW, db in zip(model.layers, self._grad_views[0::2], self._grad_views[1::2]):
+                self.workspaces.shared.adopt((layer, "dW"), dW)
+                self.workspaces.shared.adopt((layer, "db"), db)
 
     # -- configuration --------------------------------------------------------------------------------------------
     def configure(self, loss, optimizer, metrics=()) -> None:
@@ -145,15 +155,17 @@ class Trainer:
         if self.loss is None:
             raise RuntimeError("configure(loss, optimizer) the trainer before its first step (fit does)")
         model = self.model
-        n = x.shape[0] if model.backend.owns(x) and x.ndim == 2 else None
+        backend, dtype = model.backend, model.backend.dtype(model.dtype)
+        n = x.shape[0] if backend.owns(x) and x.ndim == 2 else None
         for name, a, cols in (("x", x, model.n_inputs), ("y", y, model.n_outputs), ("w", w, 1)):
             if a is None and name == "w":
                 continue
-            if not model.backend.owns(a) or a.ndim != 2 or tuple(a.shape) != (n, cols) or a.dtype != x.dtype:
-                raise ValueError(f"{name} must be a 2-D array of the model's namespace ({model.backend.name}) and "
-                                 f"dtype with shape ({n if n is not None else 'n'}, {cols}); received "
-                                 f"{type(a).__name__} of shape {tuple(getattr(a, 'shape', ()))}; use "
-                                 f"trainer.prepare(X, y)")
+            if not (backend.owns(a) and a.ndim == 2 and a.dtype == dtype and tuple(a.shape)[1] == cols
+                    and (n is None or a.shape[0] == n)) or n is None:
+                raise ValueError(f"{name} must be a 2-D {model.dtype} array of the model's namespace "
+                                 f"({backend.name}) with shape ({'n' if n is None else n}, {cols}); received "
+                                 f"{type(a).__name__} of shape {tuple(getattr(a, 'shape', ()))} and dtype "
+                                 f"{getattr(a, 'dtype', None)}; trainer.prepare(X, y) makes them")
         with model.backend.activate():
             return self._step(x, y, w)
 
@@ -170,14 +182,14 @@ class Trainer:
     def forward(self, x, ws=None):
         """Training forward (dropout on) of ``x``; ``ws``: the workspace to write into (default: the one of
         ``x``'s batch size)."""
-        ws = self.workspaces.for_rows(x.shape[0]) if ws is None else ws
-        self.batch_rows = x.shape[0]
-        return self.model._forward(x, self.dropout_masks(x.shape[0], ws), ws)
+        rows = self.batch_rows = x.shape[0]
+        ws = self.workspaces.for_rows(rows) if ws is None else ws
+        return self._model()._forward(x, self.dropout_masks(rows, ws) if self.dropout_rng is not None else None, ws)
 
     def backward(self, pred, y, w=None, ws=None):
         """The loss of the last :meth:`forward`'s ``pred`` against ``y`` (rows weighted by ``w``) and its gradients
         ``[dW1, db1, ...]``; returns ``(loss, grads)``."""
-        model, loss = self.model, self.loss
+        model, loss = self._model(), self.loss
         ws = self.workspaces.for_rows(pred.shape[0]) if ws is None else ws
         if self.combined:
             value, grad = loss.value_and_logits_grad(pred, y, model.ops)
@@ -193,7 +205,9 @@ class Trainer:
         """The gradient hooks, then the optimizer (clipping, update rule) on the model's parameters."""
         for hook in self.gradient_hooks:
             hook(self, grads)
-        self.optimizer.apply(self.model, grads, self.workspaces.shared)
+        views = self._grad_views
+        fused = views is not None and all(g is v for g, v in zip(grads, views))  # (a hook may swap arrays)
+        self.optimizer.apply(self._model(), grads, self.workspaces.shared, self.flat_grads if fused else None)
 
     def dropout_masks(self, rows: int, ws=None) -> list:
         """One inverted-dropout mask ``(rows, out_features)`` per layer with dropout (``None`` for the others),

@@ -31,14 +31,22 @@ class Workspace:
     def shared(self) -> "Workspace":
         return self if self._shared is None else self._shared
 
-    def array(self, key, shape: tuple, dtype):
-        """The array for ``key`` (any hashable: the layer and a name, ``("scratch", slot)``...) of ``shape`` and
-        ``dtype``; its contents are whatever the previous step left."""
-        index = (key, tuple(shape), dtype)
+    def array(self, key, shape: tuple, dtype, fill=None):
+        """The array for ``key`` (any hashable: the layer and a name, ``("scratch", slot)``...) of ``shape`` (a
+        tuple) and ``dtype``; its contents are whatever the previous step left, or ``fill`` everywhere when it is
+        made now and ``fill`` is given (for constants such as a vector of ones)."""
+        index = (key, shape, dtype)
         a = self._arrays.get(index)
         if a is None:
-            a = self._arrays[index] = self.xp.empty(tuple(shape), dtype=dtype)
+            a = self._arrays[index] = self.xp.empty(shape, dtype=dtype)
+            if fill is not None:
+                a[...] = fill
         return a
+
+    def adopt(self, key, a) -> None:
+        """Make ``a`` (a view of some larger buffer, say) the array :meth:`array` returns for ``key`` and its
+        shape and dtype."""
+        self._arrays[(key, tuple(a.shape), a.dtype)] = a
 
     def like(self, key, a, dtype=None):
         """:meth:`array` with the shape of ``a`` and its dtype (or ``dtype``)."""
@@ -60,15 +68,19 @@ class Workspaces:
         self.xp, self.capacity = xp, capacity
         self.shared = Workspace(xp)
         self._by_rows: OrderedDict[int, Workspace] = OrderedDict()
+        self._last = None  # (rows, workspace) of the last request
 
     def for_rows(self, rows: int) -> Workspace:
         """The workspace of batches of ``rows`` rows (the least recently used size is dropped beyond capacity)."""
+        if self._last is not None and self._last[0] == rows:  # the common case: the same size as the last step
+            return self._last[1]
         ws = self._by_rows.pop(rows, None)
         if ws is None:
             ws = Workspace(self.xp, self.shared)
         self._by_rows[rows] = ws
         while len(self._by_rows) > self.capacity:
             self._by_rows.popitem(last=False)
+        self._last = (rows, ws)
         return ws
 
     def workspaces(self) -> list[Workspace]:
