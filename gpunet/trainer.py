@@ -7,7 +7,8 @@ One step on a batch ``(x, y)`` of device arrays::
     value, dL/dpred = loss (the combined (p - y) / n for softmax + cce and sigmoid + bce)
     grads  = backward through the layers: [dW1, db1, dW2, db2, ...], in the workspace
     hooks  = every gradient hook, in order: hook(trainer, grads) may change grads in place (an all-reduce across
-             ranks, a penalty's gradient) -- the point between backward and update
+             ranks, a penalty's gradient) and may return a value added to the batch loss (the penalty's) -- the
+             point between backward and update
     update = optimizer.apply: clipping, then the update rule, in place on the parameters (on NumPy one call over
              the flat parameters, gradients and state: see gpunet.backend.flat)
     record = inside an epoch: the batch loss and the metrics' statistics, added up on the device
@@ -79,7 +80,8 @@ class Trainer:
 
     Attributes:
         loss, optimizer, metrics: what :meth:`configure` set (``fit`` configures them; ``None``/``[]`` before).
-        gradient_hooks: callables ``hook(trainer, grads)`` run between backward and update, in order.
+        gradient_hooks: callables ``hook(trainer, grads)`` run between backward and update, in order; each may
+            change ``grads`` in place and return ``None`` or a 0-d array added to the batch loss.
         shuffle_rng: the ``numpy.random.Generator`` of the epochs' row orders.
         dropout_rng: the generator of the dropout masks (CuPy's on a GPU, NumPy's elsewhere; ``None`` without
             dropout).
@@ -174,7 +176,9 @@ class Trainer:
         ws = self.workspaces.for_rows(x.shape[0])
         pred = self.forward(x, ws)
         value, grads = self.backward(pred, y, w, ws)
-        self.update(grads)
+        penalty = self.update(grads)
+        if penalty is not None:
+            value = value + penalty
         if self._epoch is not None:
             self._record(pred, y, value)
         return pred, value
@@ -201,13 +205,18 @@ class Trainer:
         _, grads = model._backprop(grad, ws, through_last_activation=not self.combined, input_grad=False)
         return value, grads
 
-    def update(self, grads) -> None:
-        """The gradient hooks, then the optimizer (clipping, update rule) on the model's parameters."""
+    def update(self, grads):
+        """The gradient hooks, then the optimizer (clipping, update rule) on the model's parameters. Returns the sum
+        of what the hooks returned (a penalty's value, which the step adds to the batch loss), or None."""
+        penalty = None
         for hook in self.gradient_hooks:
-            hook(self, grads)
+            value = hook(self, grads)
+            if value is not None:
+                penalty = value if penalty is None else penalty + value
         views = self._grad_views
         fused = views is not None and all(g is v for g, v in zip(grads, views))  # (a hook may swap arrays)
         self.optimizer.apply(self._model(), grads, self.workspaces.shared, self.flat_grads if fused else None)
+        return penalty
 
     def dropout_masks(self, rows: int, ws=None) -> list:
         """One inverted-dropout mask ``(rows, out_features)`` per layer with dropout (``None`` for the others),

@@ -209,3 +209,15 @@ def test_one_flat_update_equals_one_update_per_parameter(make):
     flat_model.fit(X, y, epochs=1, batch_size=16)
     state = flat_model.optimizer.state
     assert all(np.shares_memory(s[name], state[0][name].base) for s in state)
+
+
+def test_a_hook_value_is_added_to_the_batch_loss():
+    """A penalty hook's returned value joins the recorded loss (weights unaffected when it changes no gradient)."""
+    X, y = problem()
+    plain, penalised = model(), model()
+    penalised.trainer.gradient_hooks.append(lambda trainer, grads: trainer.model.xp.asarray(0.25))
+    a = plain.fit(X, y, loss="cce", optimizer="sgd", epochs=2, batch_size=8)
+    b = penalised.fit(X, y, loss="cce", optimizer="sgd", epochs=2, batch_size=8)
+    np.testing.assert_allclose(b["loss"], np.asarray(a["loss"]) + 0.25, rtol=1e-14)
+    for u, v in zip(plain.get_weights(), penalised.get_weights()):
+        np.testing.assert_array_equal(u, v)
