@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, help=f"learning rate (default {_DEFAULT.lr:g})")
     train.add_argument("--weight-decay", type=float, help=f"weight decay (default {_DEFAULT.weight_decay:g})")
     train.add_argument("--momentum", type=float, help=f"SGD momentum (default {_DEFAULT.momentum:g})")
+    train.add_argument("--ensemble", type=int, metavar="K",
+                       help=f"train K networks from different seeds and average them (default {_DEFAULT.ensemble})")
     train.add_argument("--lr-schedule", choices=("none", "cosine"),
                        help=f"learning-rate schedule over --epochs (default {_DEFAULT.lr_schedule})")
     train.add_argument("--epochs", type=int, help=f"the most epochs (default {_DEFAULT.epochs})")
@@ -180,6 +182,7 @@ def _recipe(args) -> recipe_mod.Recipe:
     check("--dropout", args.dropout, lambda v: 0 <= v < 1, "in [0, 1)")
     check("--global-clipnorm", args.global_clipnorm, lambda v: np.isfinite(v) and v > 0, "a finite number > 0")
     check("--early-stopping", args.early_stopping, lambda v: v >= 0, "an integer >= 0 (0 = off)")
+    check("--ensemble", args.ensemble, lambda v: v > 0, "a positive integer")
     check("--test-split", args.test_split, lambda v: 0 <= v < 1, "in [0, 1)")
     check("--val-split", args.val_split, lambda v: 0 <= v < 1, "in [0, 1)")
     import gpunet as gn
@@ -193,7 +196,8 @@ def _recipe(args) -> recipe_mod.Recipe:
         activation=args.activation and args.activation.strip().lower(), dropout=args.dropout,
         optimizer=args.optimizer and args.optimizer.strip().lower(), lr=args.lr, weight_decay=args.weight_decay,
         momentum=args.momentum, epochs=args.epochs, batch_size=args.batch_size, val_split=args.val_split,
-        patience=args.early_stopping, global_clipnorm=args.global_clipnorm, lr_schedule=args.lr_schedule)
+        patience=args.early_stopping, global_clipnorm=args.global_clipnorm, lr_schedule=args.lr_schedule,
+        ensemble=args.ensemble)
 
 
 def _check_destinations(args) -> None:
@@ -254,10 +258,11 @@ def train(args) -> int:
         verbose=0 if quiet else 1, announce=announce,
         option_names={"val_split": "--val-split", "test_split": "--test-split", "loss": "--loss"})
     seconds = time.perf_counter() - start
-    stop = tm.early_stopping
-    _say(f"trained {len(history.epoch)} epoch(s) in {seconds:.2f} s on {tm.model.device}"
-         + (f" (early stopping: best epoch {stop.best_epoch + 1})" if stop is not None and stop.best_epoch is not None
-            and stop.stopped_epoch is not None else ""))
+    epochs = ", ".join(str(len(h.epoch)) for h in tm.histories)
+    best = ", ".join(str(b) for b in tm.best_epochs if b is not None)
+    networks = f"{len(tm.histories)} networks, " if len(tm.histories) > 1 else ""
+    _say(f"trained {networks}{epochs} epoch(s) in {seconds:.2f} s on {tm.model.device}"
+         + (f" (best validation epoch{'s' if len(tm.best_epochs) > 1 else ''} {best} kept)" if best else ""))
     if test is not None and len(test):
         _say(_report(tm, test, "test"))
     if args.save:

@@ -39,21 +39,24 @@ class Recipe:
         patience: epochs without a better validation loss before stopping (0: no early stopping, no validation).
         global_clipnorm: clip the gradients' global norm (``None``: no clipping).
         lr_schedule: "none", or "cosine" (the rate anneals to 0 over ``epochs``).
+        ensemble: networks trained from different seeds (weights and shuffling; the same validation rows) whose
+            output layers' inputs are averaged: one network of ``ensemble`` parallel blocks (:func:`pack`).
     """
 
     hidden: tuple = (128, 64)
     activation: str = "relu"
-    dropout: float = 0.0
+    dropout: float = 0.1
     optimizer: str = "adam"
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.0
-    epochs: int = 100
-    batch_size: int = 32
-    val_split: float = 0.1
-    patience: int = 10
+    epochs: int = 200
+    batch_size: int = 64
+    val_split: float = 0.2
+    patience: int = 30
     global_clipnorm: float | None = None
     lr_schedule: str = "none"
     momentum: float = 0.9
+    ensemble: int = 5
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -73,7 +76,9 @@ class TableModel:
     def __init__(self, model, columns: TableTransform, target: TargetTransform):
         self.model, self.columns, self.target = model, columns, target
         self.notes: list[str] = []
-        self.early_stopping = None  # the EarlyStopping callback of train(), if any
+        self.histories: list = []  # train(): one History per network of the ensemble
+        self.best_epochs: list = []  # train(): the epoch (from 1) whose weights each network kept, None without
+        # early stopping
 
     # -- training ---------------------------------------------------------------------------------------------
     @classmethod
@@ -83,8 +88,8 @@ class TableModel:
         """Fit the transforms on the training rows and train a network with ``recipe``.
 
         Rows whose target is missing are dropped (noted). With ``test_split`` > 0 that share of the rows is held
-        out (stratified by class) and returned for a report. Returns ``(table_model, history, test_frame or
-        None)``; ``table_model.notes`` says what was done. ``announce(table_model, n_train, n_val, n_test)`` is
+        out (stratified by class) and returned for a report. Returns ``(table_model, the first network's
+        History, test_frame or None)``; ``table_model.notes`` says what was done. ``announce(table_model, n_train, n_val, n_test)`` is
         called once the network is built, before training (the command line prints its report there);
         ``option_names`` maps ``"val_split"``/``"test_split"``/``"loss"`` to the names used in error messages.
         """
@@ -125,14 +130,20 @@ class TableModel:
         if loss not in LOSSES_BY_TASK[target_t.task]:
             raise TableError(f"{names['loss']} {loss} does not fit a {target_t.task} task; use one of "
                              f"{list(LOSSES_BY_TASK[target_t.task])}")
-        model = build_model(X.shape[1], target_t.n_outputs, out_act, recipe, device, dtype, seed)
-        tm = cls(model, columns, target_t)
+        members = [build_model(X.shape[1], target_t.n_outputs, out_act, recipe, device, dtype, seed + 1000 * k)
+                   for k in range(recipe.ensemble)]
+        tm = cls(members[0], columns, target_t)
         tm.notes = notes
         if announce is not None:
             announce(tm, len(X), 0 if val is None else len(val[0]), 0 if test is None else len(test))
-        history, tm.early_stopping = fit(model, X, Y, val, loss, recipe, target_t.task, verbose)
+        for member in members:
+            history, stop = fit(member, X, Y, val, loss, recipe, target_t.task, verbose)
+            tm.histories.append(history)
+            tm.best_epochs.append(None if stop is None or stop.best_epoch is None else stop.best_epoch + 1)
+        if len(members) > 1:
+            tm.model = pack(members)
         tm._attach_metadata()
-        return tm, history, test
+        return tm, tm.histories[0], test
 
     # -- inference --------------------------------------------------------------------------------------------
     def outputs(self, table, what: str = "the table"):
@@ -229,6 +240,39 @@ def build_model(n_in: int, n_out: int, out_act, recipe: Recipe, device, dtype, s
     sizes = [n_in, *recipe.hidden, n_out]
     layers = [gn.Dense(a, b, recipe.activation, dropout=recipe.dropout) for a, b in zip(sizes[:-2], sizes[1:-1])]
     return gn.Sequential(layers + [gn.Dense(sizes[-2], sizes[-1], out_act)], device=device, dtype=dtype, seed=seed)
+
+
+def pack(members):
+    """One :class:`gpunet.Sequential` computing the ensemble of ``members`` (same sizes and activations): hidden
+    layers side by side (the first layer's weights concatenated, later ones block-diagonal), and an output layer
+    whose pre-activation is the members' mean, ``act(mean_k(h_k @ W_k + b_k))``: exactly the mean prediction for a
+    linear output, the mean logit (a geometric mean of probabilities) for sigmoid and softmax. For prediction: the
+    zero blocks would not stay zero if the packed network were trained further."""
+    import gpunet as gn
+
+    first, k = members[0], len(members)
+    weights = [m.get_weights() for m in members]
+    layers, packed = [], []
+    last = len(first.layers) - 1
+    for i, layer in enumerate(first.layers):
+        Ws = [w[2 * i] for w in weights]
+        bs = [w[2 * i + 1] for w in weights]
+        if i == last:
+            W, b = np.vstack(Ws) / k, np.mean(bs, axis=0)
+        elif i == 0:
+            W, b = np.hstack(Ws), np.concatenate(bs)
+        else:
+            W = np.zeros((k * Ws[0].shape[0], k * Ws[0].shape[1]), dtype=Ws[0].dtype)
+            for j, w in enumerate(Ws):
+                W[j * w.shape[0]:(j + 1) * w.shape[0], j * w.shape[1]:(j + 1) * w.shape[1]] = w
+            b = np.concatenate(bs)
+        layers.append(gn.Dense(W.shape[0], W.shape[1], layer.activation))
+        packed += [W, b]
+    model = gn.Sequential(layers, device=first.backend.xp if first.backend.name not in ("numpy", "cupy") else
+                          first.device, dtype=first.dtype, seed=first.seed)
+    model.set_weights(packed)
+    model.loss, model.metrics = first.loss, first.metrics
+    return model
 
 
 def make_optimizer(recipe: Recipe):
