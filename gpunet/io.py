@@ -11,7 +11,8 @@ The file is a plain `safetensors <https://huggingface.co/docs/safetensors>`_ fil
   architecture (sizes, activations with their parameters, inits, dropout), dtype, seed, fused flag, the last fit's loss
   and metrics, the optimizer (class, hyperparameters, step count), the state of the shuffling generator (and of the
   dropout generator when NumPy draws the masks), a SHA-256 of
-  every tensor, and ``model.metadata`` when a model has one (any JSON value, e.g. the CLI's data transform).
+  every tensor, ``model.metadata`` when a model has one (any JSON value, e.g. the CLI's data transform), and
+  ``model.feature_names`` when fit saw a DataFrame.
 
 Loading parses JSON and raw tensors only: no pickle, so a file can never run code. Saving writes a temporary file in
 the target's folder, syncs it to disk and renames it over the target: a crash leaves the old file or the new one,
@@ -120,6 +121,8 @@ def to_bytes(model, optimizer=None, path: str = "<bytes>") -> bytes:
     user = getattr(model, "metadata", None)
     if user is not None:
         meta["metadata"] = user
+    if getattr(model, "feature_names", None) is not None:
+        meta["feature_names"] = [str(c) for c in model.feature_names]
     try:
         text = json.dumps(meta, allow_nan=False, sort_keys=True)
     except (TypeError, ValueError) as exc:
@@ -349,6 +352,8 @@ def from_bytes(data: bytes, device="cpu", path: str = "<bytes>"):
             model._dropout_rng.bit_generator.state = _generator(path, meta["dropout_rng"]).bit_generator.state
         if "metadata" in meta:
             model.metadata = meta["metadata"]
+        if meta.get("feature_names") is not None:
+            model.feature_names = [str(c) for c in meta["feature_names"]]
     except (KeyError, TypeError, AttributeError, IndexError) as exc:
         raise bad(f"malformed gpunet metadata ({type(exc).__name__}: {exc})") from None
     return model

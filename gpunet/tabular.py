@@ -591,13 +591,13 @@ def _date_parts(values) -> dict[str, np.ndarray]:
     dt = values.dt
     days = np.where(dt.is_leap_year.fillna(False).to_numpy(dtype=bool), 366.0, 365.0)
     as_float = lambda s: s.astype("float64").to_numpy(dtype=np.float64, na_value=np.nan)  # noqa: E731
-    season = 2 * np.pi * (as_float(dt.dayofyear) - 1) / days
+    season = 2 * np.pi * (as_float(dt.day_of_year) - 1) / days
     return {
-        "year": as_float(dt.year) + (as_float(dt.dayofyear) - 1) / days,
+        "year": as_float(dt.year) + (as_float(dt.day_of_year) - 1) / days,
         "month": as_float(dt.month),
         "season_sin": np.sin(season),
         "season_cos": np.cos(season),
-        "weekday": as_float(dt.weekday),
+        "weekday": as_float(dt.day_of_week),
         "hour": as_float(dt.hour) + as_float(dt.minute) / 60 + as_float(dt.second) / 3600,
     }
 
