@@ -6,13 +6,14 @@
 67
 """
 
-from . import activations, callbacks, losses, metrics, optim
+from . import activations, callbacks, losses, metrics, optim, tabular
 from .backend import Backend, cuda_available, cuda_info, get_backend, to_numpy
 from .layers import Dense
 from .callbacks import History, NonFiniteLossError
 from .io import load, save
 from .model import Sequential
 from .plotting import plot_history
+from .recipe import Recipe, TableModel
 
 __version__ = "0.1.0"
 
@@ -20,7 +21,9 @@ __all__ = [
     "Backend",
     "Dense",
     "History",
+    "Recipe",
     "Sequential",
+    "TableModel",
     "NonFiniteLossError",
     "activations",
     "callbacks",
@@ -33,5 +36,6 @@ __all__ = [
     "optim",
     "plot_history",
     "save",
+    "tabular",
     "to_numpy",
 ]

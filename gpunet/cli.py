@@ -1,19 +1,24 @@
 """The ``gpunet`` command (also ``python -m gpunet``): train, evaluate, predict, bench, info.
 
     gpunet train                                   # digits, best device found, progress, test report
-    gpunet train --dataset csv:data.csv:price --layers 64,32 --epochs 100 --save model.safetensors --plot curves.png
-    gpunet evaluate model.safetensors --dataset csv:new.csv:price
-    gpunet predict model.safetensors --csv new.csv --output predictions.csv
+    gpunet train --dataset csv:penguins.csv:species --save penguins.safetensors
+    gpunet evaluate penguins.safetensors --dataset csv:new.csv
+    gpunet predict penguins.safetensors --csv new.csv --output predictions.csv
     gpunet bench --threads 2
 
-Wrong options, missing files and malformed data end with one line on stderr and exit status 2, never a traceback.
+Raw tables work as they are: what each column becomes is decided on the training rows by
+:class:`gpunet.tabular.TableTransform` (listed in the report) and saved with the model, so ``evaluate`` and
+``predict`` match columns by name and apply the same transform. Wrong options, missing files and malformed data end
+with one line on stderr (``gpunet <command>: error: ...``) and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import io
+import os
 import sys
 import time
 import warnings
@@ -21,54 +26,95 @@ import warnings
 import numpy as np
 
 from . import data as data_mod
+from . import recipe as recipe_mod
+from .tabular import TASKS, TableError
 
-LOSSES_BY_TASK = {"regression": ("mse", "mae", "huber"), "binary": ("bce",), "multiclass": ("cce",)}
+_DEFAULT = recipe_mod.Recipe()
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="gpunet", description="Dense neural networks on NumPy or CUDA.")
+    parser.add_argument("--version", action="version", version=f"gpunet {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train on a data set and report on its held-out test rows")
+    train = commands.add_parser(
+        "train", help="train on a data set and report on its held-out test rows",
+        description="Train a network on a bundled data set or a CSV/Parquet table, report on held-out test rows, "
+                    "and optionally save it. Raw columns are handled as they are: numbers standardised (missing "
+                    "cells filled, with an indicator), text one-hot, dates expanded, ID-like columns left out; "
+                    "the report lists what was done to each column.")
     train.add_argument("--dataset", default="digits",
-                       help="digits | iris | wine | breast_cancer | diabetes | csv:PATH[:TARGET_COLUMN] (default digits)")
-    train.add_argument("--task", choices=data_mod.TASKS, help="override the task inferred from the data")
-    train.add_argument("--layers", default="128,64", help="hidden layer sizes, comma-separated (default 128,64)")
-    train.add_argument("--activation", default="relu", help="hidden activation (default relu)")
-    train.add_argument("--dropout", type=float, default=0.0, help="dropout after each hidden layer (default 0)")
+                       help="digits | iris | wine | breast_cancer | diabetes | csv:PATH[:TARGET] | "
+                            "parquet:PATH[:TARGET] (default digits; without TARGET, --target or the last column)")
+    train.add_argument("--target", help="the target column (instead of ...:TARGET in --dataset)")
+    train.add_argument("--delimiter", help="CSV delimiter (default: detected among , ; tab |); \\t for tab")
+    train.add_argument("--task", choices=TASKS, help="override the task inferred from the target column")
+    train.add_argument("--categorical", default="", metavar="COLS",
+                       help="comma-separated columns to one-hot whatever they hold (e.g. integer codes)")
+    train.add_argument("--ignore", default="", metavar="COLS", help="comma-separated columns to leave out")
+    train.add_argument("--layers", help=f"hidden layer sizes, comma-separated (default "
+                                        f"{','.join(map(str, _DEFAULT.hidden))})")
+    train.add_argument("--activation", help=f"hidden activation (default {_DEFAULT.activation})")
+    train.add_argument("--dropout", type=float, help=f"dropout after each hidden layer (default {_DEFAULT.dropout:g})")
     train.add_argument("--global-clipnorm", type=float, help="clip the gradients' global L2 norm to this value")
     train.add_argument("--loss", help="default: cce (multi-class), bce (binary), mse (regression)")
-    train.add_argument("--optimizer", default="adam", help="sgd | adam | adamw | rmsprop | adagrad (default adam)")
-    train.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    train.add_argument("--epochs", type=int, default=100)
-    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--optimizer", help=f"sgd | adam | adamw | rmsprop | adagrad (default {_DEFAULT.optimizer})")
+    train.add_argument("--lr", type=float, help=f"learning rate (default {_DEFAULT.lr:g})")
+    train.add_argument("--weight-decay", type=float, help=f"weight decay (default {_DEFAULT.weight_decay:g})")
+    train.add_argument("--momentum", type=float, help=f"SGD momentum (default {_DEFAULT.momentum:g})")
+    train.add_argument("--ensemble", type=int, metavar="K",
+                       help=f"train K networks from different seeds and average them (default {_DEFAULT.ensemble})")
+    train.add_argument("--lr-schedule", choices=("none", "cosine"),
+                       help=f"learning-rate schedule over --epochs (default {_DEFAULT.lr_schedule})")
+    train.add_argument("--epochs", type=int, help=f"the most epochs (default {_DEFAULT.epochs})")
+    train.add_argument("--batch-size", type=int, help=f"rows per step (default {_DEFAULT.batch_size})")
     train.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     train.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    train.add_argument("--seed", type=int, default=0, help="seeds the split, the weights and the shuffling")
-    train.add_argument("--test-split", type=float, default=0.25, help="fraction held out for the report")
-    train.add_argument("--val-split", type=float, default=0.1, help="fraction of the training rows for validation")
-    train.add_argument("--early-stopping", type=int, metavar="PATIENCE", default=10,
-                       help="stop after PATIENCE epochs without val_loss improvement, keeping the best weights "
-                            "(0 = off; default 10)")
-    train.add_argument("--save", metavar="PATH", help="save the trained model (safetensors)")
+    train.add_argument("--seed", type=int, default=0, help="seeds the splits, the weights and the shuffling")
+    train.add_argument("--test-split", type=float, default=0.25,
+                       help="fraction held out for the report (default 0.25; 0 = train on every row)")
+    train.add_argument("--val-split", type=float,
+                       help=f"fraction of the training rows that picks the best epoch (default {_DEFAULT.val_split:g})")
+    train.add_argument("--early-stopping", type=int, metavar="PATIENCE",
+                       help=f"stop after PATIENCE epochs without a better validation loss, keeping the best weights "
+                            f"(0 = off, no validation rows; default {_DEFAULT.patience})")
+    train.add_argument("--save", metavar="PATH", help="save the trained model with its column transform (safetensors)")
     train.add_argument("--plot", metavar="PNG", help="write training/validation curves (needs matplotlib)")
     train.add_argument("--quiet", action="store_true", help="no progress bar; only the report")
 
-    evaluate = commands.add_parser("evaluate", help="evaluate a saved model on a labelled data set (all rows)")
-    evaluate.add_argument("model")
-    evaluate.add_argument("--dataset", required=True)
-    evaluate.add_argument("--device", default="auto")
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate a saved model on a labelled data set (all rows)",
+        description="Score a model saved by `gpunet train --save` on every row of a labelled data set: columns are "
+                    "matched by name and transformed as in training; rows without a target are dropped. Reports "
+                    "R2/MAE/RMSE or accuracy and the confusion matrix.")
+    evaluate.add_argument("model", help="a .safetensors file written by gpunet train --save")
+    evaluate.add_argument("--dataset", required=True,
+                          help="a bundled name, csv:PATH[:TARGET] or parquet:PATH[:TARGET] (default TARGET: the "
+                               "model's target column name)")
+    evaluate.add_argument("--delimiter", help="CSV delimiter (default: detected)")
+    evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
 
-    predict = commands.add_parser("predict", help="predict the rows of a CSV file with a saved model")
-    predict.add_argument("model")
-    predict.add_argument("--csv", required=True, help="CSV with a header naming the model's feature columns")
+    predict = commands.add_parser(
+        "predict", help="predict the rows of a CSV or Parquet file with a saved model",
+        description="Predict every row of a table with a model saved by `gpunet train --save`. Columns are matched "
+                    "by name (extra columns are ignored, missing ones are an error); the output has one row per "
+                    "input row: the ID-like columns left out in training (when present), the prediction (the "
+                    "original class label, or the value), and for classification one probability per class.")
+    predict.add_argument("model", help="a .safetensors file written by gpunet train --save")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--csv", metavar="PATH", help="CSV with a header naming the model's feature columns")
+    source.add_argument("--parquet", metavar="PATH", help="Parquet file with the model's feature columns")
+    predict.add_argument("--delimiter", help="CSV delimiter (default: detected)")
     predict.add_argument("--output", help="write predictions here (default: standard output)")
-    predict.add_argument("--device", default="auto")
+    predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
 
     # listed for --help only: main() hands `gpunet bench ...` to gpunet.bench before parsing
-    commands.add_parser("bench", help="compare devices: forward/backward/step/epoch timings (gpunet bench --help)")
-    commands.add_parser("info", help="versions, and whether CUDA is usable here")
+    commands.add_parser("bench", help="compare devices: forward/backward/step/epoch timings (gpunet bench --help)",
+                        description="Device comparison; its options: gpunet bench --help")
+    commands.add_parser("info", help="versions, and whether CUDA is usable here",
+                        description="Print the versions of gpunet, NumPy and Python, and whether CUDA is usable.")
     return parser
 
 
@@ -81,7 +127,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"train": train, "evaluate": evaluate, "predict": predict, "info": info}[args.command](args)
-    except (data_mod.DataError, ValueError, TypeError, OSError, ImportError) as exc:
+    except FloatingPointError as exc:  # gpunet.NonFiniteLossError: a diverging fit
+        first = str(exc).split(". The model keeps")[0]
+        print(f"gpunet {args.command}: error: {first}; lower --lr (it was {_lr(args):g}) or set --global-clipnorm",
+              file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, OSError, ImportError) as exc:  # DataError and TableError are ValueErrors
         print(f"gpunet {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -89,75 +140,160 @@ def main(argv=None) -> int:
         return 130
 
 
+def _lr(args) -> float:
+    return args.lr if getattr(args, "lr", None) is not None else _DEFAULT.lr
+
+
+# -- output that survives a closed pipe (gpunet train | head) -------------------------------------------------------
+def _say(text: str = "") -> None:
+    """Print a line of the report; once standard output is a closed pipe, later lines go nowhere (the run goes on,
+    and the model is still saved)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit would raise again
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
+    sys.stdout = open(os.devnull, "w")
+
+
+def _note(text: str) -> None:
+    """A note about the data for a command whose standard output is data (predict): on standard error."""
+    print(f"note: {text}", file=sys.stderr)
+
+
 # -- train -------------------------------------------------------------------------------------------------------
-def train(args) -> int:
+def _recipe(args) -> recipe_mod.Recipe:
+    """The recipe from the options, each checked in command-line words."""
+    def check(option, value, ok, expected):
+        if value is not None and not ok(value):
+            raise ValueError(f"{option} must be {expected}; received {value}")
+
+    check("--epochs", args.epochs, lambda v: v > 0, "a positive integer")
+    check("--batch-size", args.batch_size, lambda v: v > 0, "a positive integer")
+    check("--lr", args.lr, lambda v: np.isfinite(v) and v >= 0, "a finite number >= 0")
+    check("--weight-decay", args.weight_decay, lambda v: np.isfinite(v) and v >= 0, "a finite number >= 0")
+    check("--momentum", args.momentum, lambda v: 0 <= v < 1, "in [0, 1)")
+    check("--dropout", args.dropout, lambda v: 0 <= v < 1, "in [0, 1)")
+    check("--global-clipnorm", args.global_clipnorm, lambda v: np.isfinite(v) and v > 0, "a finite number > 0")
+    check("--early-stopping", args.early_stopping, lambda v: v >= 0, "an integer >= 0 (0 = off)")
+    check("--ensemble", args.ensemble, lambda v: v > 0, "a positive integer")
+    check("--test-split", args.test_split, lambda v: 0 <= v < 1, "in [0, 1)")
+    check("--val-split", args.val_split, lambda v: 0 <= v < 1, "in [0, 1)")
     import gpunet as gn
 
-    hidden = _layer_sizes(args.layers)
-    for name in ("test_split", "val_split"):
-        if not 0 <= getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1); received {getattr(args, name)}")
-    data = data_mod.load(args.dataset, args.task)
-    loss = args.loss or LOSSES_BY_TASK[data.task][0]
-    if loss not in LOSSES_BY_TASK[data.task]:
-        raise ValueError(f"--loss {loss} does not fit a {data.task} task; use one of {LOSSES_BY_TASK[data.task]}")
-    train_rows, test_rows = data_mod.split(data, args.test_split, args.seed) if args.test_split else (
-        np.arange(len(data.X)), np.arange(0))
-    x_scaler = data_mod.Standardizer.fit(data.X[train_rows])
-    y_scaler = data_mod.Standardizer.fit(_as_2d(data.y[train_rows])) if data.task == "regression" else None
+    for option, value, registry in (("--optimizer", args.optimizer, gn.optim.OPTIMIZERS),
+                                    ("--activation", args.activation, gn.activations.ACTIVATIONS)):
+        if value is not None and value.strip().lower() not in registry:
+            raise ValueError(f"unknown {option.lstrip('-')} {value!r}; expected one of {sorted(registry)}")
+    return _DEFAULT.replace(
+        hidden=None if args.layers is None else tuple(_layer_sizes(args.layers)),
+        activation=args.activation and args.activation.strip().lower(), dropout=args.dropout,
+        optimizer=args.optimizer and args.optimizer.strip().lower(), lr=args.lr, weight_decay=args.weight_decay,
+        momentum=args.momentum, epochs=args.epochs, batch_size=args.batch_size, val_split=args.val_split,
+        patience=args.early_stopping, global_clipnorm=args.global_clipnorm, lr_schedule=args.lr_schedule,
+        ensemble=args.ensemble)
 
-    n_out = len(data.classes) if data.task == "multiclass" else (1 if data.task == "binary" else _as_2d(data.y).shape[1])
-    out_act = {"multiclass": "softmax", "binary": "sigmoid", "regression": None}[data.task]
-    sizes = [data.X.shape[1], *hidden, n_out]
-    layers = [gn.Dense(a, b, args.activation, dropout=args.dropout) for a, b in zip(sizes[:-2], sizes[1:-1])]
-    model = gn.Sequential(layers + [gn.Dense(sizes[-2], sizes[-1], out_act)], device=args.device,
-                          dtype=args.dtype, seed=args.seed)
-    optimizer = gn.optim.get(args.optimizer)
-    optimizer = type(optimizer)(lr=args.lr, global_clipnorm=args.global_clipnorm,
-                                **({"momentum": args.momentum} if optimizer.name == "sgd" else {}))
-    callbacks = []
-    if args.early_stopping and args.val_split:
-        callbacks.append(gn.callbacks.EarlyStopping("val_loss", patience=args.early_stopping,
-                                                    restore_best_weights=True))
-    metric = "r2" if data.task == "regression" else "accuracy"
-    X_train = x_scaler.transform(data.X[train_rows])
-    y_train = y_scaler.transform(_as_2d(data.y[train_rows])) if y_scaler else data.y[train_rows]
-    if not args.quiet:
-        print(f"{data.name}: {len(data.X)} samples, {data.X.shape[1]} features, {data.task}"
-              + (f" ({len(data.classes)} classes)" if data.classes else "")
-              + f"; {len(train_rows)} train / {len(test_rows)} test rows")
-        print(f"model: {' -> '.join(map(str, sizes))}, {args.activation}/{out_act or 'linear'}, {loss}, "
-              f"{optimizer!r}, on {model.device} ({model.backend.name})")
+
+def _check_destinations(args) -> None:
+    """Refuse, before any training, a --save or --plot that could only fail after it."""
+    for option, path in (("--save", args.save), ("--plot", args.plot)):
+        if path:
+            _check_writable(option, path)
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise ImportError("--plot needs matplotlib: pip install 'gpunet[plot]' (or leave out --plot)")
+
+
+def _check_writable(option: str, path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise OSError(f"{option} {path} is a folder; give a file name")
+    if not os.path.isdir(folder):
+        raise OSError(f"{option} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise OSError(f"{option} {path}: the folder {folder} is not writable")
+
+
+def _columns_option(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def _train_table(table, target, args, recipe, quiet, announce):
+    return recipe_mod.TableModel.train(
+        table.frame, target, args.task, recipe=recipe, loss=args.loss,
+        categorical=_columns_option(args.categorical), ignore=_columns_option(args.ignore),
+        test_split=args.test_split, device=args.device, dtype=args.dtype, seed=args.seed,
+        verbose=0 if quiet else 1, announce=announce,
+        option_names={"val_split": "--val-split", "test_split": "--test-split", "loss": "--loss"})
+
+
+def train(args) -> int:
+    recipe = _recipe(args)
+    _check_destinations(args)
+    table = data_mod.load(args.dataset, _delimiter(args.delimiter))
+    target = args.target or table.target
+    notes = list(table.notes)
+    if target is None:
+        target = str(table.frame.columns[-1])
+        notes.append(f"target: the last column, {target!r} (name another with --target or csv:PATH:COLUMN)")
+    quiet = args.quiet
+    if not quiet:
+        _say(f"{table.name}: {len(table.frame)} rows, {table.frame.shape[1]} columns")
+
+    def announce(tm, n_train, n_val, n_test):
+        model = tm.model
+        for line in notes + tm.notes:
+            _say(f"note: {line}")
+        _say(tm.target.describe())
+        _say(f"columns -> {len(tm.columns.feature_names)} features:")
+        for line in tm.columns.describe():
+            _say(f"  {line}")
+        sizes = [model.n_inputs] + [layer.out_features for layer in model.layers]
+        _say(f"rows: {n_train} train / {n_val} validation / {n_test} test")
+        _say(f"model: {' -> '.join(map(str, sizes))}, {model.layers[0].activation.name}/"
+             f"{model.layers[-1].activation.name}, {args.loss or recipe_mod.OUTPUT[tm.target.task][1]}, "
+             f"{recipe_mod.make_optimizer(recipe)!r}, on {model.device} ({model.backend.name})")
+
     start = time.perf_counter()
     with warnings.catch_warnings():  # an interrupt is reported below, in one line
         warnings.filterwarnings("ignore", message="Training interrupted by user")
-        history = model.fit(X_train, y_train, loss=loss, optimizer=optimizer, epochs=args.epochs,
-                            batch_size=args.batch_size, validation_split=args.val_split or None, metrics=[metric],
-                            verbose=0 if args.quiet else 1, callbacks=callbacks)
+        tm, history, test = _train_table(table, target, args, recipe, quiet, announce)
     seconds = time.perf_counter() - start
-    epochs_run = len(history.epoch)
-    print(f"trained {epochs_run} epoch(s) in {seconds:.2f} s on {model.device}"
-          + (f" (early stopping: best epoch {callbacks[0].best_epoch + 1})" if callbacks and
-             callbacks[0].stopped_epoch is not None else ""))
-    model.metadata = {"cli": {"task": data.task, "classes": data.classes, "features": data.feature_names,
-                              "target": data.target_name, "x_scaler": x_scaler.to_json(),
-                              "y_scaler": y_scaler.to_json() if y_scaler else None}}
-    if history.interrupted:  # Ctrl-C: fit ended cleanly, with the weights of its last finished step
-        print(f"gpunet train: interrupted after {epochs_run} finished epoch(s); the model keeps its last finished "
-              f"step" + (f", saving it to {args.save}" if args.save else ""), file=sys.stderr)
-    if len(test_rows):
-        print(_report(model, data.X[test_rows], data.y[test_rows], "test"))
+    epochs = ", ".join(str(len(h.epoch)) for h in tm.histories)
+    best = ", ".join(str(b) for b in tm.best_epochs if b is not None)
+    networks = f"{len(tm.histories)} networks, " if len(tm.histories) > 1 else ""
+    _say(f"trained {networks}{epochs} epoch(s) in {seconds:.2f} s on {tm.model.device}"
+         + (f" (best validation epoch{'s' if len(tm.best_epochs) > 1 else ''} {best} kept)" if best else ""))
+    if tm.interrupted:  # Ctrl-C: training ended cleanly, with the networks (and steps) finished so far
+        print(f"gpunet train: interrupted; the model keeps the {len(tm.histories)} network(s) trained so far, the "
+              f"last one up to its last finished step" + (f", saving it to {args.save}" if args.save else ""),
+              file=sys.stderr)
+    if test is not None and len(test):
+        _say(_report(tm, test, "test"))
     if args.save:
-        model.save(args.save)
-        print(f"saved {args.save}")
-    if history.interrupted:
+        tm.save(args.save)
+        _say(f"saved {args.save}")
+    if tm.interrupted:
         return 130
     if args.plot:
         from .plotting import plot_history
 
-        plot_history(history, args.plot, title=f"{data.name}: {' -> '.join(map(str, sizes))} on {model.device}")
-        print(f"wrote {args.plot}")
+        sizes = [tm.model.n_inputs] + [layer.out_features for layer in tm.model.layers]
+        plot_history(history, args.plot, title=f"{table.name}: {' -> '.join(map(str, sizes))} on {tm.model.device}")
+        _say(f"wrote {args.plot}")
     return 0
+
+
+def _delimiter(text: str | None) -> str | None:
+    if text is None:
+        return None
+    return {"\\t": "\t", "tab": "\t", "TAB": "\t"}.get(text, text)
 
 
 def _layer_sizes(text: str) -> list[int]:
@@ -170,53 +306,19 @@ def _layer_sizes(text: str) -> list[int]:
     return sizes
 
 
-def _as_2d(y: np.ndarray) -> np.ndarray:
-    return y.reshape(-1, 1) if y.ndim == 1 else y
-
-
-# -- what a saved model knows about its data -----------------------------------------------------------------------
-def _cli_meta(model) -> dict:
-    meta = getattr(model, "metadata", None) or {}
-    if "cli" not in meta:
-        raise ValueError("this model was not trained by `gpunet train` (it lacks the data transform); use the "
-                         "Python API (gpunet.load) instead")
-    return meta["cli"]
-
-
-def _predict(model, X: np.ndarray):
-    """``(labels or values, probabilities or None)`` on the original scale of the target."""
-    from .backend import to_numpy
-
-    meta = _cli_meta(model)
-    out = to_numpy(model.predict(data_mod.Standardizer.from_json(meta["x_scaler"]).transform(X))).astype(np.float64)
-    if meta["task"] == "regression":
-        values = data_mod.Standardizer.from_json(meta["y_scaler"]).inverse(out)
-        return (values[:, 0] if values.shape[1] == 1 else values), None
-    if meta["task"] == "binary":
-        proba = np.hstack([1 - out, out])
-    else:
-        proba = out
-    return proba.argmax(axis=1), proba
-
-
-def _report(model, X, y, label: str) -> str:
-    meta = _cli_meta(model)
-    pred, _ = _predict(model, X)
-    lines = []
-    if meta["task"] == "regression":
-        y2, p2 = _as_2d(y), _as_2d(pred)
-        ss_res = ((y2 - p2) ** 2).sum(axis=0)
-        ss_tot = ((y2 - y2.mean(axis=0)) ** 2).sum(axis=0)
-        r2 = float(np.mean(1 - ss_res / np.where(ss_tot > 0, ss_tot, 1)))
-        lines.append(f"{label}: R2 {r2:.4f}, MAE {np.abs(y2 - p2).mean():.4g}, "
-                     f"RMSE {np.sqrt(((y2 - p2) ** 2).mean()):.4g} ({len(y)} rows)")
+def _report(tm, frame, label: str) -> str:
+    """The scores of ``tm`` on the rows of ``frame``, with the confusion matrix for classification."""
+    scores = tm.score(frame, label)
+    lines = [f"note: {n}" for n in _transform_notes(tm)]
+    if scores["dropped"]:
+        lines.append(f"note: {scores['dropped']} row(s) without a {tm.target.name!r} value left out")
+    if tm.target.task == "regression":
+        lines.append(f"{label}: R2 {scores['r2']:.4f}, MAE {scores['mae']:.4g}, RMSE {scores['rmse']:.4g} "
+                     f"({scores['rows']} rows)")
         return "\n".join(lines)
-    classes = meta["classes"] or [str(i) for i in range(int(max(pred.max(), y.max())) + 1)]
-    accuracy = float(np.mean(pred == y))
-    lines.append(f"{label}: accuracy {accuracy:.4f} ({int(np.sum(pred == y))}/{len(y)} rows)")
-    k = len(classes)
-    matrix = np.zeros((k, k), dtype=np.int64)
-    np.add.at(matrix, (y.astype(np.int64), pred.astype(np.int64)), 1)
+    matrix, classes = scores["confusion"], tm.target.classes
+    correct = int(np.trace(matrix))
+    lines.append(f"{label}: accuracy {scores['accuracy']:.4f} ({correct}/{scores['rows']} rows)")
     width = max(5, max(len(c) for c in classes) + 1, len(str(matrix.max())) + 1)
     lines.append("confusion matrix (rows: true, columns: predicted)")
     lines.append(" " * width + "".join(f"{c:>{width}}" for c in classes))
@@ -225,82 +327,69 @@ def _report(model, X, y, label: str) -> str:
     return "\n".join(lines)
 
 
-# -- evaluate / predict --------------------------------------------------------------------------------------------
-def evaluate(args) -> int:
-    import gpunet as gn
+def _transform_notes(tm) -> list[str]:
+    return list(tm.columns.notes)
 
-    model = gn.load(args.model, device=args.device)
-    meta = _cli_meta(model)
-    data = data_mod.load(args.dataset, meta["task"])
-    if data.X.shape[1] != model.n_inputs:
-        raise ValueError(f"{args.dataset} has {data.X.shape[1]} features; the model expects {model.n_inputs}")
-    y = data.y
-    if meta["task"] != "regression" and meta["classes"] and data.classes and data.classes != meta["classes"]:
-        index = {c: i for i, c in enumerate(meta["classes"])}
-        unknown = sorted(set(data.classes) - set(index))
-        if unknown:
-            raise ValueError(f"{args.dataset} has classes the model never saw: {unknown}")
-        y = np.array([index[data.classes[i]] for i in data.y])
-    print(f"{args.model} on {model.device}")
-    print(_report(model, data.X, y, data.name))
+
+# -- evaluate / predict --------------------------------------------------------------------------------------------
+def _load(path: str, device):
+    return recipe_mod.TableModel.load(path, device=device)
+
+
+def evaluate(args) -> int:
+    tm = _load(args.model, args.device)
+    table = data_mod.load(args.dataset, _delimiter(args.delimiter))
+    frame = table.frame
+    name = tm.target.name
+    if table.target is not None and table.target != name:  # the file names the model's target differently
+        if table.target not in frame.columns:
+            raise TableError(f"{args.dataset} has no column {table.target!r}; columns: {list(frame.columns)}")
+        if name in frame.columns:
+            raise TableError(f"{args.dataset} has both {table.target!r} and the model's target column {name!r}; "
+                             f"name the target column {name!r} or drop the other")
+        frame = frame.rename(columns={table.target: name})
+    _say(f"{args.model} on {tm.model.device}")
+    for note in table.notes:
+        _say(f"note: {note}")
+    _say(_report(tm, frame, table.name))
     return 0
 
 
 def predict(args) -> int:
-    import gpunet as gn
-
-    model = gn.load(args.model, device=args.device)
-    meta = _cli_meta(model)
-    X = _read_features(args.csv, meta["features"], meta["target"])
-    pred, proba = _predict(model, X)
+    tm = _load(args.model, args.device)
+    if args.output:
+        _check_writable("--output", args.output)
+    path, kind = (args.csv, "csv") if args.csv else (args.parquet, "parquet")
+    frame, notes = data_mod.read_table(path, kind, _delimiter(args.delimiter))
+    pred, proba = tm.outputs(frame, path)
+    for note in notes + _transform_notes(tm):
+        _note(note)
+    ids = [c["name"] for c in tm.columns.columns if c["kind"] == "left out" and c["name"] in frame.columns
+           and c["reason"].startswith(("ID-like", "row number"))]
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    if meta["task"] == "regression":
-        names = [meta["target"]] if pred.ndim == 1 else [f"{meta['target']}_{i}" for i in range(pred.shape[1])]
-        writer.writerow(names)
-        writer.writerows(_as_2d(pred).tolist())
+    writer = csv.writer(buffer, lineterminator="\n")
+    target = tm.target.name
+    if tm.target.task == "regression":
+        writer.writerow(ids + [target])
+        columns = [frame[c].tolist() for c in ids]
+        writer.writerows([*(col[i] for col in columns), repr(float(v))] for i, v in enumerate(pred))
     else:
-        classes = meta["classes"]
-        writer.writerow([meta["target"]] + [f"p_{c}" for c in classes])
-        for label, p in zip(pred, proba):
-            writer.writerow([classes[label], *(f"{v:.6g}" for v in p)])
+        classes = tm.target.classes
+        writer.writerow(ids + [target] + [f"p_{c}" for c in classes])
+        columns = [frame[c].tolist() for c in ids]
+        for i, (label, p) in enumerate(zip(pred, proba)):
+            writer.writerow([*(col[i] for col in columns), classes[label], *(f"{v:.6g}" for v in p)])
     if args.output:
         with open(args.output, "w", newline="", encoding="utf-8") as handle:
             handle.write(buffer.getvalue())
-        print(f"wrote {len(pred)} predictions to {args.output}")
+        _say(f"wrote {len(pred)} predictions to {args.output}")
     else:
-        sys.stdout.write(buffer.getvalue())
+        try:
+            sys.stdout.write(buffer.getvalue())
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _silence_stdout()
     return 0
-
-
-def _read_features(path: str, features: list[str], target: str) -> np.ndarray:
-    """The model's feature columns from a CSV (by header name; the target column, if present, is ignored)."""
-    from pathlib import Path
-
-    if not Path(path).is_file():
-        raise data_mod.DataError(f"CSV file not found: {path}")
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
-    if len(rows) < 2:
-        raise data_mod.DataError(f"{path} needs a header row and at least one data row")
-    header = [h.strip() for h in rows[0]]
-    missing = [f for f in features if f not in header]
-    if missing:
-        raise data_mod.DataError(f"{path} lacks the model's feature column(s) {missing}; its columns: {header}")
-    columns = [header.index(f) for f in features]
-    X = np.empty((len(rows) - 1, len(features)))
-    for line, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise data_mod.DataError(f"{path}, line {line}: {len(row)} fields, but the header has {len(header)}")
-        for j, i in enumerate(columns):
-            try:
-                X[line - 2, j] = float(row[i])
-            except ValueError:
-                raise data_mod.DataError(f"{path}, line {line}, column {header[i]!r}: {row[i]!r} is not a number") \
-                    from None
-    if not np.all(np.isfinite(X)):
-        raise data_mod.DataError(f"{path} holds a non-finite feature value")
-    return X
 
 
 def info(args) -> int:
@@ -308,11 +397,11 @@ def info(args) -> int:
 
     import gpunet as gn
 
-    print(f"gpunet {gn.__version__}, numpy {numpy.__version__}, python {sys.version.split()[0]}")
+    _say(f"gpunet {gn.__version__}, numpy {numpy.__version__}, python {sys.version.split()[0]}")
     cuda = gn.cuda_info()
-    print(f"CUDA: {cuda['reason']}")
+    _say(f"CUDA: {cuda['reason']}")
     for d in cuda.get("devices", []):
-        print(f"  cuda:{d['index']}: {d['name']}, compute capability {d['compute_capability']}, "
-              f"{d['memory_gib']} GiB")
-    print(f"device='auto' resolves to {gn.get_backend('auto').label}")
+        _say(f"  cuda:{d['index']}: {d['name']}, compute capability {d['compute_capability']}, "
+             f"{d['memory_gib']} GiB")
+    _say(f"device='auto' resolves to {gn.get_backend('auto').label}")
     return 0

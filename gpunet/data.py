@@ -1,168 +1,235 @@
-"""Data sets for the command line: scikit-learn's bundled ones and CSV files, split and standardised from a seed.
+"""Tables for the command line: scikit-learn's bundled data sets, CSV and Parquet files, and a reproducible split.
 
-A :class:`Dataset` holds host NumPy arrays and what the model needs to know about them: the task
-(``"regression"``, ``"binary"``, ``"multiclass"``), class names, and the standardisation learnt on the training rows
-(features always; targets for regression), which travels with a saved model so ``evaluate``/``predict`` apply the
-same transform.
+Files are parsed by pandas (CSV: its C parser; Parquet: pyarrow), after checks that pandas does not make: the
+delimiter (given, or detected among ``, ; TAB |``), duplicate or missing column names, and rows whose number of fields
+differs from the header's (pandas would fill short rows with missing values). What the columns become is
+:mod:`gpunet.tabular`'s business; this module only reads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-BUNDLED = {"digits": "multiclass", "iris": "multiclass", "wine": "multiclass", "breast_cancer": "binary",
-           "diabetes": "regression"}
-TASKS = ("regression", "binary", "multiclass")
+from .tabular import TableError, as_frame
+
+BUNDLED = ("digits", "iris", "wine", "breast_cancer", "diabetes")
+DELIMITERS = (",", ";", "\t", "|")
+_SAMPLE_LINES = 50
 
 
-class DataError(ValueError):
+class DataError(TableError):
     """A data set that cannot be used, with a message for the user."""
 
 
 @dataclass
-class Dataset:
+class Table:
+    """A raw table and its target column, as read (nothing encoded yet)."""
+
     name: str
-    X: np.ndarray  # (n, features) float64
-    y: np.ndarray  # (n,) class indices (int64) or (n,) / (n, k) float64 targets
-    task: str
-    feature_names: list[str]
-    classes: list[str] = field(default_factory=list)  # class names, index = label
-    target_name: str = "target"
+    frame: object  # pandas DataFrame
+    target: str | None  # None: not named by the user (train takes the last column)
+    notes: list[str] = field(default_factory=list)
 
 
-def load(spec: str, task: str | None = None) -> Dataset:
-    """``"digits"``, ``"iris"``, ``"wine"``, ``"breast_cancer"``, ``"diabetes"`` or ``"csv:PATH[:TARGET_COLUMN]"``
-    (the last column when none is named). ``task`` overrides the inferred task."""
-    if spec.startswith("csv:"):
-        path, _, column = spec[4:].partition(":")
-        data = read_csv(path, column or None)
-    elif spec in BUNDLED:
-        data = _bundled(spec)
-    else:
-        raise DataError(f"unknown dataset {spec!r}; expected one of {sorted(BUNDLED)} or csv:PATH[:TARGET_COLUMN]")
-    if task is not None and task != data.task:
-        data = _retask(data, task)
-    return data
+def load(spec: str, delimiter: str | None = None) -> Table:
+    """``"digits"``, ``"iris"``, ``"wine"``, ``"breast_cancer"``, ``"diabetes"``, ``"csv:PATH[:TARGET]"`` or
+    ``"parquet:PATH[:TARGET]"`` (a bare ``PATH[:TARGET]`` ending in .csv, .tsv, .txt or .parquet works too)."""
+    kind, rest = None, spec
+    for prefix in ("csv", "parquet"):
+        if spec.startswith(prefix + ":"):
+            kind, rest = prefix, spec[len(prefix) + 1:]
+    if kind is None and spec in BUNDLED:
+        return _bundled(spec)
+    path, _, column = rest.partition(":")
+    if kind is None:
+        suffix = Path(path).suffix.lower()
+        if suffix in (".csv", ".tsv", ".txt", ".parquet", ".pq"):
+            kind = "parquet" if suffix in (".parquet", ".pq") else "csv"
+        else:
+            raise DataError(f"unknown dataset {spec!r}; expected one of {list(BUNDLED)}, csv:PATH[:TARGET_COLUMN] or "
+                            f"parquet:PATH[:TARGET_COLUMN]")
+    frame, notes = read_table(path, kind, delimiter)
+    return Table(Path(path).stem, frame, column or None, notes)
 
 
-def _bundled(name: str) -> Dataset:
+def _bundled(name: str) -> Table:
     try:
         from sklearn import datasets
     except ImportError:
         raise DataError("the bundled data sets come from scikit-learn: pip install 'gpunet[data]'") from None
-    bunch = getattr(datasets, f"load_{name}")()
-    task = BUNDLED[name]
-    y = bunch.target.astype(np.int64) if task != "regression" else bunch.target.astype(np.float64)
-    classes = [str(c) for c in getattr(bunch, "target_names", [])] if task != "regression" else []
-    features = [str(f) for f in getattr(bunch, "feature_names", [])] or [f"x{i}" for i in range(bunch.data.shape[1])]
-    return Dataset(name, bunch.data.astype(np.float64), y, task, features, classes)
+    bunch = getattr(datasets, f"load_{name}")(as_frame=True)
+    frame = bunch.frame.copy()
+    names = getattr(bunch, "target_names", None)
+    if name != "diabetes" and names is not None:  # class names instead of indices (digits: 0..9 either way)
+        frame["target"] = [str(names[int(i)]) for i in frame["target"]]
+    return Table(name, frame, "target")
 
 
-def read_csv(path: str, target: str | None = None) -> Dataset:
-    """A CSV file with a header row; every feature column numeric. The target column may hold numbers or labels."""
+def read_table(path, kind: str | None = None, delimiter: str | None = None):
+    """``(pandas DataFrame, notes)`` from a CSV or Parquet file (``kind`` "csv"/"parquet", else by suffix).
+
+    CSV: UTF-8 (a byte-order mark is dropped), a header row, ``delimiter`` or the one detected; every row must have
+    as many fields as the header. Empty cells and pandas' NA markers ("NA", "NaN", "null", ...) are missing values.
+    """
     file = Path(path)
     if not file.is_file():
-        raise DataError(f"CSV file not found: {path}")
+        raise DataError(f"{'Parquet' if kind == 'parquet' else 'CSV'} file not found: {path}")
+    if kind is None:
+        kind = "parquet" if file.suffix.lower() in (".parquet", ".pq") else "csv"
+    if kind == "parquet":
+        return _read_parquet(file), []
+    return _read_csv(file, delimiter)
+
+
+def _pandas():
     try:
-        with file.open(newline="", encoding="utf-8") as handle:
-            rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path} is not a readable CSV file ({exc})") from None
-    if len(rows) < 3:
-        raise DataError(f"{path} needs a header row and at least 2 data rows; found {len(rows)} row(s)")
-    header, body = [h.strip() for h in rows[0]], rows[1:]
-    for line, row in enumerate(body, start=2):
-        if len(row) != len(header):
-            raise DataError(f"{path}, line {line}: {len(row)} fields, but the header has {len(header)}")
-    if len(header) < 2:
-        raise DataError(f"{path} needs at least one feature column and a target column")
-    target = header[-1] if target is None else target
-    if target not in header:
-        raise DataError(f"{path} has no column {target!r}; columns: {header}")
-    t = header.index(target)
-    features = [h for i, h in enumerate(header) if i != t]
-    X = np.empty((len(body), len(features)))
-    for line, row in enumerate(body, start=2):
-        for j, (i, cell) in enumerate((i, c) for i, c in enumerate(row) if i != t):
-            try:
-                X[line - 2, j] = float(cell)
-            except ValueError:
-                raise DataError(f"{path}, line {line}, column {header[i]!r}: {cell!r} is not a number") from None
-            if not math.isfinite(X[line - 2, j]):
-                raise DataError(f"{path}, line {line}, column {header[i]!r}: {cell!r} is not finite")
-    labels = [row[t].strip() for row in body]
-    return _from_target_column(Path(path).stem, X, labels, features, target)
+        import pandas
+    except ImportError:
+        raise DataError("reading CSV and Parquet files needs pandas: pip install 'gpunet[data]'") from None
+    return pandas
 
 
-def _from_target_column(name, X, labels, features, target) -> Dataset:
-    """Classification when the target holds text or a few whole numbers, regression otherwise."""
+def _read_parquet(file: Path):
+    _pandas()
     try:
-        values = np.array([float(v) for v in labels])
-    except ValueError:
-        values = None
-    if values is not None and not np.all(np.isfinite(values)):
-        raise DataError(f"target column {target!r} holds a non-finite value")
-    few_integers = (values is not None and np.all(values == np.round(values))
-                    and len(np.unique(values)) <= max(2, min(20, len(values) // 5)))
-    if values is not None and not few_integers:
-        return Dataset(name, X, values, "regression", features, target_name=target)
-    keys = sorted(set(labels), key=lambda v: (float(v), v) if values is not None else (0.0, v))
-    index = {k: i for i, k in enumerate(keys)}
-    y = np.array([index[v] for v in labels], dtype=np.int64)
-    return Dataset(name, X, y, "binary" if len(keys) == 2 else "multiclass", features, keys, target)
-
-
-def _retask(data: Dataset, task: str) -> Dataset:
-    if task not in TASKS:
-        raise DataError(f"unknown task {task!r}; expected one of {list(TASKS)}")
-    if task == "regression":
-        return Dataset(data.name, data.X, data.y.astype(np.float64), task, data.feature_names,
-                       target_name=data.target_name)
-    if data.task == "regression":
-        raise DataError(f"{data.name} has a continuous target; it cannot be a {task} problem")
-    n_classes = len(np.unique(data.y))
-    if task == "binary" and n_classes != 2:
-        raise DataError(f"{data.name} has {n_classes} classes, not 2: use --task multiclass")
-    return Dataset(data.name, data.X, data.y, task, data.feature_names, data.classes, data.target_name)
-
-
-@dataclass
-class Standardizer:
-    """``(x - mean) / scale`` per column, learnt on training rows; a constant column gets scale 1."""
-
-    mean: np.ndarray
-    scale: np.ndarray
-
-    @classmethod
-    def fit(cls, a: np.ndarray) -> "Standardizer":
-        scale = a.std(axis=0)
-        return cls(a.mean(axis=0), np.where(scale > 0, scale, 1.0))
-
-    def transform(self, a):
-        return (a - self.mean) / self.scale
-
-    def inverse(self, a):
-        return a * self.scale + self.mean
-
-    def to_json(self) -> dict:
-        return {"mean": np.asarray(self.mean).tolist(), "scale": np.asarray(self.scale).tolist()}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "Standardizer":
-        return cls(np.asarray(d["mean"], dtype=np.float64), np.asarray(d["scale"], dtype=np.float64))
-
-
-def split(data: Dataset, test_fraction: float, seed: int):
-    """Reproducible train/test row indices from ``seed``, stratified for classification."""
-    from .training import split_validation
-
-    labels = data.y if data.task != "regression" else None
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError("reading Parquet files needs pyarrow: pip install 'gpunet[data]'") from None
     try:
-        return split_validation(len(data.X), test_fraction, labels, np.random.default_rng(seed))
-    except ValueError as exc:
-        raise DataError(str(exc).replace("validation_split", "the test split")) from None
+        table = pq.read_table(file)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged file
+        raise DataError(f"{file} is not a readable Parquet file ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
+    if table.num_rows == 0:
+        raise DataError(f"{file} holds no rows")
+    return as_frame(table, str(file))
+
+
+@contextlib.contextmanager
+def _no_field_limit():
+    """The csv module refuses fields over 128 KiB by default; a table cell may be longer."""
+    old = csv.field_size_limit()
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
+
+
+def _read_csv(file: Path, delimiter: str | None):
+    pd = _pandas()
+    try:
+        with file.open(newline="", encoding="utf-8-sig") as handle:
+            sample = [line for _, line in zip(range(_SAMPLE_LINES), handle)]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{file} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+    notes = []
+    if not "".join(sample).strip():
+        raise DataError(f"{file} is empty")
+    if delimiter is None:
+        delimiter = _detect_delimiter(sample)
+        if delimiter != ",":
+            notes.append(f"{file.name}: delimiter {_show(delimiter)} detected")
+    elif len(delimiter) != 1:
+        raise DataError(f"--delimiter must be one character (\\t for tab); received {delimiter!r}")
+    lines, header = _check_fields(file, delimiter)
+    if lines < 2:
+        raise DataError(f"{file} needs a header row and at least 1 data row; found {lines} row(s)")
+    empty = [i + 1 for i, h in enumerate(header) if not h.strip()]
+    if empty and empty != [1]:
+        raise DataError(f"{file}: column(s) {empty} of the header have no name; name every column (an unnamed first "
+                        f"column is taken as a saved row index and left out)")
+    stripped = [h.strip() for h in header]
+    dupes = sorted({h for h in stripped if stripped.count(h) > 1 and h})
+    if dupes:
+        raise DataError(f"{file} has duplicate column names {dupes}: rename them so each column has its own name")
+    try:
+        frame = pd.read_csv(file, sep=delimiter, encoding="utf-8-sig", skipinitialspace=True, low_memory=False)
+    except (pd.errors.ParserError, ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{file} is not a readable CSV file with delimiter {_show(delimiter)} ({exc}); "
+                        f"give another with --delimiter") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    if delimiter != ",":  # "3,5" in a ';' or tab file is a decimal comma
+        for name in frame.columns:
+            column = frame[name]
+            if pd.api.types.is_numeric_dtype(column.dtype) or column.isna().all():
+                continue
+            text = column.dropna().astype(str).str.strip()
+            if text.str.fullmatch(r"[-+]?\d*,\d+|[-+]?\d+").all() and text.str.contains(",").any():
+                frame[name] = pd.to_numeric(column.astype(str).str.strip().str.replace(",", ".", regex=False)
+                                            .where(column.notna()))
+                notes.append(f"{file.name}: column {name!r} has decimal commas: read as numbers")
+    return as_frame(frame, str(file)), notes
+
+
+def _detect_delimiter(sample: list[str]) -> str:
+    """The delimiter among ``, ; TAB |`` that splits the sampled lines into the most fields, the same number on
+    every line (quotes respected); "," when none does better than one field."""
+    best, best_fields = ",", 1
+    with _no_field_limit():
+        for candidate in DELIMITERS:
+            rows = [r for r in csv.reader(sample[:-1] if len(sample) == _SAMPLE_LINES else sample,
+                                          delimiter=candidate) if r]
+            counts = {len(r) for r in rows}
+            if len(counts) == 1 and (fields := counts.pop()) > best_fields:
+                best, best_fields = candidate, fields
+    return best
+
+
+def _check_fields(file: Path, delimiter: str):
+    """``(number of non-blank rows, header)``; every row has as many fields as the header (quotes respected)."""
+    with _no_field_limit(), file.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
+        header, lines = None, 0
+        try:
+            for row in reader:
+                if not row or not any(cell.strip() for cell in row):
+                    continue
+                lines += 1
+                if header is None:
+                    header = row
+                    if len(header) < 2:
+                        raise DataError(f"{file}: the header has one column with delimiter {_show(delimiter)}; "
+                                        f"a table needs a target and at least one feature (another delimiter? "
+                                        f"--delimiter)")
+                elif len(row) != len(header):
+                    raise DataError(f"{file}, line {reader.line_num}: {len(row)} fields, but the header has "
+                                    f"{len(header)} (delimiter {_show(delimiter)}; another one? --delimiter)")
+        except csv.Error as exc:
+            raise DataError(f"{file}, line {reader.line_num}: not readable as CSV ({exc})") from None
+    return lines, header or []
+
+
+def _show(delimiter: str) -> str:
+    return {"\t": "tab", ",": "','", ";": "';'", "|": "'|'"}.get(delimiter, repr(delimiter))
+
+
+def split(n: int, fraction: float, labels, seed: int, option: str):
+    """Reproducible ``(kept, held out)`` host row indices holding out ``fraction`` of ``n`` rows, stratified by
+    ``labels`` (class index per row) when given: each class with at least 2 rows gives ``round(fraction * count)``
+    rows, at least 1 and leaving at least 1; a class with a single row stays on the kept side. ``option`` names the
+    command-line option in messages."""
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        n_out = int(round(fraction * n))
+        if not 1 <= n_out <= n - 1:
+            raise DataError(f"{option} {fraction} of {n} rows leaves {n_out} held out and {n - n_out} kept; both "
+                            f"need at least 1")
+        order = rng.permutation(n)
+        return np.sort(order[n_out:]), np.sort(order[:n_out])
+    kept, held = [], []
+    for c in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        n_out = 0 if rows.size < 2 else min(max(int(round(fraction * rows.size)), 1), rows.size - 1)
+        held.append(rows[:n_out])
+        kept.append(rows[n_out:])
+    kept, held = np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
+    if held.size == 0:
+        raise DataError(f"{option} {fraction} holds out no rows: every class has a single row")
+    return kept, held

@@ -11,7 +11,8 @@ The file is a plain `safetensors <https://huggingface.co/docs/safetensors>`_ fil
   architecture (sizes, activations with their parameters, inits, dropout), dtype, seed, fused flag, the last fit's loss
   and metrics, the optimizer (class, hyperparameters, step count), the state of the shuffling generator (and of the
   dropout generator when NumPy draws the masks), a SHA-256 of
-  every tensor, and ``model.metadata`` when a model has one (any JSON value, e.g. the CLI's data transform).
+  every tensor, ``model.metadata`` when a model has one (any JSON value, e.g. the CLI's data transform), and
+  ``model.feature_names`` when fit saw a DataFrame.
 
 Loading parses JSON and raw tensors only: no pickle, so a file can never run code. Saving writes a temporary file in
 the target's folder, syncs it to disk and renames it over the target: a crash leaves the old file or the new one,
@@ -93,6 +94,7 @@ def to_bytes(model, optimizer=None, path: str = "<bytes>") -> bytes:
         "dtype": model.dtype,
         "seed": None if model.seed is None else _json_safe(int(model.seed)),
         "fused": bool(model.fused),
+        "ensemble_members": int(model.ensemble_members),
         "layers": [{"in_features": layer.in_features, "out_features": layer.out_features,
                     "activation": _config(layer.activation, activations_mod.ACTIVATIONS, "activation", strict=True),
                     "init": layer.init, "dropout": layer.dropout} for layer in model.layers],
@@ -121,6 +123,8 @@ def to_bytes(model, optimizer=None, path: str = "<bytes>") -> bytes:
     user = getattr(model, "metadata", None)
     if user is not None:
         meta["metadata"] = user
+    if getattr(model, "feature_names", None) is not None:
+        meta["feature_names"] = [str(c) for c in model.feature_names]
     try:
         text = json.dumps(meta, allow_nan=False, sort_keys=True)
     except (TypeError, ValueError) as exc:
@@ -342,6 +346,10 @@ def from_bytes(data: bytes, device="cpu", path: str = "<bytes>"):
             if not np.all(np.isfinite(t)):
                 raise bad(f"tensor {name!r} holds NaN or infinity {_first_bad(t)}")
         model.set_weights([tensors[f"layers.{i // 2}.{'Wb'[i % 2]}"] for i in range(len(shapes))])
+        members = meta.get("ensemble_members", 1)
+        if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+            raise bad(f"invalid ensemble_members {members!r} in the gpunet metadata; expected a positive integer")
+        model.ensemble_members = members
         model.loss, model.metrics = loss, metrics
         if opt_meta is not None:
             model.optimizer = _optimizer(path, opt_meta, tensors, model)
@@ -351,6 +359,8 @@ def from_bytes(data: bytes, device="cpu", path: str = "<bytes>"):
             "dropout": None if dropout is None else _generator(path, dropout).bit_generator.state})
         if "metadata" in meta:
             model.metadata = meta["metadata"]
+        if meta.get("feature_names") is not None:
+            model.feature_names = [str(c) for c in meta["feature_names"]]
     except (KeyError, TypeError, AttributeError, IndexError) as exc:
         raise bad(f"malformed gpunet metadata ({type(exc).__name__}: {exc})") from None
     return model

@@ -82,6 +82,11 @@ class Sequential:
         # the training step, its generators and workspaces, and the last fit's loss, optimizer and metrics
         self.trainer = Trainer(self, shuffle_seed, dropout_seed)
         self.stop_training = False  # a callback sets it to end fit after the current epoch
+        # > 1: the model packs that many networks side by side for prediction (gpunet.recipe.pack); training it
+        # would couple them through its zero blocks, so the trainer refuses
+        self.ensemble_members = 1
+        # the column names of the DataFrame fit last saw (None: fitted on arrays); later DataFrames are matched by name
+        self.feature_names: list[str] | None = None
 
     # the loss, metrics and optimizer of the last fit (the trainer's): defaults for the next fit and for evaluate();
     # save() stores them and load() restores them, so training resumes where it stopped
@@ -293,7 +298,9 @@ class Sequential:
         Args:
             X: ``(n, n_inputs)`` features: host data (NumPy, lists) is moved to the model's device once, here;
                 arrays of the model's own namespace are used in place (a CuPy array on another GPU is copied to the
-                model's, once). Arrays of another library are refused.
+                model's, once). Arrays of another library are refused. A pandas or polars DataFrame of numeric
+                columns is converted once; its column names become ``model.feature_names`` (saved with the model),
+                and later DataFrames (``predict``, ``evaluate``, ``validation_data``) are matched to them by name.
             y: targets, see :meth:`gpunet.losses.Loss.prepare_target` (cce also takes class indices).
             loss: a name (``"mse"``, ``"mae"``, ``"huber"``, ``"bce"``, ``"cce"``) or a Loss; ``None``: the last
                 fit's loss, else ``"mse"``.
@@ -338,6 +345,7 @@ class Sequential:
             raise ValueError(f"verbose must be 0, 1 or 2; received verbose={verbose!r}")
         callbacks = self._callbacks(callbacks, verbose)
         metric_objs = self._metrics(metrics, loss)
+        X, names = validation.table_features("X", X, self.feature_names)
         X, Y = self._data("X", X, "y", y, loss)
         W = self._row_weights(sample_weight, class_weight, Y, loss)
         if validation_data is not None and validation_split is not None:
@@ -346,8 +354,8 @@ class Sequential:
         if validation_data is not None:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
                 raise TypeError("validation_data must be a pair (X_val, y_val)")
-            val = self._data("validation_data[0]", validation_data[0], "validation_data[1]", validation_data[1],
-                             loss)
+            val_X, _ = validation.table_features("validation_data[0]", validation_data[0], names or self.feature_names)
+            val = self._data("validation_data[0]", val_X, "validation_data[1]", validation_data[1], loss)
         elif validation_split is not None:
             fraction = validation.number_in("validation_split", validation_split, 0.0, 1.0)
             if fraction == 0:
@@ -360,6 +368,8 @@ class Sequential:
                 val = (take(X, val_rows), take(Y, val_rows))
                 X, Y = take(X, train_rows), take(Y, train_rows)
                 W = None if W is None else take(W, train_rows)
+        if names is not None:
+            self.feature_names = names
         n = X.shape[0]
         batch = n if batch_size is None else min(batch_size, n)
         self.trainer.configure(loss, optimizer, metric_objs)
@@ -405,6 +415,7 @@ class Sequential:
         metric_objs = self._metrics(metrics, loss) if metrics is not None else self.metrics
         if batch_size is not None:
             batch_size = validation.positive_int("batch_size", batch_size)
+        X, _ = validation.table_features("X", X, self.feature_names)
         X, Y = self._data("X", X, "y", y, loss)
         with self.backend.activate():
             return self._evaluate(X, Y, loss, metric_objs, batch_size)
@@ -482,6 +493,7 @@ class Sequential:
         return self.backend.to_device(validation.as_array(name, data, self.backend))
 
     def _features(self, name: str, X):
+        X, _ = validation.table_features(name, X, self.feature_names)
         with self.backend.activate():  # checks and copies run on the model's GPU
             X = validation.features(name, self._as_array(name, X), self.n_inputs)
             return self._on_device(validation.within_dtype(name, X, self.dtype))

@@ -130,6 +130,10 @@ class Trainer:
         """Train with ``loss`` (a Loss), ``optimizer`` (an Optimizer, whose state carries over) and ``metrics``
         (Metric objects, recorded per epoch). Warns (at the user's call) when the output layer and the loss look
         mismatched."""
+        members = self.model.ensemble_members
+        if members > 1:
+            raise ValueError(f"this model packs an ensemble of {members} networks for prediction (block-diagonal "
+                             f"weights): training it further would couple them; train the member networks instead")
         self.loss, self.optimizer, self.metrics = loss, optimizer, list(metrics)
         self.combined = self._pairing(loss)
 

@@ -164,3 +164,47 @@ def features(name: str, x, n_features: int):
     if x.shape[1] != n_features:
         raise ValueError(f"{name} has {x.shape[1]} features per sample but the model expects {n_features}")
     return finite(name, x)
+
+
+# -- DataFrames (pandas, polars) and pyarrow Tables of numeric columns ----------------------------------------------
+def table_features(name: str, X, expected: list[str] | None):
+    """``(host array, column names)`` for a pandas/polars DataFrame or pyarrow Table of numeric (or boolean)
+    columns, with the columns put in the order of ``expected`` when given (matched by name: a missing or an
+    unexpected column is an error); ``(X, None)`` for anything else. Raw tables (text, dates, blanks) are for
+    :class:`gpunet.tabular.TableTransform` / :class:`gpunet.TableModel`."""
+    from .tabular import is_table
+
+    if not is_table(X):
+        return X, None
+    arrow = type(X).__module__.split(".")[0] == "pyarrow"
+    names = [str(c) for c in (X.column_names if arrow else X.columns)]
+    dupes = sorted({c for c in names if names.count(c) > 1})
+    if dupes:
+        raise ValueError(f"{name} has duplicate column names {dupes}; each column needs its own name")
+    if expected is not None and names != list(expected):
+        missing = [c for c in expected if c not in names]
+        extra = [c for c in names if c not in expected]
+        if missing or extra:
+            raise ValueError(f"{name} has columns {names}, but the model was fitted on {list(expected)}"
+                             + (f"; missing: {missing}" if missing else "") + (f"; unexpected: {extra}" if extra else ""))
+    order = list(expected) if expected is not None else names
+    position = {c: i for i, c in enumerate(names)}
+    columns = []
+    for column in order:
+        if arrow:
+            values = X.column(position[column]).to_numpy(zero_copy_only=False)
+        elif type(X).__module__.split(".")[0] == "polars":
+            values = X.get_column(column).to_numpy()
+        else:
+            series = X.iloc[:, position[column]]
+            kind = getattr(series.dtype, "kind", "O")
+            values = series.to_numpy(dtype=np.float64, na_value=np.nan) if kind in "biuf" and series.hasnans \
+                else series.to_numpy()
+        values = np.asarray(values)
+        if values.dtype.kind not in "biuf":
+            raise TypeError(f"{name} column {column!r} holds {values.dtype} values, not numbers; encode raw tables with "
+                            f"gpunet.tabular.TableTransform (or train a gpunet.TableModel)")
+        columns.append(values)
+    if not columns:
+        raise ValueError(f"{name} has no columns")
+    return np.column_stack(columns), names if expected is None else list(expected)

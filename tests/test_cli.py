@@ -42,7 +42,7 @@ def test_train_with_dropout_and_clipping_saves_them(capsys, tmp_path):
 
     path = tmp_path / "iris.safetensors"
     code, out, _ = run(capsys, "train", "--dataset", "iris", "--epochs", "150", "--device", "cpu", "--quiet",
-                       "--dropout", "0.2", "--global-clipnorm", "1.0", "--save", str(path))
+                       "--dropout", "0.2", "--global-clipnorm", "1.0", "--ensemble", "1", "--save", str(path))
     assert code == 0 and float(out.split("test: accuracy ")[1].split()[0]) >= 0.85
     model = gn.load(path)
     assert [layer.dropout for layer in model.layers] == [0.2, 0.2, 0.0]
@@ -51,7 +51,7 @@ def test_train_with_dropout_and_clipping_saves_them(capsys, tmp_path):
 
 def test_train_shows_progress_device_and_time(capsys):
     code, out, err = run(capsys, "train", "--dataset", "iris", "--epochs", "3", "--device", "cpu",
-                         "--early-stopping", "0")
+                         "--early-stopping", "0", "--ensemble", "1")
     assert code == 0
     assert "Epoch 3/3" in out + err  # the tqdm bar
     assert "trained 3 epoch(s) in" in out and "on cpu" in out
@@ -128,12 +128,18 @@ def test_plot_writes_a_png(capsys, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["train", "--dataset", "mnist"], "unknown dataset 'mnist'"),
     (["train", "--dataset", "csv:/no/such/file.csv"], "CSV file not found"),
+    (["train", "--dataset", "parquet:/no/such/file.parquet"], "Parquet file not found"),
+    (["train", "--dataset", "iris", "--early-stopping", "-1"], "--early-stopping must be an integer >= 0"),
+    (["train", "--dataset", "iris", "--epochs", "0"], "--epochs must be a positive integer"),
+    (["train", "--dataset", "iris", "--batch-size", "0"], "--batch-size must be a positive integer"),
+    (["train", "--dataset", "iris", "--dropout", "1"], "--dropout must be in [0, 1)"),
+    (["train", "--dataset", "iris", "--target", "colour"], "there is no target column 'colour'"),
     (["train", "--layers", "64,x"], "--layers must be comma-separated positive integers"),
     (["train", "--layers", "0"], "--layers must be positive"),
     (["train", "--dataset", "iris", "--loss", "mse"], "--loss mse does not fit a multiclass task"),
     (["train", "--dataset", "iris", "--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'"),
     (["train", "--dataset", "iris", "--activation", "swishy"], "unknown activation 'swishy'"),
-    (["train", "--dataset", "iris", "--lr", "-1"], "lr must be in [0.0, inf)"),
+    (["train", "--dataset", "iris", "--lr", "-1"], "--lr must be a finite number >= 0"),
     (["train", "--dataset", "iris", "--val-split", "1.5"], "--val-split must be in"),
     (["train", "--dataset", "iris", "--device", "tpu"], "device must be"),
     (["evaluate", "/no/such/model.safetensors", "--dataset", "iris"], "model.safetensors"),
@@ -147,9 +153,10 @@ def test_bad_options_end_with_one_line_and_status_2(capsys, argv, message):
 
 
 @pytest.mark.parametrize("rows, message", [
-    ([["a", "b", "y"], ["1", "2", "0"], ["3", "oops", "1"], ["1", "1", "1"]], "line 3, column 'b': 'oops' is not a number"),
     ([["a", "b", "y"], ["1", "2", "0"], ["3", "4"], ["1", "1", "1"]], "line 3: 2 fields, but the header has 3"),
-    ([["a", "y"], ["1", "0"]], "at least 2 data rows"),
+    ([["a", "b", "y"], ["1", "2", "0"], ["3", "4", "1", "9"], ["1", "1", "1"]], "line 3: 4 fields, but the header has 3"),
+    ([["a", "y"], ["1", "0"]], "holds a single class '0'"),
+    ([["a", "y"]], "needs a header row and at least 1 data row"),
 ])
 def test_malformed_csv(capsys, tmp_path, rows, message):
     path = tmp_path / "bad.csv"

@@ -221,3 +221,27 @@ def test_a_hook_value_is_added_to_the_batch_loss():
     np.testing.assert_allclose(b["loss"], np.asarray(a["loss"]) + 0.25, rtol=1e-14)
     for u, v in zip(plain.get_weights(), penalised.get_weights()):
         np.testing.assert_array_equal(u, v)
+
+
+def test_a_packed_ensemble_refuses_training(tmp_path):
+    """recipe.pack lays an ensemble's networks side by side with zero blocks between them: training the packed
+    model would fill those blocks and couple the networks, so it is refused, also after a save and load."""
+    from gpunet.recipe import pack
+
+    X, y = problem()
+    members = [model(seed=s) for s in range(3)]
+    for m in members:
+        m.fit(X, y, loss="cce", optimizer="adam", epochs=1)
+    packed = pack(members)
+    np.testing.assert_allclose(packed.predict(X).shape, (20, 3))
+    for net in (packed, None):
+        if net is None:
+            packed.save(tmp_path / "ensemble.safetensors")
+            net = gn.load(tmp_path / "ensemble.safetensors")
+        before = net.get_weights()
+        with pytest.raises(ValueError, match="ensemble of 3 networks"):
+            net.fit(X, y, epochs=1)
+        with pytest.raises(ValueError, match="ensemble of 3 networks"):
+            net.train_on_batch(X, y, "cce", "sgd")
+        for a, b in zip(before, net.get_weights()):
+            np.testing.assert_array_equal(a, b)

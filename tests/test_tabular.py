@@ -1,0 +1,223 @@
+"""Column handling (gpunet.tabular) held to scikit-learn's encoders and hand-computed values; DataFrames in
+Sequential.fit/predict/evaluate; TableModel in Python."""
+
+import json
+
+import numpy as np
+import pytest
+
+import gpunet as gn
+from gpunet.tabular import TableError, TableTransform, TargetTransform, canonical_label
+
+pd = pytest.importorskip("pandas")
+sklearn_preprocessing = pytest.importorskip("sklearn.preprocessing")
+
+
+def messy(n=40, seed=0):
+    """Numbers with blanks, text categories with blanks, a yes/no column, ISO dates, a name per row, a row
+    number, a constant, and a numeric column whose placeholder for missing is '?'."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(10, 3, n).round(3)
+    x[[3, 7]] = np.nan
+    colour = rng.choice(["red", "green", "blue"], n).astype(object)
+    colour[[2, 5]] = None
+    q = rng.integers(0, 50, n).astype(str).astype(object)
+    q[4] = "?"
+    return pd.DataFrame({
+        "x": x, "colour": colour, "member": rng.choice(["yes", "no"], n),
+        "day": [f"2021-{m:02d}-{d:02d}" for m, d in zip(rng.integers(1, 13, n), rng.integers(1, 29, n))],
+        "name": [f"customer {i}" for i in range(n)], "row": np.arange(n), "const": 5, "q": q,
+    })
+
+
+def test_numeric_columns_match_sklearn_imputer_scaler_and_indicator():
+    table = messy()
+    t = TableTransform().fit(table)
+    out = t.transform(table)
+    names = t.feature_names
+    x = table["x"].to_numpy()
+    observed = ~np.isnan(x)
+    scaler = sklearn_preprocessing.StandardScaler().fit(x[observed, None])
+    z = out[:, names.index("x")]
+    np.testing.assert_allclose(z[observed], scaler.transform(x[observed, None])[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(z[~observed], (np.median(x[observed]) - scaler.mean_[0]) / scaler.scale_[0])
+    from sklearn.impute import MissingIndicator
+
+    np.testing.assert_array_equal(out[:, names.index("x=missing")], MissingIndicator().fit_transform(x[:, None])[:, 0])
+
+
+def test_categories_match_sklearn_one_hot_with_unknown_as_zeros():
+    table = messy()
+    t = TableTransform().fit(table)
+    names = t.feature_names
+    cols = [i for i, n in enumerate(names) if n.startswith("colour=") and n != "colour=(missing)"]
+    assert [names[i] for i in cols] == ["colour=blue", "colour=green", "colour=red"]
+    new = messy(seed=1)
+    new.loc[0, "colour"] = "purple"  # unseen in training
+    encoder = sklearn_preprocessing.OneHotEncoder(handle_unknown="ignore", sparse_output=False)
+    encoder.fit(table[["colour"]].dropna())
+    expected = encoder.transform(new[["colour"]].fillna("(none)"))
+    out = t.transform(new)
+    np.testing.assert_array_equal(out[:, cols], expected)
+    np.testing.assert_array_equal(out[:, names.index("colour=(missing)")], new["colour"].isna().to_numpy())
+    assert out[0, cols].sum() == 0 and any("unseen in training ('purple')" in n for n in t.notes)
+
+
+def test_what_happens_to_each_column():
+    t = TableTransform().fit(messy())
+    kinds = {c["name"]: c["kind"] for c in t.columns}
+    assert kinds == {"x": "numeric", "colour": "categorical", "member": "boolean", "day": "date", "name": "left out",
+                     "row": "left out", "const": "left out", "q": "numeric"}
+    reasons = {c["name"]: c.get("reason") for c in t.columns}
+    assert "ID-like" in reasons["name"] and "row number" in reasons["row"] and "constant" in reasons["const"]
+    assert t.inputs == ["x", "colour", "member", "day", "q"]
+    text = "\n".join(t.describe())
+    assert "left out: name (ID-like" in text and "'?' read as missing" in text and "1 = yes" in text
+    out = t.transform(messy())
+    member = out[:, t.feature_names.index("member")]
+    yes = (messy()["member"] == "yes").to_numpy()
+    np.testing.assert_allclose(member, (yes - yes.mean()) / yes.std())
+    assert np.isnan(out).sum() == 0 and out.dtype == np.float64
+
+
+def test_dates_become_decimal_year_season_month_weekday():
+    table = pd.DataFrame({"when": ["2020-07-02", "2021-01-01", "2019-03-15", None], "v": [1.0, 2.0, 3.0, 4.0]})
+    t = TableTransform().fit(table)
+    column = t.columns[0]
+    assert column["kind"] == "date" and column["format"] == "%Y-%m-%d" and column["indicator"]
+    assert list(column["parts"]) == ["year", "month", "season_sin", "season_cos", "weekday"]
+    years = np.array([2020 + 183 / 366, 2021.0, 2019 + 73 / 365])  # 2020-07-02: day 184 of a leap year
+    out = t.transform(table)
+    stats = column["parts"]["year"]
+    np.testing.assert_allclose(out[:3, 0] * stats["sd"] + stats["mean"], years, rtol=1e-12)
+    assert stats["fill"] == pytest.approx(np.median(years))
+    weekday = out[:3, t.feature_names.index("when.weekday")] * column["parts"]["weekday"]["sd"] + \
+        column["parts"]["weekday"]["mean"]
+    np.testing.assert_allclose(weekday, [3, 4, 4])  # Thursday, Friday, Friday
+    assert out[3, t.feature_names.index("when=missing")] == 1.0
+
+
+def test_json_round_trip_gives_the_same_features():
+    table = messy()
+    t = TableTransform().fit(table)
+    again = TableTransform.from_json(json.loads(json.dumps(t.to_json())))
+    np.testing.assert_array_equal(again.transform(messy(seed=3)), t.transform(messy(seed=3)))
+    assert again.feature_names == t.feature_names
+
+
+def test_columns_are_matched_by_name_and_missing_ones_refused():
+    table = messy()
+    t = TableTransform().fit(table)
+    shuffled = table[list(reversed(table.columns))].assign(extra=1)
+    expected = t.transform(table)
+    np.testing.assert_array_equal(t.transform(shuffled), expected)
+    assert t.notes == ["column(s) unknown in training ignored: ['extra']"]
+    assert t.transform(table.drop(columns=["name", "row"])).shape[0] == len(table)  # left-out columns not needed
+    with pytest.raises(TableError, match=r"lacks the column\(s\) \['colour'\]"):
+        t.transform(table.drop(columns=["colour"]))
+    bad = table.assign(x=table["x"].astype(object))
+    bad.loc[1, "x"] = "abc"
+    with pytest.raises(TableError, match="row 2, column 'x': 'abc' is not a number"):
+        t.transform(bad)
+
+
+def test_unnamed_index_duplicates_and_user_choices():
+    table = pd.DataFrame({"Unnamed: 0": np.arange(10) * 2, "code": [1, 2, 3, 1, 2, 3, 1, 2, 3, 1],
+                          "v": np.linspace(0, 1, 10)})
+    t = TableTransform(categorical=["code"], ignore=["v"]).fit(table)
+    assert [c["kind"] for c in t.columns] == ["left out", "categorical", "left out"]
+    assert t.feature_names == ["code=1", "code=2", "code=3"]
+    with pytest.raises(TableError, match="duplicate column names"):
+        TableTransform().fit(pd.DataFrame([[1, 2], [3, 4]], columns=["a", "a"]))
+    with pytest.raises(TableError, match="no usable feature column"):
+        TableTransform().fit(pd.DataFrame({"a": [None, None, None], "b": [1, 1, 1]}))
+
+
+def test_polars_and_pyarrow_tables_give_the_pandas_features():
+    pl = pytest.importorskip("polars")
+    pa = pytest.importorskip("pyarrow")
+    table = messy().drop(columns=["q"])
+    t = TableTransform().fit(table)
+    np.testing.assert_array_equal(TableTransform().fit(pl.from_pandas(table)).transform(pl.from_pandas(table)),
+                                  t.transform(table))
+    np.testing.assert_array_equal(t.transform(pa.Table.from_pandas(table)), t.transform(table))
+
+
+@pytest.mark.parametrize("values, task, classes", [
+    ([0, 1, 1, 0, 1, 0, 1, 0, 1, 1], "binary", ["0", "1"]),
+    (["b", "a", "c", "a", "b", "c"], "multiclass", ["a", "b", "c"]),
+    ([2.5, 1.0, 3.0, 4.0, 5.5, 6.0], "regression", []),
+    ([True, False, True, True], "binary", ["False", "True"]),
+    (list(range(30)) * 2, "regression", []),  # 30 whole numbers: inferred as a number
+])
+def test_target_task_inference(values, task, classes):
+    t = TargetTransform("y").fit(pd.Series(values))
+    assert (t.task, t.classes) == (task, classes)
+
+
+def test_target_overrides_and_labels():
+    codes = pd.Series(list(range(30)) * 2)
+    t = TargetTransform("y").fit(codes, "multiclass")  # more than 20 whole numbers: still classes when asked
+    assert len(t.classes) == 30 and t.classes[:3] == ["0", "1", "2"]
+    cylinders = pd.Series([4, 6, 8, 4, 6, 8, 4, 4, 8, 6])
+    t = TargetTransform("cylinders").fit(cylinders, "regression")
+    np.testing.assert_array_equal(t.labels(cylinders), cylinders.to_numpy(float))  # values, never class indices
+    t = TargetTransform("y").fit(pd.Series([0, 1, 0, 1]))
+    np.testing.assert_array_equal(t.labels(pd.Series([0.0, 1.0, 1.0])), [0, 1, 1])  # 0.0 is the label 0
+    np.testing.assert_array_equal(t.labels(pd.Series([1, 1])), [1, 1])  # one class is fine when scoring
+    with pytest.raises(TableError, match=r"label\(s\) the model never saw: \['2'\]"):
+        t.labels(pd.Series([0, 2]))
+    with pytest.raises(TableError, match="holds labels such as 'a', not numbers"):
+        TargetTransform("y").fit(pd.Series(["a", "b"]), "regression")
+    with pytest.raises(TableError, match="not whole, such as 2.5"):
+        TargetTransform("y").fit(pd.Series([1.0, 2.5, 3.0]), "multiclass")
+    with pytest.raises(TableError, match="binary needs exactly 2"):
+        TargetTransform("y").fit(pd.Series(["a", "b", "c"]), "binary")
+    assert [canonical_label(v) for v in (1.0, "1", " 1 ", np.int64(1), np.float32(1))] == ["1"] * 5
+
+
+# -- Sequential with DataFrames ------------------------------------------------------------------------------------
+def test_sequential_fit_predict_evaluate_match_dataframe_columns_by_name(tmp_path):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=64), "b": rng.normal(size=64), "c": rng.normal(size=64)})
+    y = (2 * frame["a"] - frame["c"]).to_numpy()
+    model = gn.Sequential([gn.Dense(3, 1)], dtype="float64", seed=0)
+    model.fit(frame, y, loss="mse", optimizer="adam", epochs=3, validation_data=(frame[["c", "a", "b"]], y))
+    assert model.feature_names == ["a", "b", "c"]
+    expected = model.predict(frame.to_numpy())
+    np.testing.assert_array_equal(model.predict(frame[["c", "b", "a"]]), expected)
+    assert model.evaluate(frame[["b", "a", "c"]], y)["loss"] == model.evaluate(frame.to_numpy(), y)["loss"]
+    model.save(tmp_path / "m.safetensors")
+    loaded = gn.load(tmp_path / "m.safetensors")
+    assert loaded.feature_names == ["a", "b", "c"]
+    np.testing.assert_array_equal(loaded.predict(frame[["b", "c", "a"]]), expected)
+    with pytest.raises(ValueError, match=r"missing: \['c'\]; unexpected: \['d'\]"):
+        loaded.predict(frame.rename(columns={"c": "d"}))
+    with pytest.raises(TypeError, match="column 's' holds .* not numbers; encode raw tables"):
+        gn.Sequential([gn.Dense(2, 1)]).predict(pd.DataFrame({"n": [1.0], "s": ["x"]}))
+    pl = pytest.importorskip("polars")
+    np.testing.assert_array_equal(model.predict(pl.from_pandas(frame[["b", "a", "c"]])), expected)
+
+
+def test_table_model_in_python(tmp_path):
+    table = pd.read_csv(__file__.rsplit("/", 1)[0] + "/data/penguins.csv")
+    tm, history, test = gn.TableModel.train(table, "species", recipe=gn.Recipe(ensemble=2, epochs=60), seed=0,
+                                            test_split=0.25)
+    assert tm.target.classes == ["Adelie", "Chinstrap", "Gentoo"] and len(tm.histories) == 2
+    score = tm.score(test)
+    assert score["accuracy"] >= 0.95 and score["confusion"].sum() == len(test)
+    predicted = tm.predict(test)
+    assert set(predicted) <= set(tm.target.classes) and len(predicted) == len(test)
+    assert np.mean(predicted == test["species"].to_numpy()) == pytest.approx(score["accuracy"])
+    tm.save(tmp_path / "p.safetensors")
+    again = gn.TableModel.load(tmp_path / "p.safetensors")
+    np.testing.assert_allclose(again.predict_proba(test), tm.predict_proba(test), rtol=1e-6)
+
+
+def test_pack_is_the_mean_of_its_members():
+    from gpunet.recipe import build_model, pack
+
+    members = [build_model(3, 2, None, gn.Recipe(hidden=(5, 4)), "cpu", "float64", s) for s in range(3)]
+    x = np.random.default_rng(0).normal(size=(7, 3))
+    np.testing.assert_allclose(pack(members).predict(x), np.mean([m.predict(x) for m in members], axis=0),
+                               rtol=1e-12, atol=1e-14)
