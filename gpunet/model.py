@@ -16,6 +16,7 @@ from . import optim as optim_mod
 from . import training, validation
 from .backend import DTYPES, flat, fused_default, get_backend, ops_for, to_numpy
 from .callbacks import History
+from .sources import ArraySource
 from .trainer import Trainer
 
 logger = logging.getLogger("gpunet")
@@ -374,8 +375,8 @@ class Sequential:
         batch = n if batch_size is None else min(batch_size, n)
         self.trainer.configure(loss, optimizer, metric_objs)
         with self.backend.activate():
-            return training.run(self, X, Y, W, val, epochs=epochs, initial_epoch=initial_epoch, batch=batch,
-                                shuffle=shuffle, callbacks=callbacks)
+            return training.run(self, ArraySource(X, Y, W, batch, shuffle), val, epochs=epochs,
+                                initial_epoch=initial_epoch, callbacks=callbacks)
 
     def train_on_batch(self, x, y, loss, optimizer) -> float:
         """One gradient step on one batch (checked like ``fit``); returns the batch loss before the step."""

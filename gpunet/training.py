@@ -25,15 +25,14 @@ from .callbacks import History, NonFiniteLossError
 from .validation import warn_at_caller
 
 
-def run(model, X, Y, W, val, **kwargs) -> History:
-    """Train ``model`` (its trainer configured) on device arrays ``X`` ``(n, in)``, ``Y`` ``(n, out)``, optional row
-    weights ``W`` ``(n, 1)``; ``val`` is ``None`` or device ``(X_val, Y_val)``. Returns the History (also in
-    ``callbacks``).
+def run(model, source, val, **kwargs) -> History:
+    """Train ``model`` (its trainer configured) on the batches of ``source`` (:mod:`gpunet.sources`); ``val`` is
+    ``None`` or device ``(X_val, Y_val)``. Returns the History (also in ``callbacks``).
 
     NumPy's overflow warnings are silenced: divergence is detected and reported by the loop itself.
     """
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"), _Interrupts() as interrupts:
-        return _run(model, X, Y, W, val, interrupts=interrupts, **kwargs)
+        return _run(model, source, val, interrupts=interrupts, **kwargs)
 
 
 class _Interrupts:
@@ -61,18 +60,16 @@ class _Interrupts:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def _run(model, X, Y, W, val, *, epochs, initial_epoch, batch, shuffle, callbacks, interrupts) -> History:
+def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts) -> History:
     trainer = model.trainer
-    n = X.shape[0]
-    starts = list(range(0, n, batch))
-    sizes = [min(batch, n - s) for s in starts]
+    n, sizes = source.n, source.sizes
     history = next(cb for cb in callbacks if isinstance(cb, History))
     history.interrupted = False
     model.stop_training = False
     for cb in callbacks:
         cb.model = model
-        cb.on_train_begin({"epochs": epochs, "initial_epoch": initial_epoch, "steps": len(starts), "samples": n,
-                           "batch_size": batch})
+        cb.on_train_begin({"epochs": epochs, "initial_epoch": initial_epoch, "steps": len(sizes), "samples": n,
+                           "batch_size": sizes[0]})
 
     def running_logs():
         return {"loss": trainer.running_loss()}
@@ -83,18 +80,13 @@ def _run(model, X, Y, W, val, *, epochs, initial_epoch, batch, shuffle, callback
             for cb in callbacks:
                 cb.on_epoch_begin(epoch)
             snapshot = trainer.snapshot()
-            Xe, Ye, We = X, Y, W
-            if shuffle and batch < n:
-                order = trainer.epoch_order(n)
-                Xe, Ye = model.xp.take(X, order, axis=0), model.xp.take(Y, order, axis=0)
-                We = None if W is None else model.xp.take(W, order, axis=0)
+            batch = source.epoch(trainer)
 
             def step(b):
-                rows = slice(starts[b], starts[b] + sizes[b])
-                return trainer._step(Xe[rows, ...], Ye[rows, ...], None if We is None else We[rows, ...])
+                return trainer._step(*batch(b))
 
             trainer.begin_epoch(sizes)
-            for b in range(len(starts)):
+            for b in range(len(sizes)):
                 step(b)
                 for cb in callbacks:
                     cb.on_batch_end(b, running_logs)
@@ -112,7 +104,7 @@ def _run(model, X, Y, W, val, *, epochs, initial_epoch, batch, shuffle, callback
                     cb.on_nonfinite(error)  # fit, a raised one skips the callbacks' on_train_end)
                 break
             if interrupts.requested:
-                note = (f"in epoch {epoch + 1} after batch {done} of {len(starts)}: the model keeps the weights of "
+                note = (f"in epoch {epoch + 1} after batch {done} of {len(sizes)}: the model keeps the weights of "
                         f"that last finished step")
                 break
             logs = {"loss": totals.loss, **totals.metrics}
