@@ -5,7 +5,10 @@ checks arguments: ``fit`` has done that once. Per batch nothing moves between ho
 calls its ``running_logs()`` (the progress bar does, at most every ``refresh`` seconds). Per epoch there is one
 host -> device copy of the shuffled row order (when shuffling), one read of the batch losses, one of a "weights
 finite" flag, one per device array of each metric's statistics (one for accuracy, mse and mae; three for r2), and
-the validation pass; rolling back a diverged epoch reads the flag once per replayed step.
+the validation pass; rolling back a diverged epoch reads the flag once per replayed step. A source whose batches can
+be read only once per epoch (``source.replayable`` False: an iterable of batches) rolls a diverged epoch back to its
+start instead of replaying its finite steps; a source of unknown length (``source.sizes`` None) ends its epoch when
+``batch(b)`` returns None.
 
 Ctrl-C: in the main thread, the first SIGINT during ``fit`` lets the current step finish and ends the fit there (a
 second one interrupts at once); elsewhere the KeyboardInterrupt arrives as an exception, and the fit restores the
@@ -15,6 +18,7 @@ keeps.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 
@@ -27,7 +31,8 @@ from .validation import warn_at_caller
 
 def run(model, source, val, **kwargs) -> History:
     """Train ``model`` (its trainer configured) on the batches of ``source`` (:mod:`gpunet.sources`); ``val`` is
-    ``None`` or device ``(X_val, Y_val)``. Returns the History (also in ``callbacks``).
+    ``None``, device ``(X_val, Y_val)``, or an object evaluated in batches (``val.evaluate(model, loss, metrics)``:
+    :class:`gpunet.sources.Evaluation`). Returns the History (also in ``callbacks``).
 
     NumPy's overflow warnings are silenced: divergence is detected and reported by the loop itself.
     """
@@ -63,13 +68,14 @@ class _Interrupts:
 def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts) -> History:
     trainer = model.trainer
     n, sizes = source.n, source.sizes
+    steps = len(sizes) if sizes is not None else getattr(source, "steps", None)
     history = next(cb for cb in callbacks if isinstance(cb, History))
     history.interrupted = False
     model.stop_training = False
     for cb in callbacks:
         cb.model = model
-        cb.on_train_begin({"epochs": epochs, "initial_epoch": initial_epoch, "steps": len(sizes), "samples": n,
-                           "batch_size": sizes[0]})
+        cb.on_train_begin({"epochs": epochs, "initial_epoch": initial_epoch, "steps": steps, "samples": n,
+                           "batch_size": sizes[0] if sizes else None})
 
     def running_logs():
         return {"loss": trainer.running_loss()}
@@ -86,8 +92,11 @@ def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts) ->
                 return trainer._step(*batch(b))
 
             trainer.begin_epoch(sizes)
-            for b in range(len(sizes)):
-                step(b)
+            for b in range(len(sizes)) if sizes is not None else itertools.count():
+                arrays = batch(b)
+                if arrays is None:  # the end of an epoch of unknown length
+                    break
+                trainer._step(*arrays)
                 for cb in callbacks:
                     cb.on_batch_end(b, running_logs)
                 if interrupts.requested:
@@ -97,19 +106,26 @@ def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts) ->
             if not (totals.finite and trainer.weights_finite()):
                 bad = totals.first_nonfinite
                 bad = done if bad is None else bad
-                kept = _roll_back(trainer, snapshot, step, max(bad - 1, 0))
+                if source.replayable:
+                    kept = _roll_back(trainer, snapshot, step, max(bad - 1, 0))
+                else:  # its batches cannot be read again: back to where the epoch began
+                    trainer.restore(snapshot)
+                    kept = 0
                 error = NonFiniteLossError(_divergence_message(epoch, bad, totals.batch_losses, kept, done), epoch,
                                            min(bad, done - 1), history)
                 for cb in callbacks:  # TerminateOnNaN raises the error or stops quietly (like any exception in
                     cb.on_nonfinite(error)  # fit, a raised one skips the callbacks' on_train_end)
                 break
             if interrupts.requested:
-                note = (f"in epoch {epoch + 1} after batch {done} of {len(sizes)}: the model keeps the weights of "
+                of = f" of {steps}" if steps is not None else ""
+                note = (f"in epoch {epoch + 1} after batch {done}{of}: the model keeps the weights of "
                         f"that last finished step")
                 break
             logs = {"loss": totals.loss, **totals.metrics}
             if val is not None:
-                logs.update({f"val_{k}": v for k, v in model._evaluate(*val, trainer.loss, trainer.metrics).items()})
+                scores = (model._evaluate(*val, trainer.loss, trainer.metrics) if isinstance(val, tuple) else
+                          val.evaluate(model, trainer.loss, trainer.metrics))
+                logs.update({f"val_{k}": v for k, v in scores.items()})
             for cb in callbacks:
                 cb.on_epoch_end(epoch, logs)
             if model.stop_training:
