@@ -284,10 +284,24 @@ class _BlockSource(_Source):
         cache: dict = {}
 
         def load(k):
-            arrays = _concat([self.read_block(int(j)) for j in buffers[k]])
+            parts = [self.read_block(int(j)) for j in buffers[k]]
             if seed is None:
-                return arrays
-            return _take_rows(arrays, np.random.default_rng([seed, k]).permutation(int(starts[k + 1] - starts[k])))
+                return _concat(parts)
+            total = int(starts[k + 1] - starts[k])
+            # row i of the shuffled buffer is row order[i] of its blocks one after the other: each block's rows are
+            # written straight to their places (one buffer in memory, not the blocks plus a shuffled copy)
+            order = np.random.default_rng([seed, k]).permutation(total)
+            place = np.empty(total, dtype=np.int64)
+            place[order] = np.arange(total)
+            out = tuple(None if a is None else np.empty((total,) + a.shape[1:], dtype=a.dtype) for a in parts[0])
+            start = 0
+            for part in parts:
+                rows = place[start:start + part[0].shape[0]]
+                for o, a in zip(out, part):
+                    if o is not None:
+                        o[rows] = a
+                start += part[0].shape[0]
+            return out
 
         def read(b):
             if b >= len(sizes):
@@ -341,7 +355,8 @@ class ArrayStream(_Stream):
         shuffle: with ``fit(shuffle=True)``: ``"rows"`` (the in-memory fit's exact permutation; each batch's rows
             read in increasing order) or ``"blocks"`` (shuffled blocks of ``block_rows`` rows, rows shuffled within
             buffers of ``buffer_blocks`` blocks; sequential reads).
-        block_rows: rows per block for ``shuffle="blocks"`` (default: about 4 MiB of ``X``).
+        block_rows: rows per block for ``shuffle="blocks"`` (default: a buffer of ``buffer_blocks`` blocks holds
+            about 4 MiB of ``X``).
         buffer_blocks: blocks per shuffle buffer.
 
     Before training, the arrays are checked in chunks of about 4 MiB with the checks and messages of in-memory
@@ -446,7 +461,7 @@ class ArrayStream(_Stream):
         transfer = transfer_mod.for_backend(model.backend, model.dtype)
         arrays = (self.X, None if loss is None else self.y, None if loss is None else self.sample_weight)
         if self.shuffle == "blocks" and shuffle:
-            rows = self.block_rows or _chunk_rows(self.X)
+            rows = self.block_rows or max(1, _chunk_rows(self.X) // self.buffer_blocks)  # a buffer: about 4 MiB
             blocks = _sizes(self.n, rows)
 
             def read_block(k):
@@ -735,7 +750,7 @@ class _ItemSource:
                 index, item = got
                 where = f"{self.names[0]}, batch {index}"
                 out.append(self.prepare(*_unpack(item, self.loss, index), check=self.check, where=where))
-            if mix and len(out) > 1:
+            if mix and out:
                 sizes = [x.shape[0] for x, _, _ in out]
                 merged = _take_rows(_concat(out), np.random.default_rng([seed, k]).permutation(sum(sizes)))
                 bounds = np.cumsum([0] + sizes)
