@@ -395,7 +395,9 @@ class ArrayStream(_Stream):
         kind = "memmap" if isinstance(self.X, np.memmap) else "array"
         return f"ArrayStream({self.n} rows of {self.X.shape[1]} {self.X.dtype} ({kind}), shuffle={self.shuffle!r})"
 
-    def _subset(self, positions) -> "ArrayStream":
+    def subset(self, positions) -> "ArrayStream":
+        """The rows ``positions`` (0-based, increasing) of this stream, e.g. a train/test split of a memmap; reads
+        nothing (the positions themselves are held: 8 bytes a row)."""
         sub = object.__new__(ArrayStream)
         sub.__dict__.update(self.__dict__)
         rows = np.asarray(positions, dtype=np.int64)
@@ -450,7 +452,7 @@ class ArrayStream(_Stream):
         from .training import split_validation
 
         train, val = split_validation(self.n, fraction, labels, rng)
-        return self._subset(train), self._subset(val)
+        return self.subset(train), self.subset(val)
 
     def _source(self, model, loss, *, batch, shuffle, class_table=None, names=NAMES, check=False):
         if check:
