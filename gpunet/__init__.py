@@ -6,7 +6,7 @@
 67
 """
 
-from . import activations, callbacks, losses, metrics, optim, tabular
+from . import activations, callbacks, losses, metrics, optim, sources, tabular
 from .backend import Backend, cuda_available, cuda_info, get_backend, to_numpy
 from .layers import Dense
 from .callbacks import History, NonFiniteLossError
@@ -36,6 +36,7 @@ __all__ = [
     "optim",
     "plot_history",
     "save",
+    "sources",
     "tabular",
     "to_numpy",
 ]

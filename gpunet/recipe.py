@@ -170,8 +170,8 @@ class TableModel:
         """:meth:`train` for a table too big to load: a :class:`gpunet.data.TableFile` read chunk by chunk.
 
         1. The target column alone: which rows have a target, and the distinct labels.
-        2. A sample of at most ``sample_rows`` (default :data:`SAMPLE_ROWS`) of those rows (all of them for smaller files; otherwise a random
-           choice from ``seed``) is read; the target transform is fitted on it (plus one row of every label only
+        2. A sample of at most ``sample_rows`` (default :data:`SAMPLE_ROWS`) of those rows (all of them for smaller
+           files; otherwise a random choice from ``seed``) is read; the target transform is fitted on it (plus one row of every label only
            seen outside it) and the column transform on its training rows (the test rows held out).
         3. The test and validation rows are split as :meth:`train` splits them (the labels of every row: 8 bytes a
            row), and every row with a target is transformed, chunk by chunk, into a memory-mapped ``(rows,

@@ -50,10 +50,12 @@ import numbers
 from pathlib import Path
 
 import numpy as np
+from array_api_compat import array_namespace
 
 from . import validation
 from .backend import to_numpy
 from .backend import transfer as transfer_mod
+from .backend.devices import on_device_of
 
 CHUNK_BYTES = 4 << 20  # rows are checked, and predicted by default, in pieces of about this many bytes
 BUFFER_BLOCKS = 4  # blocks per shuffle buffer (ParquetStream, ArrayStream(shuffle="blocks"))
@@ -169,7 +171,11 @@ class _Prefetch:
 
     def __call__(self, b):
         ahead, self._ahead = self._ahead, None
-        handle = ahead[1] if ahead is not None and ahead[0] == b else self._upload(b)
+        if ahead is not None and ahead[0] != b:  # a replay asks for another batch than the one read ahead
+            if ahead[1] is not None and ahead[1][0] == "upload":
+                self.transfer.discard(ahead[1][1])
+            ahead = None
+        handle = ahead[1] if ahead is not None else self._upload(b)
         if handle is None:
             return None
         if self.transfer.overlaps and (self.count is None or b + 1 < self.count):
@@ -199,8 +205,6 @@ def _concat(parts):
         elif isinstance(column[0], np.ndarray):
             out.append(np.concatenate(column, axis=0))
         else:
-            from array_api_compat import array_namespace
-
             out.append(array_namespace(column[0]).concat(list(column), axis=0))
     return tuple(out)
 
@@ -212,11 +216,7 @@ def _take_rows(arrays, order):
         if a is None or isinstance(a, np.ndarray):
             out.append(None if a is None else a[order])
         else:
-            from array_api_compat import array_namespace
-
             xp = array_namespace(a)
-            from .backend.devices import on_device_of
-
             with on_device_of(a):
                 out.append(xp.take(a, xp.asarray(order), axis=0))
     return tuple(out)
@@ -546,7 +546,9 @@ class ParquetStream(_Stream):
         return f"ParquetStream({self._label()}, {self.n} rows in {len(self.blocks)} row groups, target={self.target!r})"
 
     def _label(self) -> str:
-        return str(self.files[0]) if len(self.files) == 1 else f"{len(self.files)} Parquet files in {self.files[0].parent}"
+        if len(self.files) == 1:
+            return str(self.files[0])
+        return f"{len(self.files)} Parquet files in {self.files[0].parent}"
 
     def _feature_names(self, model):
         if self.features is not None:

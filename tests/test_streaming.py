@@ -140,8 +140,9 @@ def test_parquet_unshuffled_equals_the_in_memory_fit(parquet_file, data):
     expected = reference.fit(X, labels, sample_weight=weights, loss="cce", optimizer="adam", epochs=3, batch_size=32,
                              shuffle=False, metrics=["accuracy"])
     model = classifier()
-    history = model.fit(sources.ParquetStream(parquet_file, target="label", sample_weight="w", features=FEATURES), loss="cce",
-                        optimizer="adam", epochs=3, batch_size=32, shuffle=False, metrics=["accuracy"])
+    stream = sources.ParquetStream(parquet_file, target="label", sample_weight="w", features=FEATURES)
+    history = model.fit(stream, loss="cce", optimizer="adam", epochs=3, batch_size=32, shuffle=False,
+                        metrics=["accuracy"])
     assert same_weights(model, reference) and history.history == expected.history
     assert model.feature_names == FEATURES
 
@@ -150,8 +151,8 @@ def test_parquet_shuffled_blocks_follow_the_documented_order(parquet_file, data)
     X, _, target, _ = data
     model = regressor()
     rng = copy.deepcopy(model.trainer.shuffle_rng)
-    model.fit(sources.ParquetStream(parquet_file, target="value", features=FEATURES, buffer_blocks=2), optimizer="adam", epochs=3,
-              batch_size=25)
+    model.fit(sources.ParquetStream(parquet_file, target="value", features=FEATURES, buffer_blocks=2),
+              optimizer="adam", epochs=3, batch_size=25)
     sizes = [60] * 8 + [20]
     batches = [b for _ in range(3) for b in hand_blocks(rng, sizes, 2, 25, (X, target))]
     by_hand = regressor()  # the hand-made epochs, one after the other, in order
@@ -286,12 +287,13 @@ def test_predict_and_evaluate_stream_in_batches(data, tmp_path, parquet_file):
     Xm = memmap(tmp_path, "X", X)
     expected = model.predict(X, batch_size=64)
     assert np.array_equal(model.predict(Xm, batch_size=64), expected)
-    assert np.array_equal(model.predict(sources.ParquetStream(parquet_file, features=FEATURES), batch_size=64), expected)
+    parquet = sources.ParquetStream(parquet_file, target="label", features=FEATURES)
+    assert np.array_equal(model.predict(parquet, batch_size=64), expected)
     assert np.array_equal(model.predict([X[s:s + 64] for s in range(0, N, 64)]), expected)
     assert np.array_equal(model.predict(iter([(X[s:s + 64],) for s in range(0, N, 64)])), expected)
     reference = model.evaluate(X, labels)
     for streamed in (model.evaluate(Xm, labels, batch_size=64), model.evaluate(batches_of(X, labels, 64)),
-                     model.evaluate(sources.ParquetStream(parquet_file, target="label", features=FEATURES), batch_size=64)):
+                     model.evaluate(parquet, batch_size=64)):
         assert streamed["loss"] == pytest.approx(reference["loss"], rel=1e-6)
         assert streamed["accuracy"] == reference["accuracy"]
 
@@ -355,7 +357,8 @@ def test_stream_shape_and_weight_checks(data, tmp_path):
         refusal(model.fit, X, labels, sample_weight=negative, loss="cce")
     assert refusal(model.fit, Xm, labels, sample_weight=np.zeros(N), loss="cce") == \
         refusal(model.fit, X, labels, sample_weight=np.zeros(N), loss="cce")
-    assert "needs random access to the rows" in refusal(model.fit, batches_of(X, labels, 50), loss="cce", validation_split=0.2)[1]
+    refused = refusal(model.fit, batches_of(X, labels, 50), loss="cce", validation_split=0.2)
+    assert "needs random access to the rows" in refused[1]
 
 
 def test_bad_batches_are_named(data):
@@ -414,11 +417,21 @@ def test_divergence_roll_back(data, tmp_path):
     with pytest.raises(gn.NonFiniteLossError) as streamed:
         model.fit(memmap(tmp_path, "X", X), big, **{**kw, "optimizer": gn.optim.SGD(lr=1.0)})
     assert str(streamed.value) == str(expected.value) and same_weights(model, reference)
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "big.parquet"
+    pq.write_table(pa.table({**{f"f{j}": X[:, j] for j in range(D)}, "t": big}), path, row_group_size=70)
+    for data_set in (batches_of(X, big, 50), PyDatasetLike(batches_of(X, big, 50)),
+                     sources.ParquetStream(path, target="t")):  # random access: replayed like arrays
+        model = regressor()
+        with pytest.raises(gn.NonFiniteLossError) as replayed:
+            model.fit(data_set, **{**kw, "optimizer": gn.optim.SGD(lr=1.0)})
+        assert str(replayed.value) == str(expected.value) and same_weights(model, reference)
     start = regressor()
     once = regressor()
     with pytest.raises(gn.NonFiniteLossError) as error:
         once.fit(lambda: iter(batches_of(X, big, 50)), **{**kw, "optimizer": gn.optim.SGD(lr=1.0)})
-    assert same_weights(once, start) and f"the weights epoch 1 started with" in str(error.value)
+    assert same_weights(once, start) and "the weights epoch 1 started with" in str(error.value)
 
 
 # -- the CUDA double buffer, on the host: fake streams and events that log what a GPU would be asked -------------
@@ -506,6 +519,22 @@ def test_pinned_double_buffer_orders_copies_and_steps():
             wait = next(i for i, e in enumerate(log) if e == ("wait", "side", slot.consumed) and i > record)
             assert wait < min(i for i in copies if i > read)
             assert ("host_wait", slot.copied) in log[read:record]
+
+
+def test_a_replay_drops_the_batch_read_ahead_but_still_orders_its_copy():
+    rt = FakeRuntime()
+    transfer = transfer_mod.PinnedTransfer(rt)
+    backend = gn.get_backend("cpu")
+    batch = sources._Prefetch(Reader(6, log=rt.log), 6, transfer, backend, "float32")
+    for b in (0, 1, 2, 0, 1, 2, 3):  # a diverged epoch's replay of its first steps
+        x, y, _ = batch(b)
+        assert np.all(x == b) and np.all(y == -b)
+        rt.log.append(("step", b))
+    log = rt.log
+    ahead = log.index(("read", 3))  # read ahead of the first step 2, then dropped for the replay's batch 0
+    again = log.index(("read", 0), ahead)
+    slot = transfer.slots[3 % 2]  # uploads alternate between the two slots: 0, 1, 0, 1 (batch 3)...
+    assert ("wait", "compute", slot.copied) in log[ahead:again]
 
 
 def test_host_transfer_reads_each_batch_when_asked():

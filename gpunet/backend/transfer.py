@@ -22,7 +22,10 @@ next batch travels while the current step computes. Two slots (pinned buffers an
         compute stream waits for s.copied                   (the step sees the whole copy; the host never blocks)
 
 The device arrays handed out for a batch are views of a slot's buffers: valid until the batch after next is
-uploaded, which the training loop never asks for before the step that uses them has been enqueued. The CUDA calls
+uploaded, which the training loop never asks for before the step that uses them has been enqueued. An upload that is
+never used (the batch after an interrupted epoch's last step, a prefetch dropped by a replay) is waited for on the
+compute stream all the same (:meth:`PinnedTransfer.discard`; every copy when the transfer is deleted), so no later
+use of the memory it writes can overtake it. The CUDA calls
 go through a small runtime object (:class:`CupyRuntime`), so the ordering above is tested on the host with fake
 streams and events (tests/test_streaming.py); the CuPy calls themselves need a GPU to run.
 """
@@ -47,6 +50,9 @@ class HostTransfer:
 
     def ready(self, handle):
         return handle
+
+    def discard(self, handle) -> None:
+        pass
 
 
 class CupyRuntime:
@@ -141,6 +147,18 @@ class PinnedTransfer:
         rt = self.runtime
         rt.wait(rt.current_stream(), slot.copied)
         return views
+
+    def discard(self, handle) -> None:
+        """An upload that will not be used: the compute stream still waits for its copy (see the module docstring)."""
+        self.ready(handle)
+
+    def __del__(self):
+        try:
+            rt = self.runtime
+            for slot in self.slots:
+                rt.wait(rt.current_stream(), slot.copied)
+        except Exception:  # noqa: BLE001 - interpreter shutdown, or CUDA already torn down: nothing left to order
+            pass
 
     def _fit(self, slot, i, a) -> None:
         """Buffers for array ``i`` of at least ``a``'s rows (grown, never shrunk: the last batch is a view)."""
