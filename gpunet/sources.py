@@ -32,8 +32,8 @@ Shuffling (``fit(shuffle=True)``), each epoch, from the model's seed:
 - Shuffled blocks (``ParquetStream``; ``ArrayStream(shuffle="blocks")``): the blocks (row groups; ``block_rows``
   consecutive rows) are visited in a random order, and the rows of each buffer of ``buffer_blocks`` consecutive
   blocks (in that order) are shuffled among themselves before being cut into batches of ``batch_size`` rows (a batch
-  may span two buffers). Reads are sequential within a block; rows far apart in the file meet in a batch only when
-  their blocks share a buffer. ``shuffle=False`` reads the rows in file order: the in-memory fit's unshuffled order.
+  may span two buffers). Reads are sequential within a block; a row shares a batch only with rows of its buffer
+  (or, at the buffer's end, of the next one). ``shuffle=False`` reads the rows in file order: the in-memory fit's unshuffled order.
 - :class:`BatchStream`: the batches are the user's and are never re-cut. A list or PyDataset-like object is visited
   in a random order of its batches (Keras's PyDataset shuffling); a generator function's batches come in its own
   order. ``BatchStream(batches, buffer=k)`` also mixes the rows of every ``k`` consecutive batches among them

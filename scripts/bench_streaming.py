@@ -1,8 +1,8 @@
 """Throughput of streamed fits against the in-memory fit: ``python scripts/bench_streaming.py --threads 2``.
 
 Writes a float32 table of ``--rows`` x ``--features`` (class labels in a second file) to a temporary folder, as a
-``.npy`` file and as Parquet, then times one epoch of the same network and batch size (median of ``--repeats``,
-after one warm-up epoch each, the file in the page cache) for:
+``.npy`` file and as Parquet, then times ``fit(epochs=--epochs)`` calls of the same network and batch size (median of
+``--repeats``, after one warm-up fit each, the files in the page cache) for:
 
 - in memory: ``fit(X, y)`` on arrays already loaded (the in-memory fit's per-epoch shuffled copy included);
 - memmap rows: ``fit(np.load(path, mmap_mode="r"), y)``: the exact permutation, each batch gathered from the file;
@@ -10,8 +10,8 @@ after one warm-up epoch each, the file in the page cache) for:
 - Parquet: ``ParquetStream`` (row groups of ``--row-group`` rows, shuffled blocks);
 - batches: a generator function yielding ``(x, y)`` slices of the loaded arrays (no shuffling).
 
-Each fit is a whole ``fit`` call of one epoch, so a streamed fit's one-pass check of the data is in its time (the
-in-memory fit's checks and its copy to the device are in its time too). The cases run round robin, so that other work
+Each time is a whole ``fit`` call, so a streamed fit's one-pass check of the data is in it (the in-memory fit's
+checks and its copy to the device too), spread over ``--epochs`` epochs. The cases run round robin, so that other work
 on the machine slows them alike. Prints samples/s for each and the ratio to the in-memory fit.
 """
 
@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per timed fit call")
     parser.add_argument("--row-group", type=int, default=65536)
     parser.add_argument("--threads", type=int, default=None, help="BLAS threads (threadpoolctl)")
     parser.add_argument("--dir", default=None, help="where the files go (default: a temporary folder)")
@@ -93,7 +94,8 @@ def main(argv=None) -> int:
             "batches from a generator": lambda: (gen, None),
         }
         print(f"{args.rows} rows x {args.features} float32 ({size / 2**20:.0f} MiB), network "
-              f"{'-'.join(map(str, sizes))}, batch {args.batch}, Adam, one epoch, median of {args.repeats}"
+              f"{'-'.join(map(str, sizes))}, batch {args.batch}, Adam, fit calls of {args.epochs} epoch(s), median of "
+              f"{args.repeats}"
               + (f", {args.threads} BLAS threads" if args.threads else ""))
         runs = {}
         for name, make in cases.items():  # warm-up: workspaces, the page cache
@@ -104,10 +106,11 @@ def main(argv=None) -> int:
         for _ in range(args.repeats):  # round robin, so that whatever else runs slows every case alike
             for name, (m, X_, y_) in runs.items():
                 start = time.perf_counter()
-                history = m.fit(X_, y_, epochs=1, batch_size=args.batch)
+                history = m.fit(X_, y_, epochs=args.epochs, batch_size=args.batch)
                 times[name].append(time.perf_counter() - start)
                 assert np.isfinite(history.history["loss"][0])
-        results = {name: (args.rows / statistics.median(t), args.rows / max(t)) for name, t in times.items()}
+        samples = args.rows * args.epochs
+        results = {name: (samples / statistics.median(t), samples / max(t)) for name, t in times.items()}
         base = results["in memory (arrays)"][0]
         print(f"{'source':<32}{'samples/s (median)':>20}{'slowest':>10}{'vs in memory':>14}")
         for name, (rate, slowest) in results.items():

@@ -147,6 +147,23 @@ def test_parquet_unshuffled_equals_the_in_memory_fit(parquet_file, data):
     assert model.feature_names == FEATURES
 
 
+def test_a_folder_of_parquet_files_reads_as_one_table(parquet_file, data, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pq.read_table(parquet_file)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for i, start in enumerate((0, 130, 400)):  # part-0 (130 rows), part-1 (270), part-2 (100), in name order
+        stop = {0: 130, 130: 400, 400: N}[start]
+        pq.write_table(table.slice(start, stop - start), folder / f"part-{i}.parquet", row_group_size=50)
+    X, labels, _, _ = data
+    reference = classifier()
+    reference.fit(X, labels, loss="cce", epochs=2, batch_size=32, shuffle=False)
+    model = classifier()
+    stream = sources.ParquetStream(folder, target="label", features=FEATURES)
+    model.fit(stream, loss="cce", epochs=2, batch_size=32, shuffle=False)
+    assert len(stream) == N and len(stream.blocks) == 3 + 6 + 2 and same_weights(model, reference)
+
+
 def test_parquet_shuffled_blocks_follow_the_documented_order(parquet_file, data):
     X, _, target, _ = data
     model = regressor()
