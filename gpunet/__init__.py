@@ -6,7 +6,7 @@
 67
 """
 
-from . import activations, callbacks, losses, metrics, optim, tabular
+from . import activations, callbacks, distributed, losses, metrics, optim, tabular
 from .backend import Backend, cuda_available, cuda_info, get_backend, to_numpy
 from .layers import Dense
 from .callbacks import History, NonFiniteLossError
@@ -29,6 +29,7 @@ __all__ = [
     "callbacks",
     "cuda_available",
     "cuda_info",
+    "distributed",
     "get_backend",
     "load",
     "losses",

@@ -26,6 +26,7 @@ import warnings
 import numpy as np
 
 from . import data as data_mod
+from . import distributed
 from . import recipe as recipe_mod
 from .tabular import TASKS, TableError
 
@@ -125,19 +126,34 @@ def main(argv=None) -> int:
 
         return bench.main(argv[1:])
     args = build_parser().parse_args(argv)
+    args.world = None
     try:
+        if distributed.launched_size() > 1:  # under mpiexec/srun: train data-parallel; rank 0 reports and saves
+            args.world = distributed.init()
+            if args.world.rank != 0:
+                if args.command != "train":
+                    return 0  # evaluate/predict/info: rank 0 alone does them
+                _silence_stdout()
         return {"train": train, "evaluate": evaluate, "predict": predict, "info": info}[args.command](args)
-    except FloatingPointError as exc:  # gpunet.NonFiniteLossError: a diverging fit
+    except FloatingPointError as exc:  # gpunet.NonFiniteLossError: a diverging fit (every rank raises it)
         first = str(exc).split(". The model keeps")[0]
-        print(f"gpunet {args.command}: error: {first}; lower --lr (it was {_lr(args):g}) or set --global-clipnorm",
-              file=sys.stderr)
-        return 2
+        return _fail(args, f"{first}; lower --lr (it was {_lr(args):g}) or set --global-clipnorm", 2)
     except (ValueError, TypeError, OSError, ImportError) as exc:  # DataError and TableError are ValueErrors
-        print(f"gpunet {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, str(exc), 2)
     except KeyboardInterrupt:
-        print("gpunet: interrupted", file=sys.stderr)
-        return 130
+        return _fail(args, "interrupted", 130)
+
+
+def _fail(args, message: str, status: int) -> int:
+    """``message`` as one line on stderr, and ``status``; in a data-parallel job every failing rank says it (naming
+    itself) and the whole job ends, since the other ranks may be waiting for it."""
+    world = args.world
+    several = world is not None and world.size > 1
+    line = "gpunet: interrupted" if status == 130 else f"gpunet {args.command}: error: {message}"
+    print(line + (f" (rank {world.rank} of {world.size})" if several else ""), file=sys.stderr, flush=True)
+    if several:
+        world.abort(status)
+    return status
 
 
 def _lr(args) -> float:
@@ -229,7 +245,7 @@ def _train_table(table, target, args, recipe, quiet, announce):
         table.frame, target, args.task, recipe=recipe, loss=args.loss,
         categorical=_columns_option(args.categorical), ignore=_columns_option(args.ignore),
         test_split=args.test_split, device=args.device, dtype=args.dtype, seed=args.seed,
-        verbose=0 if quiet else 1, announce=announce,
+        verbose=0 if quiet else 1, announce=announce, distributed=args.world,
         option_names={"val_split": "--val-split", "test_split": "--test-split", "loss": "--loss"})
 
 
@@ -270,7 +286,7 @@ def train(args) -> int:
     networks = f"{len(tm.histories)} networks, " if len(tm.histories) > 1 else ""
     _say(f"trained {networks}{epochs} epoch(s) in {seconds:.2f} s on {tm.model.device}"
          + (f" (best validation epoch{'s' if len(tm.best_epochs) > 1 else ''} {best} kept)" if best else ""))
-    if tm.interrupted:  # Ctrl-C: training ended cleanly, with the networks (and steps) finished so far
+    if tm.interrupted and distributed.is_leader():  # Ctrl-C: training ended cleanly, with what it had so far
         print(f"gpunet train: interrupted; the model keeps the {len(tm.histories)} network(s) trained so far, the "
               f"last one up to its last finished step" + (f", saving it to {args.save}" if args.save else ""),
               file=sys.stderr)

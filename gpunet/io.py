@@ -69,9 +69,15 @@ def save(model, path, optimizer=None) -> None:
             or ``optimizer`` is not an Optimizer of :mod:`gpunet.optim`, or ``model.metadata`` is not JSON.
         ValueError: a weight or optimizer state is NaN or infinite.
         OSError: the file cannot be written (the previous file, if any, is left as it was).
+
+    In a data-parallel job (:func:`gpunet.distributed.init` with several ranks) only rank 0 writes the file.
     """
+    from . import distributed
+
     path = _path(path)
-    _write_atomic(path, to_bytes(model, optimizer, path))
+    data = to_bytes(model, optimizer, path)  # (checked on every rank alike)
+    if distributed.is_leader():  # in a data-parallel job only rank 0 writes (every rank holds the same model)
+        _write_atomic(path, data)
 
 
 def to_bytes(model, optimizer=None, path: str = "<bytes>") -> bytes:

@@ -293,7 +293,7 @@ class Sequential:
     def fit(self, X, y, loss=None, optimizer=None, epochs: int = 1, batch_size: int | None = 32,
             shuffle: bool = True, validation_data=None, validation_split: float | None = None, metrics=None,
             verbose: int = 0, callbacks=None, sample_weight=None, class_weight=None,
-            initial_epoch: int = 0) -> History:
+            initial_epoch: int = 0, distributed=None, sharded: bool = False) -> History:
         """Train by gradient descent on ``(X, y)``; returns a :class:`gpunet.callbacks.History`.
 
         Args:
@@ -325,12 +325,40 @@ class Sequential:
                 Validation losses and metrics are unweighted.
             initial_epoch: the epoch to start from (to resume a previous fit: History, schedules and checkpoint
                 names count epochs from there).
+            distributed: a :class:`gpunet.distributed.World` (``gn.distributed.init()``): data-parallel training
+                over its ranks, equal to one process training on the same data (``batch_size`` is the global
+                batch; see :mod:`gpunet.distributed`). A world of one trains as usual.
+            sharded: with ``distributed``, each rank passes only its own rows (a shard) instead of the whole data.
 
         The loss and metrics are accumulated on the device and read once per epoch. Ctrl-C (KeyboardInterrupt)
         ends the fit cleanly: it returns the History of the finished epochs (``history.interrupted`` is True) and
         warns which weights the model keeps, those of its last finished step (or, where the interrupt could only
         arrive as an exception, of its last finished epoch).
         """
+        from . import distributed as distributed_mod
+
+        if distributed is not None and not isinstance(distributed, distributed_mod.World):
+            raise TypeError(f"distributed must be a gpunet.distributed.World (gn.distributed.init()) or None; "
+                            f"received {type(distributed).__name__}")
+        if not isinstance(sharded, bool) or (sharded and distributed is None):
+            raise ValueError(f"sharded must be True or False, and True only with distributed=...; received "
+                             f"sharded={sharded!r}")
+        world = distributed if distributed is not None and distributed.size > 1 else None
+        if world is None:
+            return self._fit(X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data, validation_split,
+                             metrics, verbose, callbacks, sample_weight, class_weight, initial_epoch, None)
+        try:  # a rank failing alone would leave the others waiting in a collective: the job ends instead
+            return self._fit(X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data, validation_split,
+                             metrics, verbose, callbacks, sample_weight, class_weight, initial_epoch,
+                             distributed_mod.DataParallel(world, self, sharded))
+        except callbacks_mod.NonFiniteLossError:  # decided on every rank alike: raised on every rank
+            raise
+        except BaseException as exc:
+            distributed_mod.abort_on_failure(world, exc)
+            raise
+
+    def _fit(self, X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data, validation_split, metrics,
+             verbose, callbacks, sample_weight, class_weight, initial_epoch, parallel) -> History:
         loss = losses_mod.get(loss if loss is not None else self.loss or "mse")
         optimizer = optim_mod.get(optimizer if optimizer is not None else self.optimizer or "sgd")
         epochs = validation.positive_int("epochs", epochs)
@@ -344,11 +372,14 @@ class Sequential:
             raise TypeError(f"shuffle must be True or False; received {shuffle!r}")
         if verbose not in (0, 1, 2) or isinstance(verbose, bool):
             raise ValueError(f"verbose must be 0, 1 or 2; received verbose={verbose!r}")
-        callbacks = self._callbacks(callbacks, verbose)
+        callbacks = self._callbacks(callbacks, verbose if parallel is None or parallel.world.rank == 0 else 0)
         metric_objs = self._metrics(metrics, loss)
         X, names = validation.table_features("X", X, self.feature_names)
-        X, Y = self._data("X", X, "y", y, loss)
-        W = self._row_weights(sample_weight, class_weight, Y, loss)
+        if parallel is not None and parallel.sharded and validation.rows(X) == 0:  # a rank with no rows of its own
+            X, Y = self._empty_shard(X, y)
+        else:
+            X, Y = self._data("X", X, "y", y, loss)
+        W = self._row_weights(sample_weight, class_weight, Y, loss) if X.shape[0] else None
         if validation_data is not None and validation_split is not None:
             raise ValueError("give validation_data or validation_split, not both")
         val = None
@@ -375,8 +406,15 @@ class Sequential:
         batch = n if batch_size is None else min(batch_size, n)
         self.trainer.configure(loss, optimizer, metric_objs)
         with self.backend.activate():
-            return training.run(self, ArraySource(X, Y, W, batch, shuffle), val, epochs=epochs,
-                                initial_epoch=initial_epoch, callbacks=callbacks)
+            if parallel is None:
+                return training.run(self, ArraySource(X, Y, W, batch, shuffle), val, epochs=epochs,
+                                    initial_epoch=initial_epoch, callbacks=callbacks)
+            parallel.start(X.shape[0])
+            try:
+                return training.run(self, parallel.source(X, Y, W, batch_size, shuffle), val, epochs=epochs,
+                                    initial_epoch=initial_epoch, callbacks=callbacks, parallel=parallel)
+            finally:
+                parallel.finish()
 
     def train_on_batch(self, x, y, loss, optimizer) -> float:
         """One gradient step on one batch (checked like ``fit``); returns the batch loss before the step."""
@@ -509,6 +547,15 @@ class Sequential:
             if Y.shape[0] != X.shape[0]:
                 raise ValueError(f"{x_name} has {X.shape[0]} samples but {y_name} has {Y.shape[0]}")
             return self._on_device(X), self._on_device(Y)
+
+    def _empty_shard(self, X, y):
+        """Device arrays ``(0, n_inputs)`` and ``(0, n_outputs)`` for a data-parallel rank whose shard is empty
+        (checked for its shapes: there is nothing else to check)."""
+        X, y = np.asarray(to_numpy(X)), np.asarray(to_numpy(y))
+        if X.ndim != 2 or X.shape[1] != self.n_inputs or y.shape[:1] != (0,):
+            raise ValueError(f"an empty shard must be X of shape (0, {self.n_inputs}) and y with 0 rows; received "
+                             f"{X.shape} and {y.shape}")
+        return (self._on_device(np.zeros((0, self.n_inputs))), self._on_device(np.zeros((0, self.n_outputs))))
 
     def _on_device(self, a):
         if isinstance(a, np.ndarray) and not self.backend.is_numpy:

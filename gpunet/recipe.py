@@ -85,7 +85,7 @@ class TableModel:
     @classmethod
     def train(cls, table, target: str, task: str | None = None, *, recipe: Recipe | None = None, loss=None,
               categorical=(), ignore=(), test_split: float = 0.0, device="cpu", dtype: str = "float32",
-              seed: int = 0, verbose: int = 0, announce=None, option_names: dict | None = None):
+              seed: int = 0, verbose: int = 0, announce=None, option_names: dict | None = None, distributed=None):
         """Fit the transforms on the training rows and train a network with ``recipe``.
 
         Rows whose target is missing are dropped (noted). With ``test_split`` > 0 that share of the rows is held
@@ -93,6 +93,7 @@ class TableModel:
         History, test_frame or None)``; ``table_model.notes`` says what was done. ``announce(table_model, n_train, n_val, n_test)`` is
         called once the network is built, before training (the command line prints its report there);
         ``option_names`` maps ``"val_split"``/``"test_split"``/``"loss"`` to the names used in error messages.
+        ``distributed``: a :class:`gpunet.distributed.World` to train every network data-parallel over.
         """
         recipe = recipe or Recipe()
         names = {"val_split": "val_split", "test_split": "test_split", "loss": "loss", **(option_names or {})}
@@ -138,7 +139,7 @@ class TableModel:
         if announce is not None:
             announce(tm, len(X), 0 if val is None else len(val[0]), 0 if test is None else len(test))
         for k, member in enumerate(members):
-            history, stop = fit(member, X, Y, val, loss, recipe, target_t.task, verbose)
+            history, stop = fit(member, X, Y, val, loss, recipe, target_t.task, verbose, distributed)
             tm.histories.append(history)
             tm.best_epochs.append(None if stop is None or stop.best_epoch is None else stop.best_epoch + 1)
             if history.interrupted:  # Ctrl-C: keep the networks trained so far (this one up to its last step)
@@ -292,7 +293,7 @@ def make_optimizer(recipe: Recipe):
     return cls(**kwargs)
 
 
-def fit(model, X, Y, val, loss: str, recipe: Recipe, task: str, verbose: int = 0):
+def fit(model, X, Y, val, loss: str, recipe: Recipe, task: str, verbose: int = 0, distributed=None):
     """Train ``model`` on ``(X, Y)`` with ``recipe`` (early stopping on ``val`` when given); returns ``(History,
     the EarlyStopping callback or None)``."""
     import gpunet as gn
@@ -307,7 +308,7 @@ def fit(model, X, Y, val, loss: str, recipe: Recipe, task: str, verbose: int = 0
     metric = "r2" if task == "regression" else "accuracy"
     history = model.fit(X, Y, loss=loss, optimizer=make_optimizer(recipe), epochs=recipe.epochs,
                         batch_size=min(recipe.batch_size, len(X)), validation_data=val, metrics=[metric],
-                        verbose=verbose, callbacks=callbacks)
+                        verbose=verbose, callbacks=callbacks, distributed=distributed)
     return history, stop
 
 

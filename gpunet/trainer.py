@@ -38,11 +38,13 @@ from .backend.workspaces import Workspaces
 @dataclass
 class EpochTotals:
     """What an epoch's steps added up, read from the device once: the loss of every recorded batch (float64, in
-    order), the batches' row counts, and each metric's value over all recorded rows."""
+    order), the batches' row counts, each metric's value over all recorded rows, and the metrics' statistics on the
+    host (``None`` for a metric that saw no row), which data-parallel training merges across ranks."""
 
     batch_losses: np.ndarray
     sizes: np.ndarray
     metrics: dict
+    stats: list
 
     @property
     def finite(self) -> bool:
@@ -98,6 +100,9 @@ class Trainer:
         self.combined = False
         self.gradient_hooks: list = []
         self.batch_rows = 0
+        # (start, stop, total): the rows this process trains of a data-parallel batch of ``total`` rows, or None
+        self.batch_share = None
+        self.world = None  # the gpunet.distributed.World of a data-parallel fit in progress
         self._epoch = None
         self.attach()
 
@@ -178,14 +183,26 @@ class Trainer:
     def _step(self, x, y, w=None):
         """:meth:`step` without its checks (``fit`` checked the whole data once)."""
         ws = self.workspaces.for_rows(x.shape[0])
-        pred = self.forward(x, ws)
-        value, grads = self.backward(pred, y, w, ws)
+        if x.shape[0] == 0:  # an empty share of a data-parallel batch: no loss, but the same masks and update
+            self.batch_rows = 0
+            self.dropout_masks(0, ws)
+            pred, value, grads = None, self._model().xp.zeros((), dtype=x.dtype), self._zero_grads()
+        else:
+            pred = self.forward(x, ws)
+            value, grads = self.backward(pred, y, w, ws)
         penalty = self.update(grads)
         if penalty is not None:
             value = value + penalty
         if self._epoch is not None:
             self._record(pred, y, value)
         return pred, value
+
+    def _zero_grads(self) -> list:
+        model = self._model()
+        if self.flat_grads is not None:
+            self.flat_grads[...] = 0
+            return list(self._grad_views)
+        return [model.xp.zeros_like(p) for p in model.parameters()]
 
     def forward(self, x, ws=None):
         """Training forward (dropout on) of ``x``; ``ws``: the workspace to write into (default: the one of
@@ -206,6 +223,9 @@ class Trainer:
         if w is not None:  # Keras's convention: sum(w_i loss_i) / batch size, and so its gradient
             grad = grad * w
             value = model.xp.sum(loss.row_values(pred, y, model.ops) * w[:, 0]) / pred.shape[0]
+        if self.batch_share is not None:  # this process's part of a larger batch: its share of the batch's mean
+            start, stop, total = self.batch_share
+            grad = grad * ((stop - start) / total)
         _, grads = model._backprop(grad, ws, through_last_activation=not self.combined, input_grad=False)
         return value, grads
 
@@ -224,16 +244,20 @@ class Trainer:
 
     def dropout_masks(self, rows: int, ws=None) -> list:
         """One inverted-dropout mask ``(rows, out_features)`` per layer with dropout (``None`` for the others),
-        drawn from :attr:`dropout_rng` layer by layer; into ``ws`` when given."""
+        drawn from :attr:`dropout_rng` layer by layer; into ``ws`` when given. With :attr:`batch_share`, the whole
+        batch's masks are drawn and this process's rows returned."""
         model = self.model
+        share = self.batch_share  # a data-parallel batch: draw the whole batch's masks (as one process would)
+        drawn = rows if share is None else share[2]
         masks = []
         for layer in model.layers:
             if not layer.dropout:
                 masks.append(None)
                 continue
-            shape = (rows, layer.out_features)
-            masks.append(model.ops.dropout_mask(self.dropout_rng, layer.dropout, shape, layer.W,
-                                                layer._buffer(ws, "mask", shape)))
+            shape = (drawn, layer.out_features)
+            mask = model.ops.dropout_mask(self.dropout_rng, layer.dropout, shape, layer.W,
+                                          layer._buffer(ws, "mask", shape))
+            masks.append(mask if share is None else mask[share[0]:share[1], ...])
         return masks
 
     def prepare(self, X, y, sample_weight=None):
@@ -257,7 +281,7 @@ class Trainer:
         epoch = self._epoch
         b = epoch["done"]
         epoch["losses"][b] = value
-        for j, metric in enumerate(self.metrics):
+        for j, metric in enumerate(self.metrics if pred is not None else ()):  # (no rows: nothing to count)
             stats = metric.stats(pred, y)
             epoch["stats"][j] = stats if epoch["stats"][j] is None else metric.combine(epoch["stats"][j], stats)
         epoch["done"] = b + 1
@@ -277,11 +301,10 @@ class Trainer:
         epoch, self._epoch = self._epoch, None
         done = epoch["done"]
         losses = to_numpy(epoch["losses"]).astype(np.float64)[:done]
-        values = {}
-        for metric, stats in zip(self.metrics, epoch["stats"]):
-            if stats is not None:
-                values[metric.name] = metric.result([to_numpy(s) for s in stats])
-        return EpochTotals(losses, epoch["sizes"][:done], values)
+        stats = [None if st is None else [s if isinstance(s, (int, bool)) else to_numpy(s) for s in st]
+                 for st in epoch["stats"]]
+        values = {metric.name: metric.result(st) for metric, st in zip(self.metrics, stats) if st is not None}
+        return EpochTotals(losses, epoch["sizes"][:done], values, stats)
 
     def epoch_order(self, n: int):
         """The device index array of one epoch's shuffled row order, drawn from :attr:`shuffle_rng`."""

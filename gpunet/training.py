@@ -27,7 +27,9 @@ from .validation import warn_at_caller
 
 def run(model, source, val, **kwargs) -> History:
     """Train ``model`` (its trainer configured) on the batches of ``source`` (:mod:`gpunet.sources`); ``val`` is
-    ``None`` or device ``(X_val, Y_val)``. Returns the History (also in ``callbacks``).
+    ``None`` or device ``(X_val, Y_val)``; ``parallel`` a :class:`gpunet.distributed.DataParallel` (its epoch
+    totals, validation, interrupts and divergence agreed across ranks). Returns the History (also in
+    ``callbacks``).
 
     NumPy's overflow warnings are silenced: divergence is detected and reported by the loop itself.
     """
@@ -60,7 +62,7 @@ class _Interrupts:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts) -> History:
+def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts, parallel=None) -> History:
     trainer = model.trainer
     n, sizes = source.n, source.sizes
     history = next(cb for cb in callbacks if isinstance(cb, History))
@@ -69,10 +71,14 @@ def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts) ->
     for cb in callbacks:
         cb.model = model
         cb.on_train_begin({"epochs": epochs, "initial_epoch": initial_epoch, "steps": len(sizes), "samples": n,
-                           "batch_size": sizes[0]})
+                           "batch_size": source.batch})
 
     def running_logs():
         return {"loss": trainer.running_loss()}
+
+    def weights_finite():  # (every rank's replica is the same, but the decision must be too)
+        finite = trainer.weights_finite()
+        return finite if parallel is None else parallel.world.all(finite)
 
     note, snapshot, epoch = None, None, initial_epoch
     try:
@@ -86,30 +92,35 @@ def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts) ->
                 return trainer._step(*batch(b))
 
             trainer.begin_epoch(sizes)
+            stop = False
             for b in range(len(sizes)):
                 step(b)
                 for cb in callbacks:
                     cb.on_batch_end(b, running_logs)
-                if interrupts.requested:
+                stop = interrupts.requested if parallel is None else parallel.world.any(interrupts.requested)
+                if stop:
                     break
             totals = trainer.end_epoch()
+            if parallel is not None:
+                totals = parallel.merge(totals)
             done = len(totals.batch_losses)
-            if not (totals.finite and trainer.weights_finite()):
+            if not (totals.finite and weights_finite()):
                 bad = totals.first_nonfinite
                 bad = done if bad is None else bad
-                kept = _roll_back(trainer, snapshot, step, max(bad - 1, 0))
+                kept = _roll_back(trainer, snapshot, step, max(bad - 1, 0), weights_finite)
                 error = NonFiniteLossError(_divergence_message(epoch, bad, totals.batch_losses, kept, done), epoch,
                                            min(bad, done - 1), history)
                 for cb in callbacks:  # TerminateOnNaN raises the error or stops quietly (like any exception in
                     cb.on_nonfinite(error)  # fit, a raised one skips the callbacks' on_train_end)
                 break
-            if interrupts.requested:
+            if stop:
                 note = (f"in epoch {epoch + 1} after batch {done} of {len(sizes)}: the model keeps the weights of "
                         f"that last finished step")
                 break
             logs = {"loss": totals.loss, **totals.metrics}
             if val is not None:
-                logs.update({f"val_{k}": v for k, v in model._evaluate(*val, trainer.loss, trainer.metrics).items()})
+                evaluate = model._evaluate if parallel is None else parallel.evaluate
+                logs.update({f"val_{k}": v for k, v in evaluate(*val, trainer.loss, trainer.metrics).items()})
             for cb in callbacks:
                 cb.on_epoch_end(epoch, logs)
             if model.stop_training:
@@ -129,14 +140,14 @@ def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts) ->
     return history
 
 
-def _roll_back(trainer, snapshot, step, target: int) -> int:
+def _roll_back(trainer, snapshot, step, target: int, weights_finite) -> int:
     """Restore the epoch's start and replay up to ``target`` steps, stopping before any step that leaves a
     non-finite weight (a finite loss does not prove finite weights). Returns the number of steps replayed."""
     trainer.restore(snapshot)
     good = 0
     for b in range(target):
         step(b)
-        if not trainer.weights_finite():
+        if not weights_finite():
             break
         good = b + 1
     if good < target:
