@@ -1,9 +1,10 @@
-"""The ``gpunet`` command (also ``python -m gpunet``): train, evaluate, predict, bench, info.
+"""The ``gpunet`` command (also ``python -m gpunet``): train, evaluate, predict, export, bench, info.
 
     gpunet train                                   # digits, best device found, progress, test report
     gpunet train --dataset csv:data.csv:price --layers 64,32 --epochs 100 --save model.safetensors --plot curves.png
     gpunet evaluate model.safetensors --dataset csv:new.csv:price
     gpunet predict model.safetensors --csv new.csv --output predictions.csv
+    gpunet export model.safetensors model.onnx     # for onnxruntime: raw columns in, labels/values out
     gpunet bench --threads 2
 
 Wrong options, missing files and malformed data end with one line on stderr and exit status 2, never a traceback.
@@ -65,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", help="write predictions here (default: standard output)")
     predict.add_argument("--device", default="auto")
 
+    _add_export_parser(commands)
+
     # listed for --help only: main() hands `gpunet bench ...` to gpunet.bench before parsing
     commands.add_parser("bench", help="compare devices: forward/backward/step/epoch timings (gpunet bench --help)")
     commands.add_parser("info", help="versions, and whether CUDA is usable here")
@@ -79,7 +82,7 @@ def main(argv=None) -> int:
         return bench.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        return {"train": train, "evaluate": evaluate, "predict": predict, "info": info}[args.command](args)
+        return {"train": train, "evaluate": evaluate, "predict": predict, "export": export, "info": info}[args.command](args)
     except (data_mod.DataError, ValueError, TypeError, OSError, ImportError) as exc:
         print(f"gpunet {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -293,6 +296,35 @@ def _read_features(path: str, features: list[str], target: str) -> np.ndarray:
     if not np.all(np.isfinite(X)):
         raise data_mod.DataError(f"{path} holds a non-finite feature value")
     return X
+
+
+# -- export ---------------------------------------------------------------------------------------------------------
+def _add_export_parser(commands) -> None:
+    export = commands.add_parser(
+        "export", help="write a saved model as an ONNX file, with its preprocessing (for onnxruntime)",
+        description="Write MODEL as an ONNX graph (opset 17) that onnxruntime runs without gpunet. A model trained "
+                    "by `gpunet train` is exported with its data transform: one (batch, 1) float64 input per raw "
+                    "feature column, named as in the training CSV, and the outputs `gpunet predict` writes: "
+                    "'label' (class names) and 'probabilities' for classification, 'prediction' in the target's "
+                    "units for regression. Other models are exported as the bare network ('features' in). "
+                    "Needs pip install 'gpunet[onnx]'.")
+    export.add_argument("model", help="a .safetensors file written by gpunet (gpunet train --save, model.save)")
+    export.add_argument("output", help="the ONNX file to write (its folder must exist)")
+
+
+def export(args) -> int:
+    import gpunet as gn
+    from . import export as export_mod
+
+    model = gn.load(args.model, device="cpu")
+    preprocessing = export_mod.cli_metadata(model) is not None
+    proto = export_mod.to_onnx(model, preprocessing=preprocessing)
+    export_mod.write(proto, args.output)
+    inputs = [i.name for i in proto.graph.input]
+    shown = ", ".join(inputs) if len(inputs) <= 6 else ", ".join(inputs[:5]) + f", ... ({len(inputs)} columns)"
+    print(f"wrote {args.output} (ONNX opset {export_mod.OPSET}{', with the training preprocessing' if preprocessing else ''}"
+          f"): inputs {shown} -> outputs {', '.join(o.name for o in proto.graph.output)}")
+    return 0
 
 
 def info(args) -> int:
