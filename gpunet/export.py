@@ -71,7 +71,7 @@ FORMATS = ("onnx",)
 OPSET = 17
 INSTALL_HINT = "pip install 'gpunet[onnx]'"
 _MAX_PROTO_BYTES = 2**31 - 1  # protobuf's limit on one message; larger models would need ONNX's external data
-_ELEMENT_TYPES = {"float32": 1, "float64": 11, "string": 8}  # onnx.TensorProto.FLOAT, DOUBLE, STRING
+_ELEMENT_TYPES = {"float32": "FLOAT", "float64": "DOUBLE", "string": "STRING"}  # names in onnx.TensorProto
 
 
 # -- public -----------------------------------------------------------------------------------------------------------
@@ -132,9 +132,9 @@ def to_onnx(model, *, preprocessing: bool = False):
         _check_input_names(g, [i.name for i in inputs], [o.name for o in outputs])
     else:
         name = _output_name(model)
-        inputs = [_value_info(onnx, "features", model.dtype, ["batch", model.n_inputs])]
+        inputs = [g.value_info("features", model.dtype, ["batch", model.n_inputs])]
         g.rename(_network(g, model, "features"), name)
-        outputs = [_value_info(onnx, name, model.dtype, ["batch", model.n_outputs])]
+        outputs = [g.value_info(name, model.dtype, ["batch", model.n_outputs])]
     helper = onnx.helper
     graph = helper.make_graph(g.nodes, "gpunet.Sequential", inputs, outputs, initializer=g.initializers)
     opsets = [helper.make_opsetid("", OPSET)]
@@ -180,15 +180,19 @@ class _Graph:
             self._constants[key] = self.tensor(f"gpunet/const_{len(self._constants)}", array)
         return self._constants[key]
 
+    def element_type(self, dtype: str) -> int:
+        """The ``onnx.TensorProto`` element type of ``"float32"``, ``"float64"`` or ``"string"``."""
+        return getattr(self.onnx.TensorProto, _ELEMENT_TYPES[dtype])
+
+    def value_info(self, name: str, dtype: str, shape: list):
+        """A graph input or output: ``name``, element type ``dtype``, ``shape`` of sizes and named dynamic axes."""
+        return self.onnx.helper.make_tensor_value_info(name, self.element_type(dtype), shape)
+
     def rename(self, old: str, new: str) -> None:
         """Give the tensor ``old`` the name ``new`` wherever nodes make or use it (graph outputs get their names)."""
         for node in self.nodes:
             node.output[:] = [new if t == old else t for t in node.output]
             node.input[:] = [new if t == old else t for t in node.input]
-
-
-def _value_info(onnx, name: str, dtype: str, shape: list):
-    return onnx.helper.make_tensor_value_info(name, _ELEMENT_TYPES[dtype], shape)
 
 
 # -- the network --------------------------------------------------------------------------------------------------------
@@ -322,12 +326,12 @@ def _cli_inputs(g: _Graph, cli: dict, model) -> tuple[list, str]:
     if len(features) != model.n_inputs:
         raise ValueError(f"the model's metadata names {len(features)} feature columns but its first layer takes "
                          f"{model.n_inputs} inputs")
-    inputs = [_value_info(g.onnx, name, "float64", ["batch", 1]) for name in features]
+    inputs = [g.value_info(name, "float64", ["batch", 1]) for name in features]
     scaler = Standardizer.from_json(cli["x_scaler"])
     x = g.op("Concat", *features, axis=1) if len(features) > 1 else features[0]
     x = g.op("Div", g.op("Sub", x, g.constant(scaler.mean, np.float64)), g.constant(scaler.scale, np.float64))
     if model.dtype != "float64":
-        x = g.op("Cast", x, to=_ELEMENT_TYPES[model.dtype])
+        x = g.op("Cast", x, to=g.element_type(model.dtype))
     return inputs, x
 
 
@@ -345,7 +349,7 @@ def _cli_outputs(g: _Graph, cli: dict, y: str) -> list:
     if task not in CLI_OUTPUTS:
         raise ValueError(f"unknown task {task!r} in the model's metadata; expected one of {list(CLI_OUTPUTS)}")
     if g.dtype != np.float64:
-        y = g.op("Cast", y, to=_ELEMENT_TYPES["float64"])
+        y = g.op("Cast", y, to=g.element_type("float64"))
     if task == "regression":
         scaler = Standardizer.from_json(cli["y_scaler"])
         y = g.op("Add", g.op("Mul", y, g.constant(scaler.scale, np.float64)), g.constant(scaler.mean, np.float64))
@@ -353,15 +357,15 @@ def _cli_outputs(g: _Graph, cli: dict, y: str) -> list:
         if scaler.mean.size == 1:
             y = g.op("Squeeze", y, g.constant([1], np.int64))
         g.rename(y, "prediction")
-        return [_value_info(g.onnx, "prediction", "float64", shape)]
+        return [g.value_info("prediction", "float64", shape)]
     classes = list(cli["classes"])
     proba = g.op("Concat", g.op("Sub", g.constant(1, np.float64), y), y, axis=1) if task == "binary" else y
     label = g.op("Gather", g.tensor("gpunet/classes", np.array(classes, dtype=object)),
                  g.op("ArgMax", proba, axis=1, keepdims=0), axis=0)
     g.rename(proba, "probabilities")
     g.rename(label, "label")
-    return [_value_info(g.onnx, "label", "string", ["batch"]),
-            _value_info(g.onnx, "probabilities", "float64", ["batch", len(classes)])]
+    return [g.value_info("label", "string", ["batch"]),
+            g.value_info("probabilities", "float64", ["batch", len(classes)])]
 
 
 def _check_input_names(g: _Graph, names: list[str], outputs: list[str]) -> None:

@@ -193,9 +193,11 @@ class Sequential:
         Raises TypeError for a layer with a custom activation (naming the layer), ValueError for a format other
         than ``"onnx"``, FileNotFoundError for a missing folder, ImportError without ``pip install 'gpunet[onnx]'``.
 
-        >>> model.export("model.onnx")                      # doctest: +SKIP
-        >>> import onnxruntime                              # doctest: +SKIP
-        >>> onnxruntime.InferenceSession("model.onnx").run(None, {"features": X.astype("float32")})[0]  # doctest: +SKIP
+        Example (the doctest of :mod:`gpunet.export` runs one)::
+
+            model.export("model.onnx")
+            session = onnxruntime.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+            proba = session.run(None, {"features": X.astype("float32")})[0]   # = model.predict(X)
         """
         from . import export
 
