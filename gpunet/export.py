@@ -4,12 +4,13 @@ runs without gpunet or Python.
 The graph is built with the ``onnx`` package's helpers, validated by ``onnx.checker.check_model(full_check=True)``
 and imported only when an export is asked for (``pip install 'gpunet[onnx]'``): ``import gpunet`` never imports it.
 
-**Opset 17** (ONNX 1.12, onnxruntime 1.13 and later, IR version 8). Every operator the graph uses (Gemm, Where,
-GreaterOrEqual, Clip, Softmax over the last axis, Exp, Log, Tanh, ArgMax, Gather of strings, ...) has had its
-present semantics since opset 16 or earlier (later versions of them only add element types), so a lower opset would
-lose Where-16/GreaterOrEqual-16 and a higher one would gain nothing but exclude older runtimes. The one newer
-operator that could apply, ``Gelu`` (opset 20), is not used: onnxruntime's kernel for it is 3e-8 off in float64 (the
-explicit formula below is 4e-16 off), and the formula keeps the opset at 17.
+**Opset 17** (ONNX 1.12; onnxruntime 1.13 and later; IR version 8). The operators the graph uses (Gemm, Where,
+GreaterOrEqual, Clip, Softmax over the last axis, Exp, Log, Tanh, ArgMax, Gather of strings, ...) have had their
+present semantics since opset 13; their later versions only add element types (bfloat16, float8, int4). So any
+opset from 13 gives the same graph, and 17 is the conservative pick: a level that runtimes lagging onnxruntime
+(accelerator SDKs, older mobile or web builds) implement more likely than a recent one, well inside what onnxruntime from
+PyPI fully supports. ``Gelu``, an operator since opset 20, is not used: onnxruntime's kernel for it is 3e-8 off in
+float64 (the explicit formula below within 1e-15), and the formula keeps the opset at 17.
 
 **The model's graph** (:func:`to_onnx`, ``model.export(path)``): input ``"features"`` ``(batch, n_inputs)`` of the
 model's dtype (float32 or float64; ``batch`` is a dynamic axis), output ``(batch, n_outputs)`` of the same dtype
