@@ -82,7 +82,8 @@ def main(argv=None) -> int:
         return bench.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        return {"train": train, "evaluate": evaluate, "predict": predict, "export": export, "info": info}[args.command](args)
+        commands = {"train": train, "evaluate": evaluate, "predict": predict, "export": export, "info": info}
+        return commands[args.command](args)
     except (data_mod.DataError, ValueError, TypeError, OSError, ImportError) as exc:
         print(f"gpunet {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -322,8 +323,9 @@ def export(args) -> int:
     export_mod.write(proto, args.output)
     inputs = [i.name for i in proto.graph.input]
     shown = ", ".join(inputs) if len(inputs) <= 6 else ", ".join(inputs[:5]) + f", ... ({len(inputs)} columns)"
-    print(f"wrote {args.output} (ONNX opset {export_mod.OPSET}{', with the training preprocessing' if preprocessing else ''}"
-          f"): inputs {shown} -> outputs {', '.join(o.name for o in proto.graph.output)}")
+    kind = ", with the training preprocessing" if preprocessing else ""
+    print(f"wrote {args.output} (ONNX opset {export_mod.OPSET}{kind}): inputs {shown} -> outputs "
+          f"{', '.join(o.name for o in proto.graph.output)}")
     return 0
 
 

@@ -8,9 +8,9 @@ and imported only when an export is asked for (``pip install 'gpunet[onnx]'``): 
 GreaterOrEqual, Clip, Softmax over the last axis, Exp, Log, Tanh, ArgMax, Gather of strings, ...) have had their
 present semantics since opset 13; their later versions only add element types (bfloat16, float8, int4). So any
 opset from 13 gives the same graph, and 17 is the conservative pick: a level that runtimes lagging onnxruntime
-(accelerator SDKs, older mobile or web builds) implement more likely than a recent one, well inside what onnxruntime from
-PyPI fully supports. ``Gelu``, an operator since opset 20, is not used: onnxruntime's kernel for it is 3e-8 off in
-float64 (the explicit formula below within 1e-15), and the formula keeps the opset at 17.
+(accelerator SDKs, older mobile or web builds) implement more likely than a recent one, well inside what
+onnxruntime from PyPI fully supports. ``Gelu``, an operator since opset 20, is not used: onnxruntime's kernel for
+it is 3e-8 off in float64 (the explicit formula below within 1e-15), and the formula keeps the opset at 17.
 
 **The model's graph** (:func:`to_onnx`, ``model.export(path)``): input ``"features"`` ``(batch, n_inputs)`` of the
 model's dtype (float32 or float64; ``batch`` is a dynamic axis), output ``(batch, n_outputs)`` of the same dtype
@@ -196,7 +196,7 @@ class _Graph:
             node.input[:] = [new if t == old else t for t in node.input]
 
 
-# -- the network --------------------------------------------------------------------------------------------------------
+# -- the network ------------------------------------------------------------------------------------------------------
 def _network(g: _Graph, model, x: str) -> str:
     """``model``'s layers applied to the ``(batch, n_inputs)`` tensor ``x`` of the model's dtype; returns the name
     of the ``(batch, n_outputs)`` output. Dropout is a training-time operation and has no node."""
@@ -215,7 +215,8 @@ def _check_activations(model) -> None:
     of a built-in, is Python code that the graph cannot hold (its ``name`` proves nothing)."""
     for i, layer in enumerate(model.layers):
         act = layer.activation
-        if activations_mod.ACTIVATIONS.get(getattr(act, "name", None)) is not type(act) or type(act) not in _ACTIVATIONS:
+        built_in = activations_mod.ACTIVATIONS.get(getattr(act, "name", None)) is type(act)
+        if not built_in or type(act) not in _ACTIVATIONS:
             raise TypeError(f"cannot export layers[{i}] to ONNX: its activation {act!r} ({type(act).__module__}."
                             f"{type(act).__qualname__}) is not one of gpunet's built-in activations "
                             f"{sorted(activations_mod.ACTIVATIONS)}, and ONNX cannot hold Python code; use a "
@@ -254,7 +255,8 @@ def _expm1(g: _Graph, z: str) -> str:
 
 
 def _softplus(g: _Graph, z: str, act=None) -> str:
-    """``z`` above 20 (torch's threshold), else ``max(z, 0) + log1p(exp(-|z|))``: :func:`gpunet.array_utils.softplus`."""
+    """``z`` above 20 (torch's threshold), else ``max(z, 0) + log1p(exp(-|z|))``:
+    :func:`gpunet.array_utils.softplus`."""
     stable = g.op("Add", g.op("Relu", z), _log1p(g, g.op("Exp", g.op("Neg", g.op("Abs", z)))))
     return g.op("Where", g.op("Greater", z, g.constant(20)), z, stable)
 
@@ -292,7 +294,7 @@ _ACTIVATIONS = {
 }
 
 
-# -- the command line's data transform ----------------------------------------------------------------------------------
+# -- the command line's data transform --------------------------------------------------------------------------------
 CLI_OUTPUTS = {"regression": ("prediction",), "binary": ("label", "probabilities"),
                "multiclass": ("label", "probabilities")}
 
