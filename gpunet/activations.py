@@ -5,6 +5,18 @@ An activation is applied elementwise to the pre-activation ``z = x @ W + b`` (so
 alone (sigmoid, tanh, ReLU, leaky ReLU, ELU, softmax, identity), ``uses_input`` is False and ``z`` may be ``None``:
 layers then keep one array fewer for backward.
 
+Non-finite values, one definition for every op and every path (this reference, the NumPy ops, the CUDA kernels): a
+NaN among the values an output is computed from (``z`` forward; ``dy`` and the saved ``y``/``z`` backward, which the
+identity's derivative does not read; softmax: anywhere in the row) makes that output NaN. Without NaN, the values are torch's, infinities included (relu's gradient is 0 wherever
+``y <= 0``, even for an infinite ``dy``, because torch selects there rather than multiplies). torch itself is not
+consistent at NaN (its ELU backward returns ``dy`` or NaN depending on the array's length and the CPU's vector
+width), so gpunet does not follow it there.
+
+Specialised ops (NumPy in place, fused CUDA kernels) run an activation's built-in math only when the activation
+declares it: each built-in class names its ``kernel``, and :func:`builtin_kernel` returns it only while the class's
+``forward``/``backward`` are the declaring class's own. A subclass that overrides them (a ReLU clipped at 6) or any
+custom :class:`Activation` runs its own Python methods on every backend.
+
 | name           | f(z)                                              | torch.nn.functional             |
 |----------------|---------------------------------------------------|---------------------------------|
 | "linear"/None  | z                                                 | (identity)                      |
@@ -21,6 +33,7 @@ layers then keep one array fewer for backward.
 
 from __future__ import annotations
 
+import functools
 import math
 
 from array_api_compat import array_namespace
@@ -35,6 +48,11 @@ class Activation:
     uses_input = False  # True when backward needs the pre-activation z, not only the output y
     elementwise = True  # False for softmax (its Jacobian couples a row)
     relu_family = False  # He initialisation for these, Glorot for the others
+    kernel = None  # the built-in math this class computes (gn_<kernel>_fwd/_bwd in kernels/): see builtin_kernel
+
+    def kernel_arg(self) -> float:
+        """The built-in kernel's one parameter (leaky ReLU's slope, ELU's alpha; 0 for the others)."""
+        return 0.0
 
     def forward(self, z):
         raise NotImplementedError
@@ -56,7 +74,7 @@ class Activation:
 
 
 class Identity(Activation):
-    name = "linear"
+    name = kernel = "linear"
 
     def forward(self, z):
         return z
@@ -66,7 +84,7 @@ class Identity(Activation):
 
 
 class Sigmoid(Activation):
-    name = "sigmoid"
+    name = kernel = "sigmoid"
 
     def forward(self, z):
         return array_utils.sigmoid(z)
@@ -76,7 +94,7 @@ class Sigmoid(Activation):
 
 
 class Tanh(Activation):
-    name = "tanh"
+    name = kernel = "tanh"
 
     def forward(self, z):
         return array_namespace(z).tanh(z)
@@ -86,19 +104,19 @@ class Tanh(Activation):
 
 
 class ReLU(Activation):
-    name = "relu"
+    name = kernel = "relu"
     relu_family = True
 
     def forward(self, z):
         return array_namespace(z).maximum(z, 0)
 
     def backward(self, dy, z, y):
-        xp = array_namespace(dy)  # torch's threshold_backward: a NaN output passes dy on
-        return xp.where(y <= 0, xp.zeros_like(dy), dy)
+        xp = array_namespace(dy)  # 0 where y <= 0 (even for an infinite dy), NaN where dy or y is NaN
+        return xp.where(y > 0, dy, xp.where(y <= 0, _zero_unless_nan(dy), y))
 
 
 class LeakyReLU(Activation):
-    name = "leaky_relu"
+    name = kernel = "leaky_relu"
     relu_family = True
 
     def __init__(self, negative_slope: float = 0.01):
@@ -110,15 +128,19 @@ class LeakyReLU(Activation):
         return array_namespace(z).where(z > 0, z, self.negative_slope * z)
 
     def backward(self, dy, z, y):
-        # y > 0 exactly where z > 0, because the slope is non-negative
-        return array_namespace(dy).where(y > 0, dy, self.negative_slope * dy)
+        # y > 0 exactly where z > 0, because the slope is non-negative; a NaN y falls through to y itself
+        xp = array_namespace(dy)
+        return xp.where(y > 0, dy, xp.where(y <= 0, self.negative_slope * dy, y))
+
+    def kernel_arg(self) -> float:
+        return self.negative_slope
 
     def __repr__(self) -> str:
         return f"LeakyReLU(negative_slope={self.negative_slope})"
 
 
 class ELU(Activation):
-    name = "elu"
+    name = kernel = "elu"
     relu_family = True
 
     def __init__(self, alpha: float = 1.0):
@@ -131,15 +153,19 @@ class ELU(Activation):
         return xp.where(z > 0, z, self.alpha * xp.expm1(xp.minimum(z, 0)))
 
     def backward(self, dy, z, y):
-        # for z <= 0: d/dz alpha (exp(z) - 1) = alpha exp(z) = y + alpha
-        return array_namespace(dy).where(y <= 0, dy * (y + self.alpha), dy)  # NaN passes dy on, as in torch
+        # for z <= 0: d/dz alpha (exp(z) - 1) = alpha exp(z) = y + alpha; a NaN y falls through to y itself
+        xp = array_namespace(dy)
+        return xp.where(y > 0, dy, xp.where(y <= 0, dy * (y + self.alpha), y))
+
+    def kernel_arg(self) -> float:
+        return self.alpha
 
     def __repr__(self) -> str:
         return f"ELU(alpha={self.alpha})"
 
 
 class Softplus(Activation):
-    name = "softplus"
+    name = kernel = "softplus"
     uses_input = True  # torch's threshold makes the derivative exactly 1 above z = 20: decided from z
 
     def forward(self, z):
@@ -151,7 +177,7 @@ class Softplus(Activation):
 
 
 class SiLU(Activation):
-    name = "silu"
+    name = kernel = "silu"
     uses_input = True
 
     def forward(self, z):
@@ -170,7 +196,7 @@ _GELU_CLAMP = 100.0
 
 
 class GELU(Activation):
-    name = "gelu"
+    name = kernel = "gelu"
     uses_input = True
 
     def forward(self, z):
@@ -187,7 +213,7 @@ class GELU(Activation):
 
 
 class Softmax(Activation):
-    name = "softmax"
+    name = kernel = "softmax"
     elementwise = False
 
     def forward(self, z):
@@ -196,6 +222,33 @@ class Softmax(Activation):
     def backward(self, dy, z, y):
         xp = array_namespace(dy)
         return y * (dy - xp.sum(dy * y, axis=-1, keepdims=True))
+
+
+def _zero_unless_nan(a):
+    """0 where ``a`` is a number (infinities included), NaN where it is NaN."""
+    return array_namespace(a).minimum(abs(a), 0)
+
+
+@functools.cache
+def _declared(cls) -> str | None:
+    owner = next(c for c in cls.__mro__ if "kernel" in vars(c))
+    if owner.kernel is None:
+        return None
+    same = all(getattr(cls, attr) is getattr(owner, attr) for attr in ("forward", "backward", "uses_input"))
+    return owner.kernel if same else None
+
+
+def builtin_kernel(activation) -> str | None:
+    """The name of the built-in math ``activation`` computes (``"relu"``, ``"gelu"``, ...), or None.
+
+    It is the ``kernel`` its class declares, provided ``forward``, ``backward`` and ``uses_input`` are still those of
+    the class that declared it: a subclass overriding them, or a custom activation, gets None, so specialised ops run
+    its own methods instead of the built-in math (as Thinc's ``CupyOps`` falls back to ``super()``).
+
+    >>> builtin_kernel(ReLU()), builtin_kernel(type("ReLU6", (ReLU,), {"forward": lambda self, z: z})())
+    ('relu', None)
+    """
+    return _declared(type(activation))
 
 
 ACTIVATIONS = {

@@ -89,23 +89,28 @@ LR = 1e-3
 
 
 def gpunet_step(sizes, batch, device, rng, fused=True):
-    """``(model, {phase: callable}, epoch)``; ``epoch(X, y)`` moves the data to the device and returns the call."""
+    """``(model, {phase: callable}, epoch)``; ``epoch(X, y)`` moves the data to the device and returns the call.
+
+    The phases are the trainer's: ``forward`` (training forward into the workspaces), ``backward`` (the loss and
+    its gradients from the last forward's predictions), ``step`` (forward, backward, update)."""
     layers = [gn.Dense(a, b, "relu") for a, b in zip(sizes[:-2], sizes[1:-1])]
     model = gn.Sequential(layers + [gn.Dense(sizes[-2], sizes[-1], "softmax")], device=device, seed=0, fused=fused)
     loss, opt = gn.losses.get("cce"), gn.optim.SGD(lr=LR, momentum=0.9)
-    Xd, Yd = model._data("X", rng.standard_normal((batch, sizes[0])), "y", rng.integers(0, sizes[-1], batch), loss)
-    combined = model._output_pairing(loss)
+    trainer = model.trainer
+    trainer.configure(loss, opt)
+    x, y, _ = trainer.prepare(rng.standard_normal((batch, sizes[0])), rng.integers(0, sizes[-1], batch))
+    last = {}
 
-    def backward():  # from the last forward's cache, which backward leaves as it is
-        _, grad = loss.value_and_logits_grad(model.layers[-1]._cache[2], Yd, model.ops)
-        model._backward(grad, through_last_activation=False, input_grad=False)
+    def forward():
+        last["pred"] = trainer.forward(x)
 
     def epoch(X, y):
-        data = model._data("X", X, "y", y, loss)
+        data = trainer.prepare(X, y)[:2]
         return lambda: model.fit(*data, loss=loss, optimizer=opt, epochs=1, batch_size=batch)
 
-    phases = {"forward": lambda: model._forward(Xd, training=True), "backward": backward,
-              "step": lambda: model._train_step(Xd, Yd, loss, opt, combined)}
+    forward()
+    phases = {"forward": forward, "backward": lambda: trainer.backward(last["pred"], y),
+              "step": lambda: trainer.step(x, y)}
     return model, phases, epoch
 
 

@@ -7,6 +7,7 @@ Keras's names and semantics, PyTorch's formulas for the schedules (ReduceLROnPla
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 import time
@@ -15,9 +16,14 @@ from . import validation
 
 
 class Callback:
-    """Base class; every hook is optional. ``self.model`` is set before ``on_train_begin``."""
+    """Base class; every hook is optional. ``self.model`` is set before ``on_train_begin``; ``self.trainer`` is its
+    :class:`gpunet.trainer.Trainer` (the loss, optimizer and metrics of this fit)."""
 
     model = None
+
+    @property
+    def trainer(self):
+        return self.model.trainer
 
     def on_train_begin(self, logs: dict | None = None) -> None: ...
 
@@ -28,7 +34,12 @@ class Callback:
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None: ...
 
-    def on_train_end(self, logs: dict | None = None) -> None: ...
+    def on_nonfinite(self, error: "NonFiniteLossError") -> None:
+        """The epoch diverged (a NaN or infinite loss or weight); the model is already rolled back to the last
+        finite weights, and training ends after this hook. :class:`TerminateOnNaN` raises ``error`` here."""
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        """``logs["interrupted"]``: whether Ctrl-C ended the fit (the model keeps its last finished step)."""
 
 
 class History(Callback):
@@ -38,6 +49,7 @@ class History(Callback):
     def __init__(self):
         self.history: dict[str, list[float]] = {}
         self.epoch: list[int] = []
+        self.interrupted = False  # whether Ctrl-C ended the fit
 
     def on_epoch_end(self, epoch, logs):
         self.epoch.append(epoch)
@@ -52,18 +64,28 @@ class History(Callback):
         return f"History(epochs={len(self.epoch)}, last={last})"
 
 
-def _mode(monitor: str, mode: str) -> str:
-    mode = validation.one_of("mode", mode, ("auto", "min", "max"))
-    if mode == "auto":
-        return "max" if any(k in monitor for k in ("accuracy", "r2")) else "min"
-    return mode
+def _mode(callback, monitor: str, mode: str) -> str:
+    """``"min"`` or ``"max"`` for ``monitor``: ``mode`` itself, or for ``"auto"`` what Keras infers: the loss
+    decreases; a metric of this fit goes the way its ``direction`` says (accuracy, precision, recall, f1, r2 up;
+    mse, mae down). Anything else needs an explicit mode."""
+    if mode != "auto":
+        return mode
+    name = monitor[4:] if monitor.startswith("val_") else monitor
+    if name == "loss":
+        return "min"
+    for metric in callback.trainer.metrics:
+        if metric.name == name and getattr(metric, "direction", None) in ("min", "max"):
+            return metric.direction
+    raise ValueError(f"{type(callback).__name__} cannot tell whether {monitor!r} should go up or down (it is not "
+                     f"the loss or a metric of this fit that declares its direction); pass mode='max' or mode='min'")
 
 
 class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
 
     With ``restore_best_weights=True`` the model ends with the weights of its best epoch whenever training ends,
-    whether it stopped early or ran all its epochs.
+    whether it stopped early or ran all its epochs (not when Ctrl-C ended it: it keeps its last step's weights).
+    ``mode="auto"`` infers the direction as Keras does (see :func:`_mode`); ``"min"``/``"max"`` set it.
     """
 
     def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0, mode: str = "auto",
@@ -71,7 +93,7 @@ class EarlyStopping(Callback):
         self.monitor = monitor
         self.patience = validation.positive_int("patience", patience)
         self.min_delta = abs(validation.real_number("min_delta", min_delta))
-        self.mode = _mode(monitor, mode)
+        self.mode = validation.one_of("mode", mode, ("auto", "min", "max"))
         self.restore_best_weights = bool(restore_best_weights)
         self.best = self.best_epoch = self.best_weights = None
         self.stopped_epoch = None
@@ -79,11 +101,12 @@ class EarlyStopping(Callback):
     def on_train_begin(self, logs=None):
         self.best = self.best_epoch = self.best_weights = self.stopped_epoch = None
         self._wait = 0
+        self._direction = _mode(self, self.monitor, self.mode)
 
     def _improved(self, value: float) -> bool:
         if self.best is None:
             return True
-        return value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
+        return value < self.best - self.min_delta if self._direction == "min" else value > self.best + self.min_delta
 
     def on_epoch_end(self, epoch, logs):
         if self.monitor not in logs:
@@ -101,7 +124,8 @@ class EarlyStopping(Callback):
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
-        if self.restore_best_weights and self.best_weights is not None:
+        interrupted = bool(logs and logs.get("interrupted"))  # Ctrl-C keeps the last step's weights, as it says
+        if self.restore_best_weights and self.best_weights is not None and not interrupted:
             self.model.set_weights(self.best_weights)
 
 
@@ -114,9 +138,12 @@ class ModelCheckpoint(Callback):
         self.path = str(path)
         self.monitor = monitor
         self.save_best_only = bool(save_best_only)
-        self.mode = _mode(monitor, mode)
+        self.mode = validation.one_of("mode", mode, ("auto", "min", "max"))
         self.save_optimizer = bool(save_optimizer)
         self.best = None
+
+    def on_train_begin(self, logs=None):
+        self._direction = _mode(self, self.monitor, self.mode) if self.save_best_only else None
 
     def on_epoch_end(self, epoch, logs):
         if self.save_best_only:
@@ -124,7 +151,7 @@ class ModelCheckpoint(Callback):
                 raise ValueError(f"ModelCheckpoint monitors {self.monitor!r}, which fit does not log; logged: "
                                  f"{sorted(logs)}")
             value = logs[self.monitor]
-            better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+            better = self.best is None or (value < self.best if self._direction == "min" else value > self.best)
             if not better:
                 return
             self.best = value
@@ -140,11 +167,24 @@ class TerminateOnNaN(Callback):
     the model and optimizer back to the weights with which the last finite batch loss was computed (when the very
     first batch of an epoch fails: the epoch's starting weights), never keeping a non-finite weight. Then it
     raises :class:`NonFiniteLossError` (``raise_error=True``, the default; like any exception in ``fit`` this skips
-    the callbacks' ``on_train_end``) or stops quietly, Keras-style, with the history so far.
+    the callbacks' ``on_train_end``) or stops, Keras-style, with the history so far and a
+    :class:`NonFiniteLossWarning` saying what happened.
     """
 
     def __init__(self, raise_error: bool = True):
         self.raise_error = bool(raise_error)
+
+    def on_nonfinite(self, error):
+        if self.raise_error:
+            raise error
+        from .validation import warn_at_caller
+
+        warn_at_caller(f"gpunet: {error}", NonFiniteLossWarning)
+        self.model.stop_training = True
+
+
+class NonFiniteLossWarning(UserWarning):
+    """Training diverged and stopped (``TerminateOnNaN(raise_error=False)``)."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -157,28 +197,47 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class LearningRateScheduler(Callback):
-    """Set ``optimizer.lr = schedule(epoch, initial_lr)`` at the start of every epoch (epoch counts from 0 at the
-    first ``fit`` with this callback). The rate used is logged as ``"lr"``."""
+    """Keras's scheduler: at the start of every epoch, ``optimizer.lr = schedule(epoch, lr)`` with ``lr`` the
+    current rate (a ``schedule(epoch)`` of one argument works too). ``epoch`` is the fit's epoch index, counted from
+    ``fit``'s ``initial_epoch``. The rate each epoch used is logged as ``"lr"``.
+
+    >>> halve_after_10 = LearningRateScheduler(lambda epoch, lr: lr if epoch < 10 else lr * 0.5)
+    """
 
     def __init__(self, schedule):
         if not callable(schedule):
-            raise TypeError(f"schedule must be a function (epoch, initial_lr) -> lr; received {schedule!r}")
+            raise TypeError(f"schedule must be a function (epoch, lr) -> lr; received {schedule!r}")
         self.schedule = schedule
+        try:
+            params = inspect.signature(schedule).parameters.values()
+            positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            self._takes_lr = len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
+        except (TypeError, ValueError):  # no signature (a builtin): Keras's current form
+            self._takes_lr = True
+
+    def on_epoch_begin(self, epoch):
+        optimizer = self.trainer.optimizer
+        lr = self.schedule(epoch, optimizer.lr) if self._takes_lr else self.schedule(epoch)
+        optimizer.lr = validation.number_in("lr (from the schedule)", float(lr), 0.0, float("inf"))
+
+    def on_epoch_end(self, epoch, logs):
+        logs["lr"] = self.trainer.optimizer.lr
+
+
+class _ClosedForm(LearningRateScheduler):
+    """torch's schedulers in closed form, ``lr = formula(epoch, initial_lr)``; ``initial_lr`` is the optimizer's rate
+    when the first ``fit`` with this callback begins."""
+
+    def __init__(self, formula):
         self.initial_lr = None
+        super().__init__(lambda epoch, lr: formula(epoch, self.initial_lr))
 
     def on_train_begin(self, logs=None):
         if self.initial_lr is None:
-            self.initial_lr = self.model.optimizer.lr
-
-    def on_epoch_begin(self, epoch):
-        lr = float(self.schedule(epoch, self.initial_lr))
-        self.model.optimizer.lr = validation.number_in("lr (from the schedule)", lr, 0.0, float("inf"))
-
-    def on_epoch_end(self, epoch, logs):
-        logs["lr"] = self.model.optimizer.lr
+            self.initial_lr = self.trainer.optimizer.lr
 
 
-class StepLR(LearningRateScheduler):
+class StepLR(_ClosedForm):
     """``lr = initial_lr * gamma ** (epoch // step_size)`` (``torch.optim.lr_scheduler.StepLR``)."""
 
     def __init__(self, step_size: int, gamma: float = 0.1):
@@ -187,7 +246,7 @@ class StepLR(LearningRateScheduler):
         super().__init__(lambda epoch, lr0: lr0 * gamma ** (epoch // step_size))
 
 
-class ExponentialLR(LearningRateScheduler):
+class ExponentialLR(_ClosedForm):
     """``lr = initial_lr * gamma ** epoch`` (``torch.optim.lr_scheduler.ExponentialLR``)."""
 
     def __init__(self, gamma: float):
@@ -195,7 +254,7 @@ class ExponentialLR(LearningRateScheduler):
         super().__init__(lambda epoch, lr0: lr0 * gamma**epoch)
 
 
-class CosineAnnealingLR(LearningRateScheduler):
+class CosineAnnealingLR(_ClosedForm):
     """``lr = eta_min + (initial_lr - eta_min) (1 + cos(pi epoch / T_max)) / 2``
     (``torch.optim.lr_scheduler.CosineAnnealingLR``'s closed form; it restarts after ``2 T_max``)."""
 
@@ -220,7 +279,7 @@ class ReduceLROnPlateau(Callback):
                  threshold: float = 1e-4, threshold_mode: str = "rel", cooldown: int = 0, min_lr: float = 0.0,
                  eps: float = 1e-8):
         self.monitor = monitor
-        self.mode = _mode(monitor, mode)
+        self.mode = validation.one_of("mode", mode, ("auto", "min", "max"))
         self.factor = validation.number_in("factor", factor, 0.0, 1.0)
         if self.factor == 0:
             raise ValueError(f"factor must be in (0, 1); received factor={factor!r}")
@@ -230,14 +289,15 @@ class ReduceLROnPlateau(Callback):
         self.cooldown = validation.non_negative_int("cooldown", cooldown)
         self.min_lr = validation.number_in("min_lr", min_lr, 0.0, float("inf"))
         self.eps = validation.number_in("eps", eps, 0.0, float("inf"))
-        self.on_train_begin()
+        self.best, self.num_bad_epochs, self.cooldown_counter = None, 0, 0
 
     def on_train_begin(self, logs=None):  # each fit starts afresh, as in Keras
-        self.best = math.inf if self.mode == "min" else -math.inf
+        self._direction = _mode(self, self.monitor, self.mode)
+        self.best = math.inf if self._direction == "min" else -math.inf
         self.num_bad_epochs = self.cooldown_counter = 0
 
     def _improved(self, value: float) -> bool:
-        if self.mode == "min":
+        if self._direction == "min":
             return value < (self.best * (1 - self.threshold) if self.threshold_mode == "rel" else
                             self.best - self.threshold)
         return value > (self.best * (1 + self.threshold) if self.threshold_mode == "rel" else
@@ -247,7 +307,7 @@ class ReduceLROnPlateau(Callback):
         if self.monitor not in logs:
             raise ValueError(f"ReduceLROnPlateau monitors {self.monitor!r}, which fit does not log; logged: "
                              f"{sorted(logs)} (val_* needs validation_data or validation_split)")
-        optimizer = self.model.optimizer
+        optimizer = self.trainer.optimizer
         logs["lr"] = optimizer.lr
         value = float(logs[self.monitor])
         if self._improved(value):
@@ -304,3 +364,8 @@ class ProgressBar(Callback):
         else:
             print(f"Epoch {epoch + 1}/{self.epochs} - {time.perf_counter() - self._start:.2f}s - {text}",
                   file=self.file)
+
+    def on_train_end(self, logs=None):
+        if self._bar is not None:  # an interrupted epoch's bar
+            self._bar.close()
+            self._bar = None

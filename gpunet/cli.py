@@ -17,6 +17,7 @@ import csv
 import io
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -132,9 +133,11 @@ def train(args) -> int:
         print(f"model: {' -> '.join(map(str, sizes))}, {args.activation}/{out_act or 'linear'}, {loss}, "
               f"{optimizer!r}, on {model.device} ({model.backend.name})")
     start = time.perf_counter()
-    history = model.fit(X_train, y_train, loss=loss, optimizer=optimizer, epochs=args.epochs,
-                        batch_size=args.batch_size, validation_split=args.val_split or None, metrics=[metric],
-                        verbose=0 if args.quiet else 1, callbacks=callbacks)
+    with warnings.catch_warnings():  # an interrupt is reported below, in one line
+        warnings.filterwarnings("ignore", message="Training interrupted by user")
+        history = model.fit(X_train, y_train, loss=loss, optimizer=optimizer, epochs=args.epochs,
+                            batch_size=args.batch_size, validation_split=args.val_split or None, metrics=[metric],
+                            verbose=0 if args.quiet else 1, callbacks=callbacks)
     seconds = time.perf_counter() - start
     epochs_run = len(history.epoch)
     print(f"trained {epochs_run} epoch(s) in {seconds:.2f} s on {model.device}"
@@ -143,11 +146,16 @@ def train(args) -> int:
     model.metadata = {"cli": {"task": data.task, "classes": data.classes, "features": data.feature_names,
                               "target": data.target_name, "x_scaler": x_scaler.to_json(),
                               "y_scaler": y_scaler.to_json() if y_scaler else None}}
+    if history.interrupted:  # Ctrl-C: fit ended cleanly, with the weights of its last finished step
+        print(f"gpunet train: interrupted after {epochs_run} finished epoch(s); the model keeps its last finished "
+              f"step" + (f", saving it to {args.save}" if args.save else ""), file=sys.stderr)
     if len(test_rows):
         print(_report(model, data.X[test_rows], data.y[test_rows], "test"))
     if args.save:
         model.save(args.save)
         print(f"saved {args.save}")
+    if history.interrupted:
+        return 130
     if args.plot:
         from .plotting import plot_history
 

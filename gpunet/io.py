@@ -74,13 +74,15 @@ def save(model, path, optimizer=None) -> None:
 
 
 def to_bytes(model, optimizer=None, path: str = "<bytes>") -> bytes:
-    """The file :func:`save` writes, as bytes (``path`` only names the destination in error messages)."""
+    """The file :func:`save` writes, as bytes (``path`` only names the destination in error messages). Pickling
+    does not go through this format (it keeps custom activations and non-finite weights)."""
     from . import __version__
     from .model import Sequential
 
     if not isinstance(model, Sequential):
         raise TypeError(f"model must be a gpunet.Sequential; received {type(model).__name__}")
     optimizer = _optimizer_to_save(model, optimizer)
+    generators = model.trainer.generator_states()
     tensors = {}
     for i, w in enumerate(model.get_weights()):
         tensors[f"layers.{i // 2}.{'Wb'[i % 2]}"] = w
@@ -97,10 +99,9 @@ def to_bytes(model, optimizer=None, path: str = "<bytes>") -> bytes:
         "loss": None if model.loss is None else _config(model.loss, losses_mod.LOSSES, "loss"),
         "metrics": [_config(m, metrics_mod.METRICS, "metric") for m in model.metrics],
         "optimizer": None,
-        "shuffle_rng": _json_safe(model._shuffle_rng.bit_generator.state),
         # dropout masks drawn by NumPy resume where they stopped; CuPy's generator lives on the GPU and restarts
-        "dropout_rng": (_json_safe(model._dropout_rng.bit_generator.state)
-                        if isinstance(model._dropout_rng, np.random.Generator) else None),
+        "shuffle_rng": _json_safe(generators["shuffle"]),
+        "dropout_rng": None if generators["dropout"] is None else _json_safe(generators["dropout"]),
     }
     meta["metrics"] = [m for m in meta["metrics"] if m is not None]  # custom ones are left out (with a warning)
     if optimizer is not None:
@@ -344,9 +345,10 @@ def from_bytes(data: bytes, device="cpu", path: str = "<bytes>"):
         model.loss, model.metrics = loss, metrics
         if opt_meta is not None:
             model.optimizer = _optimizer(path, opt_meta, tensors, model)
-        model._shuffle_rng = _generator(path, meta["shuffle_rng"])
-        if meta.get("dropout_rng") is not None and isinstance(model._dropout_rng, np.random.Generator):
-            model._dropout_rng.bit_generator.state = _generator(path, meta["dropout_rng"]).bit_generator.state
+        dropout = meta.get("dropout_rng")
+        model.trainer.set_generator_states({
+            "shuffle": _generator(path, meta["shuffle_rng"]).bit_generator.state,
+            "dropout": None if dropout is None else _generator(path, dropout).bit_generator.state})
         if "metadata" in meta:
             model.metadata = meta["metadata"]
     except (KeyError, TypeError, AttributeError, IndexError) as exc:

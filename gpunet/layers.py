@@ -38,8 +38,9 @@ class Dense:
         init: ``"auto"`` (He uniform for the ReLU family, Glorot uniform otherwise), ``"he_uniform"``,
             ``"he_normal"``, ``"glorot_uniform"``, ``"glorot_normal"`` or ``"zeros"``. Biases start at zero.
         dropout: probability in ``[0, 1)`` of zeroing each output in training (``fit``, ``train_on_batch``,
-            ``forward(training=True)``), the kept ones scaled by ``1 / (1 - dropout)``: a ``torch.nn.Dropout`` /
-            ``keras.layers.Dropout`` after this layer. Inference never drops. Not on a model's output layer.
+            ``model.forward(x, training=True)``), the kept ones scaled by ``1 / (1 - dropout)``: a
+            ``torch.nn.Dropout`` / ``keras.layers.Dropout`` after this layer. Inference never drops. Not on a
+            model's output layer.
 
     The weights exist once the layer is part of a model (:class:`gpunet.Sequential` builds it on its device).
 
@@ -54,12 +55,10 @@ class Dense:
         self.activation = activations.get(activation)
         self.init = validation.one_of("init", init, INITS)
         self.dropout = validation.number_in("dropout", dropout, 0.0, 1.0)
-        self._rng = None  # the model's dropout generator, set by build()
         self.W = self.b = None  # set by build()
-        self.dW = self.db = None  # set by backward()
+        self.dW = self.db = None  # set by Sequential.backward()
         self.xp = self.ops = None  # the model's namespace and its ops, set by build()
-        self._cache = None  # (x, z or None, y) from the last forward
-        self._workspaces = {}  # training-step arrays reused from step to step where ops.reuses_buffers
+        self._cache = None  # (x, z or None, y, dropout mask or None) from the last forward
 
     def __repr__(self) -> str:
         drop = f", dropout={self.dropout}" if self.dropout else ""
@@ -76,63 +75,66 @@ class Dense:
             init = "he_uniform" if self.activation.relu_family else "glorot_uniform"
         return init_weight(rng, (self.in_features, self.out_features), init), np.zeros(self.out_features)
 
-    def build(self, ops, W, b, rng=None) -> None:
-        """Adopt ``W`` and ``b``, arrays of namespace ``ops.xp``, and compute with ``ops``; ``rng`` draws the dropout
-        masks (the model calls this)."""
-        self.xp, self.ops, self._rng = ops.xp, ops, rng
+    def build(self, ops, W, b) -> None:
+        """Adopt ``W`` and ``b``, arrays of namespace ``ops.xp``, and compute with ``ops`` (the model calls this)."""
+        self.xp, self.ops = ops.xp, ops
         self.W, self.b = W, b
         self.dW = self.db = None
         self._cache = None
-        self._workspaces = {}
 
     def parameters(self) -> list:
         return [self.W, self.b]
 
     def gradients(self) -> list:
+        """``[dW, db]`` of the last :meth:`gpunet.Sequential.backward` (``None`` before it)."""
         return [self.dW, self.db]
 
-    def _workspace(self, name: str, shape: tuple):
-        """A persistent array for a training step's intermediate (``None`` where the ops allocate their own)."""
-        if not self.ops.reuses_buffers:
+    def _buffer(self, ws, name: str, shape: tuple, shared: bool = False):
+        """The workspace array for ``name`` when ``ws`` is given and the ops write into buffers, else ``None`` (the
+        ops then allocate). ``shared``: an array of a parameter's shape, common to every batch size."""
+        if ws is None or not self.ops.reuses_buffers:
             return None
-        key = (name, shape)
-        buf = self._workspaces.get(key)
-        if buf is None:
-            buf = self._workspaces[key] = self.xp.empty(shape, dtype=self.W.dtype)
-        return buf
+        return (ws.shared if shared else ws).array((self, name), shape, self.W.dtype)
 
-    def forward(self, x, training: bool = False, reuse: bool | None = None):
+    def forward(self, x, ws=None, mask=None):
         """``(n, in_features) -> (n, out_features)``; keeps what :meth:`backward` needs.
 
-        ``training=True`` applies dropout. ``reuse`` (default: ``training``, as inside ``fit``) computes into
-        workspaces that the next such call overwrites.
+        ``mask``: inverted-dropout noise ``(n, out_features)`` multiplied into the output (training; the model's
+        trainer draws it), or ``None``. ``ws``: the training step's workspace, which receives the results (valid
+        until the next step on that workspace); ``None`` allocates new arrays.
         """
         shape = (x.shape[0], self.out_features)
-        reuse = training if reuse is None else reuse
-        z, y = self.ops.dense(x, self.W, self.b, self.activation, self._workspace("z", shape) if reuse else None)
-        mask = None
-        if training and self.dropout:
-            buffers = (self._workspace("mask", shape), self._workspace("dropped", shape)) if reuse else (None, None)
-            y_dropped, mask = self.ops.dropout(y, self.dropout, self._rng, *buffers)
+        z, y = self.ops.dense(x, self.W, self.b, self.activation, self._buffer(ws, "z", shape))
         self._cache = (x, z, y, mask)
-        return y if mask is None else y_dropped
+        if mask is None:
+            return y
+        return self.ops.dropout(y, mask, self._buffer(ws, "dropped", shape))
 
-    def backward(self, dy, *, input_grad: bool = True, through_activation: bool = True):
-        """Gradients from ``dy = dL/dy`` (shape of the output, owned by the caller: it may be overwritten):
-        sets ``dW``, ``db``; returns ``dL/dx``.
+    def backward(self, dy, ws=None, *, input_grad: bool = True, through_activation: bool = True):
+        """Gradients from ``dy = dL/dy`` (shape of the output, owned by the caller: it may be overwritten), for the
+        last :meth:`forward`: returns ``(dx, dW, db)``.
 
         ``through_activation=False`` treats ``dy`` as ``dL/dz`` already (the combined softmax/sigmoid +
-        cross-entropy gradient). ``input_grad=False`` skips ``dL/dx`` (the first layer in training) and returns None.
+        cross-entropy gradient). ``input_grad=False`` skips ``dL/dx`` (the first layer in training): ``dx`` is
+        None. ``ws`` as in :meth:`forward`.
         """
         if self._cache is None:
             raise RuntimeError("backward() needs a forward() first")
         x, z, y, mask = self._cache
         if mask is not None:  # through the dropout: the same noise
             dy *= mask
-        dz = self.ops.act_grad(self.activation, dy, z, y) if through_activation else dy
-        self.dW = self.ops.matmul(x.T, dz, self._workspace("dW", self.W.shape))
-        self.db = self.ops.sum_rows(dz, self._workspace("db", self.b.shape))
+        dz = self.ops.act_grad(self.activation, dy, z, y, ws) if through_activation else dy
+        dW = self.ops.matmul(x.T, dz, self._buffer(ws, "dW", self.W.shape, shared=True))
+        db = self.ops.sum_rows(dz, self._buffer(ws, "db", self.b.shape, shared=True), ws)
         if not input_grad:
-            return None
-        return self.ops.matmul(dz, self.W.T, self._workspace("dx", (dz.shape[0], self.in_features)))
+            return None, dW, db
+        return self.ops.matmul(dz, self.W.T, self._buffer(ws, "dx", (dz.shape[0], self.in_features))), dW, db
 
+    def __getstate__(self) -> dict:
+        """Pickle the configuration and host copies of ``W`` and ``b``; the model rebuilds the rest on its device."""
+        from .backend import to_numpy
+
+        state = dict(vars(self))
+        state.update(W=None if self.W is None else to_numpy(self.W), b=None if self.b is None else to_numpy(self.b),
+                     xp=None, ops=None, dW=None, db=None, _cache=None)
+        return state

@@ -30,8 +30,8 @@ from array_api_compat import device as device_of
 
 from . import array_utils, validation
 from .backend import to_numpy
-from .backend.reference import clamped_log as _clamped_log
 from .backend import ops_for
+from .backend.reference import xent
 
 _EPS = 9.999999960041972e-13  # BCELoss's floor for its gradient's denominator: float32(1e-12), even for float64
 
@@ -261,7 +261,7 @@ class BinaryCrossEntropy(_CrossEntropy):
     def elementwise(self, pred, target, ops=None):
         if self.from_logits:
             return (ops or ops_for(array_namespace(pred))).bce_logits(pred, target, 1.0)[0]
-        return -(target * _clamped_log(pred) + (1 - target) * _clamped_log(1 - pred))
+        return xent(pred, target, binary=True)
 
     def value(self, pred, target, ops=None):
         return array_namespace(pred).mean(self.elementwise(pred, target, ops))
@@ -321,7 +321,7 @@ class CategoricalCrossEntropy(_CrossEntropy):
     def elementwise(self, pred, target, ops=None):
         xp = array_namespace(pred)
         if not self.from_logits:
-            return -(target * _clamped_log(pred))
+            return xent(pred, target, binary=False)
         # a log-probability of -inf (logits ~1e38 apart in float32) costs nothing where the target is 0
         logp = array_utils.log_softmax(pred, axis=-1)
         return -(target * xp.where(target == 0, xp.zeros_like(logp), logp))

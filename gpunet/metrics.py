@@ -18,7 +18,11 @@ from .backend import on_device_of, to_numpy
 
 
 class Metric:
+    """Base class. ``direction`` says which way is better, ``"max"`` or ``"min"`` (Keras's ``_direction``): callbacks
+    in ``mode="auto"`` follow it, and refuse a metric that does not declare one."""
+
     name = "metric"
+    direction = None
 
     def stats(self, pred, target) -> tuple:
         """Sums over a batch (0-d or 1-d arrays of pred's namespace; counts as Python ints, which need no copy to
@@ -72,6 +76,7 @@ class Accuracy(_Mean):
     """
 
     name = "accuracy"
+    direction = "max"
 
     def __init__(self, binary: bool | None = None, threshold: float = 0.5):
         self.binary = binary
@@ -86,6 +91,7 @@ class Accuracy(_Mean):
 
 class MeanSquaredError(_Mean):
     name = "mse"
+    direction = "min"
 
     def values(self, pred, target):
         r = pred - target
@@ -94,6 +100,7 @@ class MeanSquaredError(_Mean):
 
 class MeanAbsoluteError(_Mean):
     name = "mae"
+    direction = "min"
 
     def values(self, pred, target):
         return array_namespace(pred).abs(pred - target)
@@ -108,6 +115,7 @@ class R2(Metric):
     """
 
     name = "r2"
+    direction = "max"
 
     def stats(self, pred, target):
         xp = array_namespace(pred)
@@ -142,6 +150,8 @@ class _Classification(Metric):
     (``k > 1``): the class of a row is its argmax, averaged as ``average="macro"`` over the classes present in the
     targets or the predictions. An undefined ratio (no predicted or no true positives) counts 0 (``zero_division=0``).
     """
+
+    direction = "max"
 
     def __init__(self, binary: bool | None = None, threshold: float = 0.5):
         self.binary = binary

@@ -14,9 +14,9 @@ from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import optim as optim_mod
 from . import training, validation
-from .backend import DTYPES, get_backend, to_numpy
+from .backend import DTYPES, flat, fused_default, get_backend, ops_for, to_numpy
 from .callbacks import History
-from .backend import fused_default, ops_for
+from .trainer import Trainer
 
 logger = logging.getLogger("gpunet")
 
@@ -75,17 +75,19 @@ class Sequential:
         self.backend = get_backend(device)
         if device == "auto":
             logger.info("device='auto' resolved to %s", self.backend.label)
-        init_rng, shuffle_seed, self._dropout_seed = np.random.SeedSequence(seed).spawn(3)
-        self._shuffle_rng = np.random.default_rng(shuffle_seed)
-        rng = np.random.default_rng(init_rng)
+        init_seed, shuffle_seed, dropout_seed = np.random.SeedSequence(seed).spawn(3)
+        rng = np.random.default_rng(init_seed)
         host = [layer.initial_weights(rng) for layer in self.layers]
         self._adopt([w for pair in host for w in pair])
-        # the loss, metrics and optimizer of the last fit: defaults for the next fit and for evaluate(); save()
-        # stores them and load() restores them, so training resumes where it stopped
-        self.loss = None
-        self.metrics: list = []
-        self.optimizer = None
+        # the training step, its generators and workspaces, and the last fit's loss, optimizer and metrics
+        self.trainer = Trainer(self, shuffle_seed, dropout_seed)
         self.stop_training = False  # a callback sets it to end fit after the current epoch
+
+    # the loss, metrics and optimizer of the last fit (the trainer's): defaults for the next fit and for evaluate();
+    # save() stores them and load() restores them, so training resumes where it stopped
+    loss = property(lambda self: self.trainer.loss, lambda self, v: setattr(self.trainer, "loss", v))
+    optimizer = property(lambda self: self.trainer.optimizer, lambda self, v: setattr(self.trainer, "optimizer", v))
+    metrics = property(lambda self: self.trainer.metrics, lambda self, v: setattr(self.trainer, "metrics", list(v)))
 
     # -- properties -----------------------------------------------------------------------------------------------
     @property
@@ -131,7 +133,8 @@ class Sequential:
 
     # -- parameters -----------------------------------------------------------------------------------------------
     def parameters(self) -> list:
-        """``[W1, b1, W2, b2, ...]`` as arrays of the model's namespace (updated in place by optimizers)."""
+        """``[W1, b1, W2, b2, ...]`` as arrays of the model's namespace (updated in place by optimizers; on NumPy and
+        CuPy views of one flat array)."""
         return [p for layer in self.layers for p in layer.parameters()]
 
     def gradients(self) -> list:
@@ -172,6 +175,7 @@ class Sequential:
         host = [to_numpy(p) for p in self.parameters()]
         self.backend = backend
         self._adopt(host)
+        self.trainer.attach()  # workspaces on the new device; the dropout stream restarts from its seed there
         return self
 
     def save(self, path, optimizer=None) -> None:
@@ -204,46 +208,56 @@ class Sequential:
         export.export(self, path, format)
 
     def __getstate__(self) -> dict:
-        """Pickle (and ``copy.deepcopy``) through the safetensors format of :mod:`gpunet.io`: the model, its last
-        fit's loss, metrics and optimizer state, its shuffling generator, and the device to rebuild it on."""
-        from . import io
-
-        device = self.device if self.backend.name in ("numpy", "cupy") else self.backend.xp.__name__
-        return {"gpunet_bytes": io.to_bytes(self), "device": device}
+        """Pickle (and ``copy.deepcopy``) the model as it is: its layers (custom activations included) with host
+        copies of the weights, any values (NaN and infinity too), the last fit's loss, metrics and optimizer (its
+        state on the host), the generators' states, ``metadata``, and the device to rebuild it on."""
+        state = {k: v for k, v in vars(self).items() if k not in ("backend", "trainer")}
+        trainer = self.trainer
+        state["device"] = self.device if self.backend.name in ("numpy", "cupy") else self.backend.xp.__name__
+        state["trainer"] = {"loss": trainer.loss, "optimizer": trainer.optimizer, "metrics": trainer.metrics,
+                            "generators": trainer.generator_states(), "seeds": trainer.seeds}
+        return state
 
     def __setstate__(self, state: dict) -> None:
         """Rebuild on the pickled device, or on the CPU (with a warning) where that device is not usable here."""
         import importlib
 
-        from . import io
-
-        device = state["device"]
+        state = dict(state)
+        device, saved = state.pop("device"), state.pop("trainer")
         try:
             if not (device == "cpu" or device.startswith("cuda")):
                 device = importlib.import_module(device)
             backend = get_backend(device)
         except (ImportError, ValueError) as exc:
-            warnings.warn(f"gpunet: the pickled model's device {state['device']!r} is not usable here ({exc}); "
-                          f"loading it on the CPU", stacklevel=2)
+            warnings.warn(f"gpunet: the pickled model's device {device!r} is not usable here ({exc}); loading it "
+                          f"on the CPU", stacklevel=2)
             backend = get_backend("cpu")
-        self.__dict__.update(io.from_bytes(state["gpunet_bytes"], backend, "<pickle>").__dict__)
-        if self.optimizer is not None and self.optimizer.state is not None:
-            self.optimizer._model = weakref.ref(self)  # the state belongs to this model, not the one io built
+        self.__dict__.update(state)
+        self.backend = backend
+        self._adopt([w for layer in self.layers for w in (layer.W, layer.b)])
+        trainer = self.trainer = Trainer(self, *saved["seeds"])
+        trainer.set_generator_states(saved["generators"])
+        trainer.loss, trainer.metrics, trainer.optimizer = saved["loss"], saved["metrics"], saved["optimizer"]
+        if trainer.optimizer is not None:
+            trainer.optimizer.attach(self)  # its host state onto this model's device, bound to this model
 
     def _adopt(self, host_weights: list[np.ndarray]) -> None:
+        """Build the layers on this model's backend from host ``[W1, b1, ...]``: on NumPy and CuPy the parameters are
+        views of one flat array (``_flat_params``; see :mod:`gpunet.backend.flat`), elsewhere separate arrays."""
         arrays = [self.backend.from_host(w, self.dtype) for w in host_weights]
+        self._flat_params = None
+        if flat.supports_views(self.backend):
+            with self.backend.activate():
+                self._flat_params, arrays = flat.gather(self.xp, arrays, self.backend.dtype(self.dtype))
         ops = ops_for(self.xp, self.fused)
-        # dropout masks: one stream from the seed on this device (restarted by to(); io saves a NumPy one's state)
-        self._dropout_rng = (self.backend.random_generator(self._dropout_seed)
-                             if any(layer.dropout for layer in self.layers) else None)
         for i, layer in enumerate(self.layers):
-            layer.build(ops, arrays[2 * i], arrays[2 * i + 1], self._dropout_rng)
+            layer.build(ops, arrays[2 * i], arrays[2 * i + 1])
 
     # -- forward and backward -------------------------------------------------------------------------------------
     def forward(self, x, training: bool = False):
         """``(n, n_inputs) -> (n, n_outputs)`` for an array of the model's namespace (a CuPy array on another GPU is
-        copied to the model's); keeps what backward needs. ``training=True`` applies the layers' dropout (``fit``
-        and ``train_on_batch`` do)."""
+        copied to the model's); keeps what backward needs. ``training=True`` applies the layers' dropout, with
+        masks from the trainer's generator (``fit`` and ``train_on_batch`` do). The output is a new array."""
         if not self.backend.owns(x):
             raise TypeError(f"x must be an array of the model's namespace ({self.backend.name}); use predict() "
                             f"for host data")
@@ -252,13 +266,14 @@ class Sequential:
         if not isinstance(training, bool):
             raise TypeError(f"training must be True or False; received {training!r}")
         with self.backend.activate():
-            return self._forward(self.backend.cast(x, self.dtype), training, reuse=False)
+            masks = self.trainer.dropout_masks(x.shape[0]) if training else None
+            return self._forward(self.backend.cast(x, self.dtype), masks)
 
     __call__ = forward
 
     def backward(self, grad_out):
         """Backpropagate ``dL/d(output)`` (shape of the last forward's output): sets every layer's ``dW``/``db``
-        and returns ``dL/dx``."""
+        (:meth:`gradients`) and returns ``dL/dx``. The gradients are new arrays that no later call overwrites."""
         cache = self.layers[-1]._cache
         if cache is None:
             raise RuntimeError("backward() needs a forward() first")
@@ -268,24 +283,33 @@ class Sequential:
                              f"{tuple(getattr(grad_out, 'shape', ()))}")
         with self.backend.activate():  # a copy, on the model's GPU: backward may overwrite the gradient it is given
             grad = self.xp.asarray(grad_out, copy=True)
-            return self._backward(grad, through_last_activation=True, input_grad=True)
+            dx, grads = self._backprop(grad, None, through_last_activation=True, input_grad=True)
+        for i, layer in enumerate(self.layers):
+            layer.dW, layer.db = grads[2 * i], grads[2 * i + 1]
+        return dx
 
-    def _forward(self, x, training: bool = False, reuse: bool | None = None):
-        for layer in self.layers:
-            x = layer.forward(x, training, reuse)
+    def _forward(self, x, masks=None, ws=None):
+        """Through every layer; ``masks``: one dropout mask or None per layer (None: no dropout anywhere); ``ws``:
+        the training step's workspace, or None for new arrays."""
+        for i, layer in enumerate(self.layers):
+            x = layer.forward(x, ws, None if masks is None else masks[i])
         return x
 
-    def _backward(self, g, *, through_last_activation: bool, input_grad: bool):
+    def _backprop(self, g, ws, *, through_last_activation: bool, input_grad: bool):
+        """The chain rule from ``g = dL/d(output)`` (or ``dL/dz`` of the last layer without
+        ``through_last_activation``) through the last forward: ``(dL/dx or None, [dW1, db1, ...])``."""
         last = len(self.layers) - 1
+        grads = [None] * (2 * len(self.layers))
         for i in range(last, -1, -1):
-            g = self.layers[i].backward(g, input_grad=input_grad or i > 0,
-                                        through_activation=through_last_activation or i < last)
-        return g
+            g, grads[2 * i], grads[2 * i + 1] = self.layers[i].backward(
+                g, ws, input_grad=input_grad or i > 0, through_activation=through_last_activation or i < last)
+        return g, grads
 
     # -- training -------------------------------------------------------------------------------------------------
     def fit(self, X, y, loss=None, optimizer=None, epochs: int = 1, batch_size: int | None = 32,
             shuffle: bool = True, validation_data=None, validation_split: float | None = None, metrics=None,
-            verbose: int = 0, callbacks=None, sample_weight=None, class_weight=None) -> History:
+            verbose: int = 0, callbacks=None, sample_weight=None, class_weight=None,
+            initial_epoch: int = 0) -> History:
         """Train by gradient descent on ``(X, y)``; returns a :class:`gpunet.callbacks.History`.
 
         Args:
@@ -297,7 +321,8 @@ class Sequential:
                 fit's loss, else ``"mse"``.
             optimizer: a name (``"sgd"``, ``"adam"``, ...) or an Optimizer, whose state carries over between fits;
                 ``None``: the last fit's optimizer (also restored by :func:`gpunet.load`), else ``SGD()``.
-            epochs: passes over the data.
+            epochs: the index of the epoch to train up to (Keras's meaning): ``epochs - initial_epoch`` passes over
+                the data.
             batch_size: ``None`` = full-batch gradient descent, ``1`` = stochastic; the last, partial batch is used.
             shuffle: reshuffle every epoch with the model's seeded generator; ``False`` keeps the order.
             validation_data: ``(X_val, y_val)`` evaluated after each epoch (``val_loss``, ``val_<metric>``).
@@ -312,12 +337,21 @@ class Sequential:
                 ``sum(w_i loss_i) / batch size`` (Keras's convention), and so does its gradient.
             class_weight: ``{class index: weight}`` for cce / single-output bce, multiplied into ``sample_weight``.
                 Validation losses and metrics are unweighted.
+            initial_epoch: the epoch to start from (to resume a previous fit: History, schedules and checkpoint
+                names count epochs from there).
 
-        The loss and metrics are accumulated on the device and read once per epoch.
+        The loss and metrics are accumulated on the device and read once per epoch. Ctrl-C (KeyboardInterrupt)
+        ends the fit cleanly: it returns the History of the finished epochs (``history.interrupted`` is True) and
+        warns which weights the model keeps, those of its last finished step (or, where the interrupt could only
+        arrive as an exception, of its last finished epoch).
         """
         loss = losses_mod.get(loss if loss is not None else self.loss or "mse")
         optimizer = optim_mod.get(optimizer if optimizer is not None else self.optimizer or "sgd")
         epochs = validation.positive_int("epochs", epochs)
+        initial_epoch = validation.non_negative_int("initial_epoch", initial_epoch)
+        if initial_epoch > epochs:
+            raise ValueError(f"initial_epoch must be at most epochs (epochs is the index of the final epoch, as in "
+                             f"Keras); received initial_epoch={initial_epoch}, epochs={epochs}")
         if batch_size is not None:
             batch_size = validation.positive_int("batch_size", batch_size)
         if not isinstance(shuffle, bool):
@@ -340,7 +374,7 @@ class Sequential:
             fraction = validation.number_in("validation_split", validation_split, 0.0, 1.0)
             if fraction == 0:
                 raise ValueError("validation_split must be in (0, 1); received validation_split=0.0")
-            split_rng = np.random.default_rng(self.seed) if self.seed is not None else self._shuffle_rng
+            split_rng = np.random.default_rng(self.seed) if self.seed is not None else self.trainer.shuffle_rng
             train_rows, val_rows = training.split_validation(X.shape[0], fraction, training.class_labels(Y, loss),
                                                              split_rng)
             with self.backend.activate():
@@ -348,52 +382,22 @@ class Sequential:
                 val = (take(X, val_rows), take(Y, val_rows))
                 X, Y = take(X, train_rows), take(Y, train_rows)
                 W = None if W is None else take(W, train_rows)
-        self.loss, self.metrics, self.optimizer = loss, metric_objs, optimizer
-
         n = X.shape[0]
         batch = n if batch_size is None else min(batch_size, n)
-        combined = self._output_pairing(loss)
+        self.trainer.configure(loss, optimizer, metric_objs)
         with self.backend.activate():
-            return training.run(self, X, Y, W, val, loss=loss, optimizer=optimizer, metrics=metric_objs,
-                                epochs=epochs, batch=batch, shuffle=shuffle, callbacks=callbacks, combined=combined)
+            return training.run(self, X, Y, W, val, epochs=epochs, initial_epoch=initial_epoch, batch=batch,
+                                shuffle=shuffle, callbacks=callbacks)
 
     def train_on_batch(self, x, y, loss, optimizer) -> float:
         """One gradient step on one batch (checked like ``fit``); returns the batch loss before the step."""
         loss = losses_mod.get(loss)
         optimizer = optim_mod.get(optimizer)
         X, Y = self._data("x", x, "y", y, loss)
-        combined = self._output_pairing(loss)
+        self.trainer.configure(loss, optimizer, self.metrics if loss is self.loss else [])
         with self.backend.activate(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            _, value = self._train_step(X, Y, loss, optimizer, combined)
+            _, value = self.trainer._step(X, Y)
         return float(value)
-
-    def _train_step(self, xb, yb, loss, optimizer, combined: bool, wb=None):
-        """One step on a batch; ``wb`` ``(nb, 1)`` weights the rows. Returns the predictions and the batch loss."""
-        pred = self._forward(xb, training=True)
-        if combined:
-            value, grad = loss.value_and_logits_grad(pred, yb, self.ops)
-        else:
-            value, grad = loss.value_and_grad(pred, yb, self.ops)
-        if wb is not None:
-            grad = grad * wb
-            value = self.xp.sum(loss.row_values(pred, yb, self.ops) * wb[:, 0]) / xb.shape[0]
-        self._backward(grad, through_last_activation=not combined, input_grad=False)
-        optimizer.step(self)
-        return pred, value
-
-    def _output_pairing(self, loss) -> bool:
-        """True when the output activation and the loss combine into ``(p - y) / n``; warns (at the user's call) on
-        likely mistakes."""
-        act = self.layers[-1].activation.name
-        if loss.pairs_with is not None:
-            if act == loss.pairs_with:
-                return True
-            validation.warn_at_caller(f"{loss!r} expects probabilities from a {loss.pairs_with} output layer, but the "
-                                      f"last layer's activation is {act!r}; use from_logits=True for raw scores")
-        elif loss.from_logits and act in ("sigmoid", "softmax"):
-            validation.warn_at_caller(f"{loss!r} applies the {act} itself, and the last layer already has activation "
-                                      f"{act!r}; use a linear last layer or from_logits=False")
-        return False
 
     # -- inference ------------------------------------------------------------------------------------------------
     def predict(self, X, batch_size: int | None = None):

@@ -35,28 +35,30 @@ import weakref
 import numpy as np
 
 from . import validation
-from .backend import to_numpy
+from .backend import flat, to_numpy
 
 
 CLIPPING = ("clipnorm", "clipvalue", "global_clipnorm")
 
 
 class Optimizer:
-    """Base class. Subclasses define ``_new_state(p)`` and ``_update(ops, p, g, state)``, and pass the clipping
-    keywords (``clipnorm``, ``clipvalue``, ``global_clipnorm``: see the module docstring) on to this constructor."""
+    """Base class. Subclasses define ``_new_state(p)`` and ``_update(ops, p, g, state, ws)`` (``ws``: a workspace
+    for scratch arrays of the parameters' shapes, or None), and pass the clipping keywords (``clipnorm``,
+    ``clipvalue``, ``global_clipnorm``: see the module docstring) on to this constructor. ``lr`` may be 0 (no
+    update, as in torch)."""
 
     name = "optimizer"
 
     def __init__(self, lr: float, *, clipnorm: float | None = None, clipvalue: float | None = None,
                  global_clipnorm: float | None = None):
-        self.lr = validation.positive_number("lr", lr)
+        self.lr = validation.number_in("lr", lr, 0.0, float("inf"))
         for key, value in zip(CLIPPING, (clipnorm, clipvalue, global_clipnorm)):
             setattr(self, key, None if value is None else validation.positive_number(key, value))
         chosen = {k: getattr(self, k) for k in CLIPPING if getattr(self, k) is not None}
         if len(chosen) > 1:
             raise ValueError(f"set at most one of clipnorm, clipvalue and global_clipnorm; received {chosen}")
         self.steps = 0  # completed steps (torch's per-parameter "step", shared by all parameters here)
-        self.state: list | None = None
+        self.state = None
         self._backend = None
         self._model = None  # weak reference to the model the state belongs to
 
@@ -71,25 +73,90 @@ class Optimizer:
         return own | {k: getattr(self, k) for k in CLIPPING if getattr(self, k) is not None}
 
     def step(self, model) -> None:
-        """Apply one update to every parameter of ``model`` from its current gradients."""
-        params, grads = model.parameters(), model.gradients()
+        """Apply one update to every parameter of ``model`` from its current gradients (:meth:`gpunet.Sequential.
+        gradients`, set by ``model.backward``)."""
+        grads = model.gradients()
         if any(g is None for g in grads):
             raise RuntimeError("optimizer.step(model) needs gradients: call model.backward(...) first")
-        if self.state is None or self._model() is not model:  # first step, or another model: fresh state
+        self.apply(model, grads, model.trainer.workspaces.shared)
+
+    @property
+    def state(self) -> list | None:
+        """One ``{name: array or None}`` per parameter (``model.parameters()`` order), or ``None`` before the first
+        step. Assigning it (loading, rolling back) makes the next flat update gather it again."""
+        return self._state
+
+    @state.setter
+    def state(self, value) -> None:
+        self._state, self._flat = value, None
+
+    def apply(self, model, grads, ws=None, flat_grads=None) -> None:
+        """Clip ``grads`` (in place) and update ``model.parameters()`` from them; ``ws``: scratch space for the
+        update (the trainer's shared workspace). The state is made on the first step, moved when the model moved,
+        and started afresh for another model.
+
+        ``flat_grads``: the flat array ``grads`` are views of, laid out as the model's flat parameters (the
+        trainer's, on NumPy): then the state is kept flat too and one update covers every parameter."""
+        params = model.parameters()
+        if self.state is None or self._model is None or self._model() is not model:  # first step, or another model
             self.steps = 0
             with model.backend.activate():
                 self.state = [self._new_state(p) for p in params]
             self._backend, self._model = model.backend, weakref.ref(model)
-        elif self._backend != model.backend:  # the model moved (model.to(...)): move the state with it
-            self.state = [self._move_state(s, model.backend, p.dtype) for s, p in zip(self.state, params)]
-            self._backend = model.backend
+        elif self._backend is not model.backend and self._backend != model.backend:  # the model moved: follow it
+            self.attach(model)
         self.steps += 1
         ops = model.ops
         with model.backend.activate():  # new state lands on the model's GPU
             if self.clipnorm is not None or self.clipvalue is not None or self.global_clipnorm is not None:
                 self._clip(grads, model.xp)
+            if flat_grads is not None and model._flat_params is not None:
+                state = self._flat_state(model)
+                self._update(ops, model._flat_params, flat_grads, state, ws)
+                self._slice_new_state(model)
+                return
             for p, g, state in zip(params, grads, self.state):
-                self._update(ops, p, g, state)
+                self._update(ops, p, g, state, ws)
+
+    def _flat_state(self, model) -> dict:
+        """``{name: flat array or None}`` behind the per-parameter state, gathered (one copy) when the state was
+        made or assigned per parameter; the per-parameter entries become views of it."""
+        if self._flat is None:
+            shapes = [tuple(p.shape) for p in model.parameters()]
+            self._flat = {}
+            for name in self._state[0]:
+                entries = [s[name] for s in self._state]
+                if all(e is None for e in entries):
+                    self._flat[name] = None
+                    continue
+                whole, parts = flat.gather(model.xp, [e if e is not None else model.xp.zeros(shape, dtype=p.dtype)
+                                                      for e, shape, p in zip(entries, shapes, model.parameters())],
+                                           model._flat_params.dtype)
+                self._flat[name] = whole
+                for s, part in zip(self._state, parts):
+                    s[name] = part
+        return self._flat
+
+    def _slice_new_state(self, model) -> None:
+        """A flat entry the update made (SGD's momentum buffer on its first step): cut it into the per-parameter
+        state."""
+        for name, whole in self._flat.items():
+            if whole is not None and self._state[0][name] is None:
+                for s, part in zip(self._state, flat.views(whole, [tuple(p.shape) for p in model.parameters()])):
+                    s[name] = part
+
+    def attach(self, model) -> None:
+        """Bind the state (if any) to ``model``: copied onto its device and dtype, so the next step continues it."""
+        if self.state is not None:
+            self.state = [self._move_state(s, model.backend, p.dtype) for s, p in zip(self.state, model.parameters())]
+            self._backend, self._model = model.backend, weakref.ref(model)
+
+    def __getstate__(self) -> dict:
+        """Pickle with the state on the host (unbound: :meth:`attach` binds it to the unpickled model)."""
+        state = dict(vars(self))
+        state.update(_backend=None, _model=None, _flat=None, _state=None if self.state is None else
+                     [{k: None if v is None else to_numpy(v) for k, v in s.items()} for s in self.state])
+        return state
 
     def _clip(self, grads, xp) -> None:
         """Clip ``grads`` in place as the clipping keyword asks."""
@@ -98,9 +165,11 @@ class Optimizer:
                 g[...] = xp.clip(g, -self.clipvalue, self.clipvalue)
             return
         norms = [xp.linalg.vector_norm(g) for g in grads]  # 0-d arrays: no host read
-        if self.global_clipnorm is not None:
-            total = xp.linalg.vector_norm(xp.stack(norms))
-            norms, limit = [total] * len(grads), self.global_clipnorm
+        if self.global_clipnorm is not None:  # the norm of the norms, without stacking them (a host upload on CuPy)
+            total = norms[0] * norms[0]
+            for norm in norms[1:]:
+                total = total + norm * norm
+            norms, limit = [xp.sqrt(total)] * len(grads), self.global_clipnorm
         else:
             limit = self.clipnorm
         for g, norm in zip(grads, norms):
@@ -156,7 +225,7 @@ class Optimizer:
     def _new_state(self, p) -> dict:
         raise NotImplementedError
 
-    def _update(self, ops, p, g, state: dict) -> None:
+    def _update(self, ops, p, g, state: dict, ws=None) -> None:
         raise NotImplementedError
 
 
@@ -191,10 +260,10 @@ class SGD(Optimizer):
     def _new_state(self, p):
         return {"momentum_buffer": None}
 
-    def _update(self, ops, p, g, state):
+    def _update(self, ops, p, g, state, ws=None):
         state["momentum_buffer"] = ops.sgd_update(
             p, g, state["momentum_buffer"], lr=self.lr, momentum=self.momentum, dampening=self.dampening,
-            nesterov=self.nesterov, weight_decay=self.weight_decay)
+            nesterov=self.nesterov, weight_decay=self.weight_decay, ws=ws)
 
 
 class Adam(Optimizer):
@@ -221,10 +290,10 @@ class Adam(Optimizer):
         return {"exp_avg": _zeros_like(p), "exp_avg_sq": _zeros_like(p),
                 "max_exp_avg_sq": _zeros_like(p) if self.amsgrad else None}
 
-    def _update(self, ops, p, g, state):
+    def _update(self, ops, p, g, state, ws=None):
         ops.adam_update(p, g, state["exp_avg"], state["exp_avg_sq"], state["max_exp_avg_sq"], step=self.steps,
                         lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
-                        weight_decay=self.weight_decay, decoupled=self._decoupled)
+                        weight_decay=self.weight_decay, decoupled=self._decoupled, ws=ws)
 
 
 class AdamW(Adam):
@@ -258,9 +327,10 @@ class RMSprop(Optimizer):
         return {"square_avg": _zeros_like(p), "grad_avg": _zeros_like(p) if self.centered else None,
                 "momentum_buffer": _zeros_like(p) if self.momentum > 0 else None}
 
-    def _update(self, ops, p, g, state):
+    def _update(self, ops, p, g, state, ws=None):
         ops.rmsprop_update(p, g, state["square_avg"], state["grad_avg"], state["momentum_buffer"], lr=self.lr,
-                           alpha=self.alpha, eps=self.eps, momentum=self.momentum, weight_decay=self.weight_decay)
+                           alpha=self.alpha, eps=self.eps, momentum=self.momentum, weight_decay=self.weight_decay,
+                           ws=ws)
 
 
 class Adagrad(Optimizer):
@@ -280,9 +350,9 @@ class Adagrad(Optimizer):
     def _new_state(self, p):
         return {"sum": _zeros_like(p) + self.initial_accumulator_value}
 
-    def _update(self, ops, p, g, state):
+    def _update(self, ops, p, g, state, ws=None):
         ops.adagrad_update(p, g, state["sum"], step=self.steps, lr=self.lr, lr_decay=self.lr_decay, eps=self.eps,
-                           weight_decay=self.weight_decay)
+                           weight_decay=self.weight_decay, ws=ws)
 
 
 OPTIMIZERS = {cls.name: cls for cls in (SGD, Adam, AdamW, RMSprop, Adagrad)}

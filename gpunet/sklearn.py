@@ -233,9 +233,12 @@ class _BaseMLP(BaseEstimator):
             "tol": tol, "verbose": verbose, "dtype": validation.one_of("dtype", self.dtype, ("float32", "float64")),
         }
 
-    def _seed(self) -> int:
-        """A gpunet seed from ``random_state``: the int itself, else drawn from the (global) RandomState."""
+    def _seed(self) -> int | None:
+        """A gpunet seed from ``random_state``: the int itself, one drawn from a given ``RandomState``, or ``None``
+        (fresh entropy from the OS: NumPy's global random state is never read or moved)."""
         rs = self.random_state
+        if rs is None:
+            return None
         if isinstance(rs, numbers.Integral) and not isinstance(rs, bool):
             if rs < 0:
                 raise ValueError(f"random_state must be a non-negative integer, a RandomState or None; received "
@@ -301,7 +304,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         tol: the smallest loss decrease that counts as an improvement.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
         dtype: ``"float32"`` or ``"float64"``: the network's precision.
-        random_state: int seed (initial weights, shuffling, validation split), a ``RandomState`` or ``None``.
+        random_state: int seed (initial weights, shuffling, validation split), a ``RandomState`` (a seed is drawn
+            from it) or ``None`` (fresh OS entropy; unlike scikit-learn, NumPy's global random state is not used).
         verbose: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
         class_weight: ``None``, ``{label: weight}`` or ``"balanced"`` (``n_samples / (n_classes * count)``).
 

@@ -1,116 +1,157 @@
-"""The epoch loop behind ``Sequential.fit``: batches, device-side accumulation, callbacks, divergence roll-back.
+"""The epoch loop behind ``Sequential.fit``: batches, callbacks, divergence roll-back, interrupts.
 
-Nothing here checks arguments: ``fit`` has done that once. Per batch nothing moves between host and device, unless a
-callback calls its ``running_logs()`` (the progress bar does, at most every ``refresh`` seconds). Per epoch there is
-one host -> device copy of the shuffled row order (when shuffling), one read of the batch losses, one of a "weights
+The steps themselves and their device-side sums are the model's :class:`gpunet.trainer.Trainer`'s. Nothing here
+checks arguments: ``fit`` has done that once. Per batch nothing moves between host and device, unless a callback
+calls its ``running_logs()`` (the progress bar does, at most every ``refresh`` seconds). Per epoch there is one
+host -> device copy of the shuffled row order (when shuffling), one read of the batch losses, one of a "weights
 finite" flag, one per device array of each metric's statistics (one for accuracy, mse and mae; three for r2), and
 the validation pass; rolling back a diverged epoch reads the flag once per replayed step.
+
+Ctrl-C: in the main thread, the first SIGINT during ``fit`` lets the current step finish and ends the fit there (a
+second one interrupts at once); elsewhere the KeyboardInterrupt arrives as an exception, and the fit restores the
+weights the interrupted epoch started with. Either way ``fit`` returns the History and warns which weights the model
+keeps.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
+
 import numpy as np
 
 from .backend import to_numpy
-from .callbacks import History, NonFiniteLossError, TerminateOnNaN
+from .callbacks import History, NonFiniteLossError
+from .validation import warn_at_caller
 
 
 def run(model, X, Y, W, val, **kwargs) -> History:
-    """Train ``model`` on device arrays ``X`` ``(n, in)``, ``Y`` ``(n, out)``, optional row weights ``W``
-    ``(n, 1)``; ``val`` is ``None`` or device ``(X_val, Y_val)``; ``combined`` is ``model._output_pairing(loss)``.
-    Returns the History (also in ``callbacks``).
+    """Train ``model`` (its trainer configured) on device arrays ``X`` ``(n, in)``, ``Y`` ``(n, out)``, optional row
+    weights ``W`` ``(n, 1)``; ``val`` is ``None`` or device ``(X_val, Y_val)``. Returns the History (also in
+    ``callbacks``).
 
     NumPy's overflow warnings are silenced: divergence is detected and reported by the loop itself.
     """
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        return _run(model, X, Y, W, val, **kwargs)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"), _Interrupts() as interrupts:
+        return _run(model, X, Y, W, val, interrupts=interrupts, **kwargs)
 
 
-def _run(model, X, Y, W, val, *, loss, optimizer, metrics, epochs, batch, shuffle, callbacks, combined) -> History:
-    xp = model.xp
+class _Interrupts:
+    """SIGINT as a request: the first one sets :attr:`requested` (the loop ends after the current step), a second
+    raises KeyboardInterrupt at once. Installed only in the main thread over Python's default handler; elsewhere
+    KeyboardInterrupt stays an exception."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc_info):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _run(model, X, Y, W, val, *, epochs, initial_epoch, batch, shuffle, callbacks, interrupts) -> History:
+    trainer = model.trainer
     n = X.shape[0]
     starts = list(range(0, n, batch))
-    sizes = np.array([min(batch, n - s) for s in starts], dtype=np.float64)
+    sizes = [min(batch, n - s) for s in starts]
     history = next(cb for cb in callbacks if isinstance(cb, History))
-    nan_policy = next(cb for cb in callbacks if isinstance(cb, TerminateOnNaN))
+    history.interrupted = False
     model.stop_training = False
     for cb in callbacks:
         cb.model = model
-        cb.on_train_begin({"epochs": epochs, "steps": len(starts), "samples": n, "batch_size": batch})
+        cb.on_train_begin({"epochs": epochs, "initial_epoch": initial_epoch, "steps": len(starts), "samples": n,
+                           "batch_size": batch})
 
-    def step(Xe, Ye, We, b):
-        rows = slice(starts[b], starts[b] + int(sizes[b]))
-        return model._train_step(Xe[rows, ...], Ye[rows, ...], loss, optimizer, combined,
-                                 None if We is None else We[rows, ...])
+    def running_logs():
+        return {"loss": trainer.running_loss()}
 
-    for epoch in range(epochs):
-        for cb in callbacks:
-            cb.on_epoch_begin(epoch)
-        Xe, Ye, We = X, Y, W
-        if shuffle and batch < n:
-            order = xp.asarray(model._shuffle_rng.permutation(n))
-            Xe, Ye = xp.take(X, order, axis=0), xp.take(Y, order, axis=0)
-            We = None if W is None else xp.take(W, order, axis=0)
-        snapshot = _snapshot(model, optimizer)
-        values, metric_stats = [], [None] * len(metrics)
-        for b in range(len(starts)):
-            pred, value = step(Xe, Ye, We, b)
-            values.append(value)
-            for j, metric in enumerate(metrics):
-                stats = metric.stats(pred, Ye[starts[b]:starts[b] + int(sizes[b]), ...])
-                metric_stats[j] = stats if metric_stats[j] is None else metric.combine(metric_stats[j], stats)
+    note, snapshot, epoch = None, None, initial_epoch
+    try:
+        for epoch in range(initial_epoch, epochs):
             for cb in callbacks:
-                cb.on_batch_end(b, lambda: {"loss": _mean_loss(xp, values, sizes)})
+                cb.on_epoch_begin(epoch)
+            snapshot = trainer.snapshot()
+            Xe, Ye, We = X, Y, W
+            if shuffle and batch < n:
+                order = trainer.epoch_order(n)
+                Xe, Ye = model.xp.take(X, order, axis=0), model.xp.take(Y, order, axis=0)
+                We = None if W is None else model.xp.take(W, order, axis=0)
 
-        batch_losses = to_numpy(xp.stack(values)).astype(np.float64)
-        if not (np.all(np.isfinite(batch_losses)) and _weights_finite(model)):
-            bad = int(np.argmin(np.isfinite(batch_losses))) if not np.all(np.isfinite(batch_losses)) else len(starts)
-            kept = _roll_back(model, optimizer, snapshot, lambda b: step(Xe, Ye, We, b), max(bad - 1, 0))
-            message = _divergence_message(epoch, bad, batch_losses, kept, len(starts))
-            if nan_policy.raise_error:  # like any exception in fit, this skips the callbacks' on_train_end
-                raise NonFiniteLossError(message, epoch, min(bad, len(starts) - 1), history)
-            print(f"gpunet: {message}")
-            break
+            def step(b):
+                rows = slice(starts[b], starts[b] + sizes[b])
+                return trainer._step(Xe[rows, ...], Ye[rows, ...], None if We is None else We[rows, ...])
 
-        logs = {"loss": float(np.dot(batch_losses, sizes) / n)}
-        for metric, stats in zip(metrics, metric_stats):
-            logs[metric.name] = metric.result([to_numpy(s) for s in stats])
-        if val is not None:
-            logs.update({f"val_{k}": v for k, v in model._evaluate(*val, loss, metrics).items()})
-        for cb in callbacks:
-            cb.on_epoch_end(epoch, logs)
-        if model.stop_training:
-            break
+            trainer.begin_epoch(sizes)
+            for b in range(len(starts)):
+                step(b)
+                for cb in callbacks:
+                    cb.on_batch_end(b, running_logs)
+                if interrupts.requested:
+                    break
+            totals = trainer.end_epoch()
+            done = len(totals.batch_losses)
+            if not (totals.finite and trainer.weights_finite()):
+                bad = totals.first_nonfinite
+                bad = done if bad is None else bad
+                kept = _roll_back(trainer, snapshot, step, max(bad - 1, 0))
+                error = NonFiniteLossError(_divergence_message(epoch, bad, totals.batch_losses, kept, done), epoch,
+                                           min(bad, done - 1), history)
+                for cb in callbacks:  # TerminateOnNaN raises the error or stops quietly (like any exception in
+                    cb.on_nonfinite(error)  # fit, a raised one skips the callbacks' on_train_end)
+                break
+            if interrupts.requested:
+                note = (f"in epoch {epoch + 1} after batch {done} of {len(starts)}: the model keeps the weights of "
+                        f"that last finished step")
+                break
+            logs = {"loss": totals.loss, **totals.metrics}
+            if val is not None:
+                logs.update({f"val_{k}": v for k, v in model._evaluate(*val, trainer.loss, trainer.metrics).items()})
+            for cb in callbacks:
+                cb.on_epoch_end(epoch, logs)
+            if model.stop_training:
+                break
+    except KeyboardInterrupt:  # as an exception, anywhere in the epoch: back to where the epoch started
+        trainer._epoch = None
+        if snapshot is not None:
+            trainer.restore(snapshot)
+        note = (f"in epoch {epoch + 1}: the model keeps the weights it had when that epoch began"
+                if snapshot is not None else "before the first epoch: the model is unchanged")
+    history.interrupted = note is not None
     for cb in callbacks:
-        cb.on_train_end()
+        cb.on_train_end({"interrupted": history.interrupted})
+    if note is not None:
+        warn_at_caller(f"Training interrupted by user (KeyboardInterrupt) {note}; the history holds the "
+                       f"{len(history.epoch)} finished epoch(s).")
     return history
 
 
-def _weights_finite(model) -> bool:
-    xp = model.xp
-    return bool(xp.all(xp.stack([xp.all(xp.isfinite(p)) for p in model.parameters()])))
-
-
-def _roll_back(model, optimizer, snapshot, step, target: int) -> int:
+def _roll_back(trainer, snapshot, step, target: int) -> int:
     """Restore the epoch's start and replay up to ``target`` steps, stopping before any step that leaves a
     non-finite weight (a finite loss does not prove finite weights). Returns the number of steps replayed."""
-    _restore(model, optimizer, snapshot)
+    trainer.restore(snapshot)
     good = 0
     for b in range(target):
         step(b)
-        if not _weights_finite(model):
+        if not trainer.weights_finite():
             break
         good = b + 1
     if good < target:
-        _restore(model, optimizer, snapshot)
+        trainer.restore(snapshot)
         for b in range(good):
             step(b)
     return good
-
-
-def _mean_loss(xp, values, sizes) -> float:
-    done = len(values)
-    return float(to_numpy(xp.stack(values)).astype(np.float64) @ sizes[:done] / sizes[:done].sum())
 
 
 def _divergence_message(epoch, bad, batch_losses, keep, n_batches) -> str:
@@ -122,32 +163,6 @@ def _divergence_message(epoch, bad, batch_losses, keep, n_batches) -> str:
             if keep > 0 else f"the weights epoch {epoch + 1} started with")
     return (f"training diverged: {what}. The model keeps {kept}. Lower the learning rate, scale the inputs, or "
             f"check the targets.")
-
-
-def _snapshot(model, optimizer):
-    """Device copies of the parameters and the optimizer state, and the dropout generator's state (NumPy's; CuPy's
-    lives on the GPU and goes on), to roll back to if the epoch diverges."""
-    xp = model.xp
-    copy = lambda a: None if a is None else xp.asarray(a, copy=True)  # noqa: E731
-    state = None if optimizer.state is None else [{k: copy(v) for k, v in s.items()} for s in optimizer.state]
-    rng = model._dropout_rng
-    rng_state = rng.bit_generator.state if isinstance(rng, np.random.Generator) else None
-    return [copy(p) for p in model.parameters()], state, optimizer.steps, rng_state
-
-
-def _restore(model, optimizer, snapshot) -> None:
-    params, state, steps, rng_state = snapshot
-    if rng_state is not None:  # a replayed step draws the masks it drew the first time
-        model._dropout_rng.bit_generator.state = rng_state
-    for p, saved in zip(model.parameters(), params):
-        p[...] = saved
-    if state is None:
-        optimizer.reset()
-    else:
-        # copies: a replay must not mutate the snapshot, which a second roll-back restores again
-        optimizer.state = [{k: None if v is None else model.xp.asarray(v, copy=True) for k, v in s.items()}
-                           for s in state]
-        optimizer.steps = steps
 
 
 def split_validation(n: int, fraction: float, labels, rng: np.random.Generator):

@@ -1,4 +1,6 @@
-// Activation forward and backward, per element. `a` is the activation's parameter (leaky ReLU's negative slope,
+// Activation forward and backward, per element. Non-finite values follow gpunet/activations.py: a NaN input gives a
+// NaN output; otherwise torch's values (where torch selects a branch, an infinite dy on the zero branch gives 0).
+// `a` is the activation's parameter (leaky ReLU's negative slope,
 // ELU's alpha; ignored by the others). Backward takes the saved value each derivative needs: the output y
 // (sigmoid, tanh, relu, leaky_relu, elu, linear) or the pre-activation z (softplus, silu, gelu), matching
 // Activation.uses_input in gpunet/activations.py. Kernel names: gpunet_<activation>_fwd / _bwd.
@@ -16,15 +18,16 @@ template <typename T> GN_FN T gn_tanh_bwd(T dy, T y, T a) { return dy * (T(1) - 
 
 // Written as `z <= 0 ? 0 : z` so that NaN passes through, as in numpy.maximum and torch.relu.
 template <typename T> GN_FN T gn_relu_fwd(T z, T a) { return z <= T(0) ? T(0) : z; }
-// The backward passes test `y <= 0` as torch does (threshold_backward, elu_backward), so a NaN output passes dy on.
-template <typename T> GN_FN T gn_relu_bwd(T dy, T y, T a) { return y <= T(0) ? T(0) : dy; }
+// The backward passes branch on y > 0, y <= 0 and neither (y is NaN: the result is y itself, NaN).
+// relu: 0 on the zero branch, even for an infinite dy, but a NaN dy stays NaN (dy == dy is false only for NaN).
+template <typename T> GN_FN T gn_relu_bwd(T dy, T y, T a) { return y > T(0) ? dy : (y <= T(0) ? (dy == dy ? T(0) : dy) : y); }
 
 template <typename T> GN_FN T gn_leaky_relu_fwd(T z, T a) { return z > T(0) ? z : a * z; }
-template <typename T> GN_FN T gn_leaky_relu_bwd(T dy, T y, T a) { return y > T(0) ? dy : a * dy; }
+template <typename T> GN_FN T gn_leaky_relu_bwd(T dy, T y, T a) { return y > T(0) ? dy : (y <= T(0) ? a * dy : y); }
 
 template <typename T> GN_FN T gn_elu_fwd(T z, T a) { return z > T(0) ? z : a * expm1(z); }
 // for z <= 0: d/dz a (exp(z) - 1) = a exp(z) = y + a
-template <typename T> GN_FN T gn_elu_bwd(T dy, T y, T a) { return y <= T(0) ? dy * (y + a) : dy; }
+template <typename T> GN_FN T gn_elu_bwd(T dy, T y, T a) { return y > T(0) ? dy : (y <= T(0) ? dy * (y + a) : y); }
 
 // torch's softplus: z itself above the threshold 20, where the derivative is exactly 1.
 template <typename T> GN_FN T gn_softplus_fwd(T z, T a) {

@@ -30,9 +30,10 @@ template <typename T> GN_FN T gn_sigmoid(T z) {
     return z >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
 }
 
-// max(log p, -100) with no log(0) evaluated (torch BCELoss's clamp); NaN maps to -100 as in gpunet.losses.
+// max(log p, -100) with no log(0) evaluated (torch BCELoss's clamp): -100 at p = 0, NaN for a NaN or negative p
+// (as torch's clamp of log p), as gpunet.backend.reference.clamped_log.
 template <typename T> GN_FN T gn_clamped_log(T p) {
-    if (!(p > T(0))) return T(-100);
+    if (p == T(0)) return T(-100);
     T l = log(p);
-    return l > T(-100) ? l : T(-100);
+    return l > T(-100) ? l : (l <= T(-100) ? T(-100) : l);
 }

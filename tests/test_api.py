@@ -1,6 +1,7 @@
 """The public API: argument checking (exception type and a message naming the argument), weights in and out,
 moving between namespaces, predict/evaluate/History, metrics against scikit-learn, and the low-level loop."""
 
+import contextlib
 import math
 import re
 import warnings
@@ -78,8 +79,7 @@ def test_same_dense_twice_is_refused():
 
 
 @pytest.mark.parametrize("make, exc, match", [
-    (lambda: gn.optim.SGD(lr=0), ValueError, r"lr must be a finite number > 0; received lr=0"),
-    (lambda: gn.optim.SGD(lr=-1), ValueError, "lr must be a finite number > 0"),
+    (lambda: gn.optim.SGD(lr=-1), ValueError, r"lr must be in \[0.0, inf\); received lr=-1"),
     (lambda: gn.optim.Adam(lr=math.nan), ValueError, "lr must be finite"),
     (lambda: gn.optim.RMSprop(lr=math.inf), ValueError, "lr must be finite"),
     (lambda: gn.optim.Adagrad(lr="0.1"), TypeError, "lr must be a real number"),
@@ -517,7 +517,9 @@ def test_mismatched_output_layer_and_loss_warn(activation, loss, match):
     """The warning points at the user's call (this file), not into gpunet."""
     model = gn.Sequential([gn.Dense(4, 3, activation)], dtype="float64", seed=0)
     with pytest.warns(UserWarning, match=match) as record:
-        model.fit(X, np.eye(3)[LABELS], loss=loss, epochs=1)
+        # the log of a linear output's negative "probabilities" is NaN (as in torch): the fit diverges at once
+        with contextlib.suppress(gn.NonFiniteLossError):
+            model.fit(X, np.eye(3)[LABELS], loss=loss, epochs=1)
     assert len(record) == 1 and record[0].filename == __file__
     with pytest.warns(UserWarning, match=match) as record:
         model.train_on_batch(X, np.eye(3)[LABELS], loss, "sgd")

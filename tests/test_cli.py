@@ -133,7 +133,7 @@ def test_plot_writes_a_png(capsys, tmp_path):
     (["train", "--dataset", "iris", "--loss", "mse"], "--loss mse does not fit a multiclass task"),
     (["train", "--dataset", "iris", "--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'"),
     (["train", "--dataset", "iris", "--activation", "swishy"], "unknown activation 'swishy'"),
-    (["train", "--dataset", "iris", "--lr", "-1"], "lr must be a finite number > 0"),
+    (["train", "--dataset", "iris", "--lr", "-1"], "lr must be in [0.0, inf)"),
     (["train", "--dataset", "iris", "--val-split", "1.5"], "--val-split must be in"),
     (["train", "--dataset", "iris", "--device", "tpu"], "device must be"),
     (["evaluate", "/no/such/model.safetensors", "--dataset", "iris"], "model.safetensors"),

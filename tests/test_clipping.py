@@ -41,12 +41,17 @@ def test_clipped_steps_match_torch(case, fused, rng):
     name, hyper, keyword, value = case
     layers = [gn.Dense(4, 6, "tanh"), gn.Dense(6, 5, "relu"), gn.Dense(5, 2)]
     model = gn.Sequential(layers, device="cpu", dtype="float64", seed=3, fused=fused)
+    twin = gn.Sequential([gn.Dense(4, 6, "tanh"), gn.Dense(6, 5, "relu"), gn.Dense(5, 2)], device="cpu",
+                         dtype="float64", seed=3, fused=fused)  # trained by train_on_batch, the trainer's step
     optimizer = getattr(optim, name)(**hyper, **{keyword: value})
+    twin_optimizer = getattr(optim, name)(**hyper, **{keyword: value})
     params = [torch.tensor(w.T if w.ndim == 2 else w, requires_grad=True) for w in model.get_weights()]
     torch_optimizer = getattr(torch.optim, name)(params, **hyper)
     for _ in range(4):
         x, y = rng.normal(size=(12, 4)), 3 * rng.normal(size=(12, 2))
-        model.train_on_batch(x, y, losses.MSE(), optimizer)
+        model.backward(losses.MSE().grad(model.forward(x), y))  # the public loop: gradients(), then step
+        optimizer.step(model)
+        twin.train_on_batch(x, y, losses.MSE(), twin_optimizer)
 
         torch_optimizer.zero_grad()
         out = torch.tensor(x)
@@ -58,8 +63,9 @@ def test_clipped_steps_match_torch(case, fused, rng):
         for mine, theirs in zip(model.gradients(), params):  # the model's gradients are clipped in place too
             np.testing.assert_allclose(mine, (theirs.grad.T if theirs.ndim == 2 else theirs.grad).numpy(), **TOL)
         torch_optimizer.step()
-        for mine, theirs in zip(model.get_weights(), params):
+        for mine, twins, theirs in zip(model.get_weights(), twin.get_weights(), params):
             np.testing.assert_allclose(mine, (theirs.T if theirs.ndim == 2 else theirs).detach().numpy(), **TOL)
+            np.testing.assert_allclose(twins, mine, **TOL)
 
 
 def test_global_clipnorm_by_hand():

@@ -147,17 +147,18 @@ def test_divergence_raises_and_keeps_the_last_finite_weights(device, case):
 
 
 @DIVERGES
-def test_divergence_with_raise_error_false_stops_quietly(capsys):
+def test_divergence_with_raise_error_false_stops_with_a_warning():
     before, losses, sizes = replay_until_divergence(diverging_model(), gn.optim.SGD(lr=1.0), DIV_X, DIV_Y, 4, 40)
     epoch, bad_batch, kept, epoch_losses = expected_divergence(before, losses, sizes)
     model = diverging_model()
-    history = model.fit(DIV_X, DIV_Y, loss="mse", optimizer=gn.optim.SGD(lr=1.0), epochs=40, batch_size=4,
-                        shuffle=False, callbacks=[cbs.TerminateOnNaN(raise_error=False)])
+    with pytest.warns(cbs.NonFiniteLossWarning, match="training diverged") as caught:
+        history = model.fit(DIV_X, DIV_Y, loss="mse", optimizer=gn.optim.SGD(lr=1.0), epochs=40, batch_size=4,
+                            shuffle=False, callbacks=[cbs.TerminateOnNaN(raise_error=False)])
     assert history.epoch == list(range(epoch))
     np.testing.assert_allclose(history["loss"], epoch_losses, rtol=1e-12)
     assert_weights_equal(model.get_weights(), kept)
-    out = capsys.readouterr().out
-    assert "training diverged" in out and f"epoch {epoch + 1}, batch {bad_batch + 1}" in out
+    assert f"epoch {epoch + 1}, batch {bad_batch + 1}" in str(caught[0].message)
+    assert caught[0].filename == __file__  # at the user's call
 
 
 @DIVERGES
@@ -259,19 +260,22 @@ class FeedLogs(cbs.Callback):
 
 # (monitor, EarlyStopping kwargs, values per epoch, epochs run, stopped_epoch, best_epoch), worked out by hand
 EARLY_STOPPING_CASES = [
-    pytest.param("score", dict(patience=2), [5, 4, 4.5, 3.9, 3.95, 3.99, 3.0, 2.0], 6, 5, 3, id="min"),
+    pytest.param("score", dict(patience=2, mode="min"), [5, 4, 4.5, 3.9, 3.95, 3.99, 3.0, 2.0], 6, 5, 3, id="min"),
     # 4 beats 5 by more than 0.2; 3.9 does not beat 4 by more than 0.2
-    pytest.param("score", dict(patience=2, min_delta=0.2), [5, 4, 4.5, 3.9, 3.95, 3.0], 4, 3, 1, id="min_delta"),
-    pytest.param("score", dict(patience=2, min_delta=-0.2), [5, 4, 4.5, 3.9, 3.95, 3.0], 4, 3, 1,
+    pytest.param("score", dict(patience=2, min_delta=0.2, mode="min"), [5, 4, 4.5, 3.9, 3.95, 3.0], 4, 3, 1,
+                 id="min_delta"),
+    pytest.param("score", dict(patience=2, min_delta=-0.2, mode="min"), [5, 4, 4.5, 3.9, 3.95, 3.0], 4, 3, 1,
                  id="negative_min_delta_is_its_absolute_value"),
-    # "accuracy" in the name: auto is max; a tie is no improvement
-    pytest.param("my_accuracy", dict(patience=3), [0.5, 0.6, 0.55, 0.6, 0.58, 0.7], 5, 4, 1, id="auto_accuracy"),
+    # a metric of the fit: auto follows its direction (accuracy: max); a tie is no improvement
+    pytest.param("accuracy", dict(patience=3), [0.5, 0.6, 0.55, 0.6, 0.58, 0.7], 5, 4, 1, id="auto_accuracy"),
+    pytest.param("val_f1", dict(patience=2), [0.5, 0.6, 0.7, 0.8, 0.8, 0.8], 6, 5, 3, id="auto_f1_goes_up"),
+    pytest.param("val_mae", dict(patience=1), [0.5, 0.4, 0.45, 0.3], 3, 2, 1, id="auto_mae_goes_down"),
     pytest.param("val_r2", dict(patience=2, min_delta=0.05), [0.1, 0.2, 0.22, 0.26, 0.27, 0.5], 6, None, 5,
                  id="auto_r2_never_stops"),
     pytest.param("score", dict(patience=2, mode="max"), [1, 2, 1, 1, 3], 4, 3, 1, id="explicit_max"),
     pytest.param("val_accuracy", dict(patience=2, mode="min"), [0.9, 0.8, 0.85, 0.86, 0.1], 4, 3, 1,
                  id="explicit_min"),
-    pytest.param("score", dict(patience=1), [3, 3, 3], 2, 1, 0, id="patience_1"),
+    pytest.param("score", dict(patience=1, mode="min"), [3, 3, 3], 2, 1, 0, id="patience_1"),
 ]
 
 
@@ -279,7 +283,9 @@ EARLY_STOPPING_CASES = [
 def test_early_stopping_on_known_sequences(monitor, kwargs, values, n_epochs, stopped, best):
     X, y = small_regression()
     es = cbs.EarlyStopping(monitor=monitor, **kwargs)
-    history = small_model().fit(X, y, epochs=len(values), callbacks=[FeedLogs(monitor, values), es])
+    metric = monitor.removeprefix("val_")
+    history = small_model().fit(X, y, epochs=len(values), callbacks=[FeedLogs(monitor, values), es],
+                                metrics=[metric] if metric in gn.metrics.METRICS else None)
     assert history.epoch == list(range(n_epochs))
     assert (es.stopped_epoch, es.best_epoch, es.best) == (stopped, best, values[best])
 
@@ -304,7 +310,8 @@ def test_restore_best_weights(values, patience, stopped, best, restore):
     X, y = small_regression()
     rec = Recorder()
     model = small_model()
-    es = cbs.EarlyStopping(monitor="score", patience=patience, restore_best_weights=restore)
+    es = cbs.EarlyStopping(monitor="score", patience=patience, mode="min",
+                           restore_best_weights=restore)
     history = model.fit(X, y, epochs=len(values), batch_size=4, callbacks=[FeedLogs("score", values), es, rec])
     last = len(values) - 1 if stopped is None else stopped
     assert history.epoch == list(range(last + 1))
@@ -388,15 +395,32 @@ def test_history_records_the_scheduled_lr():
 
 
 def test_learning_rate_scheduler_with_a_custom_function():
+    """Keras's contract: schedule(epoch, lr) receives the current rate."""
     calls = []
 
-    def schedule(epoch, lr0):
-        calls.append((epoch, lr0))
-        return lr0 / (1 + epoch) ** 2
+    def schedule(epoch, lr):
+        calls.append((epoch, lr))
+        return lr / (1 + epoch) ** 2
 
     rec = fit_with_schedule(cbs.LearningRateScheduler(schedule), lr0=0.2, epochs=5)
-    assert calls == [(e, 0.2) for e in range(5)]
-    np.testing.assert_allclose(rec.lrs, [0.2, 0.05, 0.2 / 9, 0.0125, 0.008], rtol=1e-15)
+    expected = [0.2]
+    for epoch in range(1, 5):
+        expected.append(expected[-1] / (1 + epoch) ** 2)
+    assert [e for e, _ in calls] == list(range(5))
+    np.testing.assert_allclose([lr for _, lr in calls], [0.2] + expected[:-1], rtol=1e-15)
+    np.testing.assert_allclose(rec.lrs, expected, rtol=1e-15)
+
+
+def test_learning_rate_scheduler_follows_keras_documented_example():
+    """Keras's own example: constant for 10 epochs, then times exp(-0.1) each epoch (the initial rate would make it
+    constant after epoch 10); a one-argument schedule(epoch) works too."""
+    def scheduler(epoch, lr):
+        return lr if epoch < 10 else lr * math.exp(-0.1)
+
+    rec = fit_with_schedule(cbs.LearningRateScheduler(scheduler), lr0=0.1, epochs=15)
+    np.testing.assert_allclose(rec.lrs, [0.1] * 10 + [0.1 * math.exp(-0.1 * k) for k in range(1, 6)], rtol=1e-12)
+    rec = fit_with_schedule(cbs.LearningRateScheduler(lambda epoch: 0.5 ** epoch), lr0=0.1, epochs=3)
+    np.testing.assert_allclose(rec.lrs, [1.0, 0.5, 0.25], rtol=1e-15)
 
 
 def test_learning_rate_scheduler_errors():
@@ -427,7 +451,7 @@ def test_hooks_are_called_in_order_with_the_right_arguments():
     # the two callbacks are told of every event, in the order they were given
     assert log == [(name, *event) for event in expected for name in ("first", "second")]
     assert first.model is model and second.model is model
-    assert first.train_logs == {"epochs": 2, "steps": steps, "samples": 10, "batch_size": 4}
+    assert first.train_logs == {"epochs": 2, "initial_epoch": 0, "steps": steps, "samples": 10, "batch_size": 4}
     assert [logs["loss"] for logs in first.epoch_logs] == history["loss"]
     # the running loss after an epoch's last batch is the epoch's loss
     np.testing.assert_allclose(first.running[steps - 1::steps], history["loss"], rtol=1e-12)
@@ -779,8 +803,11 @@ def test_reduce_lr_on_plateau_matches_torch(kwargs):
         expected.append(opt.param_groups[0]["lr"])
         scheduler.step(value)
 
+    class Trainer:
+        optimizer, metrics = gn.optim.SGD(lr=0.1), []
+
     class Holder:
-        optimizer = gn.optim.SGD(lr=0.1)
+        trainer = Trainer()
 
     callback = cbs.ReduceLROnPlateau(monitor="val_loss", **kwargs)
     callback.model = Holder()
@@ -817,3 +844,34 @@ def test_reduce_lr_on_plateau_needs_its_monitor():
     X, y = small_regression()
     with pytest.raises(ValueError, match="val_loss"):
         small_model().fit(X, y, optimizer=gn.optim.SGD(lr=0.01), epochs=1, callbacks=[cbs.ReduceLROnPlateau()])
+
+
+def test_initial_epoch_resumes_the_history_and_the_schedules():
+    """Keras's initial_epoch: fit(epochs=2), then fit(epochs=5, initial_epoch=2) equals one fit(epochs=5), bit for
+    bit, with the History, the schedule and the checkpoint names counting on from epoch 2."""
+    X, y = small_regression(n=24)
+
+    def schedule():
+        return cbs.StepLR(step_size=3, gamma=0.5)
+
+    straight, rec = small_model(), Recorder()
+    straight.fit(X, y, loss="mse", optimizer=gn.optim.SGD(lr=0.05, momentum=0.9), epochs=5, batch_size=8,
+                 callbacks=[schedule(), rec])
+    resumed, step_lr, rec2 = small_model(), schedule(), Recorder()
+    first = resumed.fit(X, y, loss="mse", optimizer=gn.optim.SGD(lr=0.05, momentum=0.9), epochs=2, batch_size=8,
+                        callbacks=[step_lr])
+    second = resumed.fit(X, y, epochs=5, initial_epoch=2, batch_size=8, callbacks=[step_lr, rec2])
+    assert first.epoch == [0, 1] and second.epoch == [2, 3, 4]
+    assert rec2.lrs == rec.lrs[2:] == [0.05, 0.025, 0.025]
+    assert_weights_equal(resumed.get_weights(), straight.get_weights())
+    assert second["loss"] == [logs["loss"] for logs in rec.epoch_logs][2:]
+
+
+@pytest.mark.parametrize("initial_epoch, error", [(-1, ValueError), (6, ValueError), (1.5, TypeError)])
+def test_initial_epoch_is_checked(initial_epoch, error):
+    X, y = small_regression()
+    model = small_model()
+    before = model.get_weights()
+    with pytest.raises(error, match="initial_epoch"):
+        model.fit(X, y, epochs=5, initial_epoch=initial_epoch)
+    assert_weights_equal(model.get_weights(), before)

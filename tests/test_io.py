@@ -94,7 +94,7 @@ def test_round_trip_on_every_namespace(device, backend, tmp_path, dtype):
             assert backend.owns(restored[k])
             assert gn.to_numpy(restored[k]).tobytes() == gn.to_numpy(saved[k]).tobytes()
     assert loaded.optimizer._model() is loaded and loaded.optimizer._backend == loaded.backend
-    assert loaded._shuffle_rng.bit_generator.state == model._shuffle_rng.bit_generator.state
+    assert loaded.trainer.shuffle_rng.bit_generator.state == model.trainer.shuffle_rng.bit_generator.state
 
 
 def test_cpu_to_device_and_back(device, backend, tmp_path):
@@ -140,7 +140,7 @@ def test_untrained_model_saves_without_loss_or_optimizer(tmp_path):
     assert meta["loss"] is None and meta["metrics"] == [] and meta["optimizer"] is None and meta["seed"] is None
     loaded = gn.load(tmp_path / "m.safetensors")
     assert loaded.loss is None and loaded.optimizer is None and loaded.seed is None
-    assert loaded._shuffle_rng.bit_generator.state == model._shuffle_rng.bit_generator.state
+    assert loaded.trainer.shuffle_rng.bit_generator.state == model.trainer.shuffle_rng.bit_generator.state
     assert_same_weights(model, loaded)
 
 
@@ -199,7 +199,7 @@ def test_resumed_training_matches_uninterrupted_training_bitwise(tmp_path, make_
 
     # the control: the same resumption with a fresh shuffling generator (or fresh optimizer state) differs
     control = gn.load(tmp_path / "ckpt.safetensors")
-    control._shuffle_rng = np.random.default_rng(0)
+    control.trainer.shuffle_rng = np.random.default_rng(0)
     control.fit(X, LABELS, epochs=2, batch_size=8)
     assert any(a.tobytes() != b.tobytes() for a, b in zip(straight.get_weights(), control.get_weights()))
     no_state = gn.load(tmp_path / "ckpt.safetensors")
@@ -353,7 +353,7 @@ def test_metadata_contents(tmp_path):
     }
     rng_state = meta["shuffle_rng"]
     assert rng_state["bit_generator"] == "PCG64"
-    assert int(rng_state["state"]["state"]) == model._shuffle_rng.bit_generator.state["state"]["state"]
+    assert int(rng_state["state"]["state"]) == model.trainer.shuffle_rng.bit_generator.state["state"]["state"]
     # JSON-safe: no integer a double cannot hold exactly
     ints = [int(v) for v in re.findall(r"(?<![\w.\"])-?\d+(?![\w.\"])", text)]
     assert all(abs(v) < 2**53 for v in ints)
@@ -497,7 +497,7 @@ def test_saving_non_finite_weights_is_refused(tmp_path):
     (lambda m: m["optimizer"].update(name="lbfgs", **{"class": "LBFGS"}),
      r"unknown optimizer 'LBFGS' in the gpunet metadata; this gpunet knows \['adagrad', 'adam'"),
     (lambda m: m["optimizer"]["hyperparameters"].update(lr=-1.0),
-     "invalid optimizer in the gpunet metadata: lr must be a finite number > 0"),
+     r"invalid optimizer in the gpunet metadata: lr must be in \[0.0, inf\); received lr=-1.0"),
     (lambda m: m["optimizer"].update(steps=-2), "invalid optimizer state in the gpunet metadata: steps must be"),
     (lambda m: m["optimizer"]["state"][0].update(momentum_buffer=False),
      r"invalid optimizer state in the gpunet metadata: optimizer state 0 holds \['exp_avg', 'exp_avg_sq', "
@@ -619,3 +619,44 @@ def test_pickle_and_deepcopy_round_trip_and_resume_exactly():
     for m in copies:
         for a, b in zip(model.get_weights(), m.get_weights()):
             np.testing.assert_array_equal(a, b)
+
+
+def test_copies_keep_what_the_file_format_refuses():
+    """deepcopy and pickle copy the object as it is: an infinite weight, NaN optimizer state, dropout generator state
+    and metadata (the file format refuses non-finite tensors; a copy is not a file)."""
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(0)
+    model = gn.Sequential([gn.Dense(3, 5, "tanh", dropout=0.2), gn.Dense(5, 1)], dtype="float64", seed=0)
+    model.fit(rng.normal(size=(16, 3)), rng.normal(size=16), loss="mse", optimizer="adam", epochs=1, batch_size=4)
+    model.metadata = {"note": "kept"}
+    model.layers[1].W[0, 0] = np.inf
+    model.optimizer.state[0]["exp_avg"][0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        model.save("never-written.safetensors")
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert clone.layers[1].W[0, 0] == np.inf and np.isnan(clone.optimizer.state[0]["exp_avg"][0, 0])
+        assert clone.metadata == {"note": "kept"}
+        assert clone.layers[1].W is not model.layers[1].W
+        assert clone.optimizer._model() is clone  # the state belongs to the copy: its next step continues it
+        assert (clone.trainer.dropout_rng.bit_generator.state == model.trainer.dropout_rng.bit_generator.state)
+        assert clone.trainer.shuffle_rng.bit_generator.state == model.trainer.shuffle_rng.bit_generator.state
+
+
+def test_a_checkpoint_at_learning_rate_zero_loads(tmp_path):
+    """CosineAnnealingLR(T_max=2) reaches lr = 0 at epoch 2: the checkpoint of that epoch loads (torch accepts a
+    zero rate, and so does every gpunet optimizer)."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(24, 4)), rng.normal(size=(24, 2))
+    model = regressor()
+    path = tmp_path / "ckpt-{epoch}.safetensors"
+    model.fit(X, y, loss="mse", optimizer=gn.optim.Adam(lr=0.1), epochs=3, batch_size=8,
+              callbacks=[gn.callbacks.CosineAnnealingLR(T_max=2), gn.callbacks.ModelCheckpoint(str(path))])
+    assert model.optimizer.lr == 0.0
+    loaded = gn.load(tmp_path / "ckpt-3.safetensors")
+    assert loaded.optimizer.lr == 0.0
+    before = loaded.get_weights()
+    loaded.fit(X, y, epochs=1, batch_size=8)  # a zero rate changes nothing (Adam's moments still advance)
+    for a, b in zip(before, loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)

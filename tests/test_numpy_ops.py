@@ -44,18 +44,19 @@ def test_activation(numpy_ops, activation, dtype, rng):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_relu_gradient_is_zero_where_the_output_is_zero_even_for_infinite_upstream(numpy_ops, dtype):
-    """torch's threshold_backward: ``where(y <= 0, 0, dy)``, so inf/NaN upstream stays out of dead units (a product
-    with the mask would give inf * 0 = NaN), and a NaN output passes ``dy`` on. Non-contiguous ``dy`` too."""
+    """torch's threshold_backward: ``where(y <= 0, 0, dy)``, so infinite upstream stays out of dead units (a product
+    with the mask would give inf * 0 = NaN); a NaN in y or dy gives NaN (gpunet's definition). Non-contiguous ``dy``
+    too."""
     y = np.array([[0.0, 0.0, 0.0, 2.0, np.nan, 0.5, -0.0, 1e-30]], dtype=dtype)
     dy = np.array([[np.inf, -np.inf, np.nan, 3.0, 4.0, -np.inf, 7.0, -2.0]], dtype=dtype)
-    want = np.array([[0.0, 0.0, 0.0, 3.0, 4.0, -np.inf, 0.0, -2.0]], dtype=dtype)
+    want = np.array([[0.0, 0.0, np.nan, 3.0, np.nan, -np.inf, 0.0, -2.0]], dtype=dtype)
     got = numpy_ops.act_grad(activations.ReLU(), dy, None, y)
     assert got is dy
     np.testing.assert_array_equal(got, want)
     strided = np.repeat(dy, 2, axis=0).T[::2]  # a transposed, strided view
     y2 = np.repeat(y, 2, axis=0).T[::2]
     np.testing.assert_array_equal(numpy_ops.act_grad(activations.ReLU(), strided, None, y2),
-                                  np.where(y2 <= 0, 0, strided))
+                                  activations.ReLU().backward(strided.copy(), None, y2))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

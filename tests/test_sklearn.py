@@ -461,3 +461,15 @@ def test_cuda_estimator(Estimator, blobs):
 def test_cuda_estimator_checks(Estimator):
     estimator = Estimator(max_iter=20, random_state=0, device="cuda")
     check_estimator(estimator, expected_failed_checks=expected_failed_checks(estimator))
+
+
+def test_random_state_none_leaves_numpys_global_state_alone():
+    """gpunet never reads or moves NumPy's global RandomState (scikit-learn's own MLP draws from it)."""
+    X, y = np.random.default_rng(0).normal(size=(30, 2)), np.arange(30) % 2
+    np.random.seed(123)
+    before = np.random.get_state()
+    MLPClassifier((4,), max_iter=2, random_state=None).fit(X, y)
+    after = np.random.get_state()
+    assert before[0] == after[0] and np.array_equal(before[1], after[1]) and before[2:] == after[2:]
+    fits = [MLPClassifier((4,), max_iter=2, random_state=None).fit(X, y).model_.get_weights()[0] for _ in range(2)]
+    assert not np.array_equal(*fits)  # fresh entropy each time

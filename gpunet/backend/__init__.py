@@ -5,6 +5,8 @@
     numpy_ops.py       NumpyOps(Ops): in place, into workspaces, with NumPy's own BLAS (blas.py) for the updates
     cuda_ops.py        CupyOps(Ops): fused cupy.ElementwiseKernels over the CUDA sources in kernels/
     kernel_sources.py  finds kernels/ (checkout or wheel) and inlines its #includes for NVRTC
+    workspaces.py      the arrays a training step reuses, per model and batch size
+    flat.py            parameters, gradients and optimizer state as views of flat arrays (one update per model)
 
 :func:`ops_for` picks the implementation for a namespace. Layers, losses and optimizers only ever call an ``Ops``.
 """

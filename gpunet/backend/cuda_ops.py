@@ -4,7 +4,7 @@ Each kernel's operation is one call of a template function from ``kernels/*.cuh`
 CUDA math lives in one place that the host compiler also builds for tests. Kernels are declared once per ops object
 (one per namespace per process, see :func:`gpunet.backend.ops_for`) and compiled by CuPy on first use per dtype and
 device; CuPy caches the binaries on disk, so later processes start fast. Steps with no kernel here (softmax, which
-couples a row; RMSprop, Adagrad) fall back to the Array-API reference of :class:`gpunet.backend.Ops`.
+couples a row; custom activations and subclasses that override a built-in's math; RMSprop, Adagrad) fall back to the Array-API reference of :class:`gpunet.backend.Ops`.
 
 Kernel names are ``gpunet_<step>`` (``gpunet_relu_fwd``, ``gpunet_gelu_bwd``, ``gpunet_adam``...), so a profiler
 trace reads like the code.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+from .. import activations
 from .kernel_sources import kernel_source
 from .reference import Ops
 
@@ -51,9 +52,10 @@ class CupyOps(Ops):
     # -- layers ---------------------------------------------------------------------------------------------------
     def bias_act(self, z, b, activation):
         """``z += b`` and the activation in one pass, in place on ``z`` (also kept when backward needs it)."""
-        if not activation.elementwise:
+        name = _kernel(activation)
+        if name is None:
             return super().bias_act(z, b, activation)
-        name, param = activation.name, _param(activation)
+        param = activation.kernel_arg()
         if activation.uses_input:
             y = self.xp.empty_like(z)
             kernel = self.kernel(f"{name}_fwd_keep", "T b, T a", "T z, T y", f"z = z + b; y = gn_{name}_fwd(z, a)",
@@ -64,13 +66,13 @@ class CupyOps(Ops):
         kernel(b, param, z)
         return None, z
 
-    def act_grad(self, activation, dy, z, y):
-        if not activation.elementwise:
-            return super().act_grad(activation, dy, z, y)
-        name = activation.name
+    def act_grad(self, activation, dy, z, y, ws=None):
+        name = _kernel(activation)
+        if name is None:
+            return super().act_grad(activation, dy, z, y, ws)
         kernel = self.kernel(f"{name}_bwd", "T dy, T s, T a", "T dz", f"dz = gn_{name}_bwd(dy, s, a)",
                              "activations.cuh")
-        return kernel(dy, z if activation.uses_input else y, _param(activation))
+        return kernel(dy, z if activation.uses_input else y, activation.kernel_arg())
 
     # -- losses ---------------------------------------------------------------------------------------------------
     def huber(self, pred, target, delta, scale):
@@ -90,7 +92,7 @@ class CupyOps(Ops):
         return kernel(p, target, scale)
 
     # -- optimizers -----------------------------------------------------------------------------------------------
-    def sgd_update(self, p, g, buf, *, lr, momentum, dampening, nesterov, weight_decay):
+    def sgd_update(self, p, g, buf, *, lr, momentum, dampening, nesterov, weight_decay, ws=None):
         if not momentum:
             kernel = self.kernel("sgd", "T g, T lr, T wd", "T p", "gn_sgd(p, g, lr, wd)", "optimizers.cuh")
             kernel(g, lr, weight_decay, p)
@@ -104,7 +106,7 @@ class CupyOps(Ops):
         kernel(g, lr, momentum, 1.0 - dampening, weight_decay, nesterov, first, p, buf)
         return buf
 
-    def adam_update(self, p, g, m, v, vmax, *, step, lr, beta1, beta2, eps, weight_decay, decoupled):
+    def adam_update(self, p, g, m, v, vmax, *, step, lr, beta1, beta2, eps, weight_decay, decoupled, ws=None):
         decay = 1.0 - lr * weight_decay if decoupled else 1.0
         l2 = 0.0 if decoupled else weight_decay
         scalars = (decay, l2, 1.0 - beta1, beta2, 1.0 - beta2, lr / (1 - beta1**step),
@@ -122,6 +124,9 @@ class CupyOps(Ops):
             kernel(g, *scalars, p, m, v, vmax)
 
 
-def _param(activation) -> float:
-    """The activation's one parameter for the kernels' ``a`` argument (0 where it has none)."""
-    return getattr(activation, "negative_slope", getattr(activation, "alpha", 0.0))
+def _kernel(activation) -> str | None:
+    """The ``gn_<name>_fwd``/``_bwd`` pair of ``kernels/activations.cuh`` for ``activation``: its declared built-in
+    math when that is elementwise (softmax couples a row: the reference runs it), else None (custom activations and
+    subclasses that override the math run their own methods)."""
+    name = activations.builtin_kernel(activation)
+    return name if name is not None and activation.elementwise else None

@@ -19,16 +19,26 @@ from .. import array_utils
 
 
 def clamped_log(p):
-    """``max(log p, -100)`` (``BCELoss``'s clamp) with no ``log(0)`` evaluated; NaN maps to -100."""
+    """``max(log p, -100)`` (``BCELoss``'s clamp) with no ``log(0)`` evaluated: -100 at ``p = 0``; NaN for a NaN or
+    negative ``p``, as torch's ``clamp(log p, min=-100)``."""
     xp = array_namespace(p)
-    positive = p > 0
-    return xp.where(positive, xp.maximum(xp.log(xp.where(positive, p, 1.0)), -100.0), -100.0)
+    zero = p == 0
+    return xp.where(zero, -100.0, xp.maximum(xp.log(xp.where(zero, 1.0, p)), -100.0))
+
+
+def xent(p, target, binary: bool):
+    """Cross-entropy of probabilities ``p`` per element, logs clamped at -100 (:func:`clamped_log`): binary
+    ``-(t log p + (1 - t) log(1 - p))`` (``BCELoss``), or ``-t log p`` (cce; the caller sums a row)."""
+    if binary:
+        return -(target * clamped_log(p) + (1 - target) * clamped_log(1 - p))
+    return -(target * clamped_log(p))
 
 
 class Ops:
     """Reference implementation of the fusable steps for one Array API namespace ``xp``."""
 
-    # True when layers should hand ``out=`` workspaces to matmul/sum_rows in training, reused from step to step
+    # True when layers should hand ``out=`` arrays from the trainer's workspaces to matmul/dense/sum_rows/dropout;
+    # every method also takes the workspace itself (``ws``) where it needs scratch, and ignores it here
     reuses_buffers = False
 
     def __init__(self, xp):
@@ -42,7 +52,7 @@ class Ops:
         """``a @ b``; specialisations write into ``out`` when given."""
         return a @ b
 
-    def sum_rows(self, a, out=None):
+    def sum_rows(self, a, out=None, ws=None):
         """``sum(a, axis=0)``; specialisations write into ``out`` when given."""
         return self.xp.sum(a, axis=0)
 
@@ -61,22 +71,24 @@ class Ops:
         the pre-activation (and may be ``y`` itself)."""
         return self.bias_act(self.matmul(x, W, out), b, activation)
 
-    def dropout(self, y, p: float, rng, mask=None, out=None):
-        """Inverted dropout of ``y`` for training: ``(y * mask, mask)``, ``mask`` 0 with probability ``p`` and
-        ``1 / (1 - p)`` elsewhere (``torch.nn.functional.dropout``: noise ``bernoulli(1 - p) / (1 - p)``).
-
-        ``rng.random(shape, dtype=...)`` draws the uniforms (see :meth:`gpunet.backend.Backend.random_generator`);
-        an element is kept where its uniform is ``>= p``. Specialisations write into ``mask`` and ``out``."""
+    def dropout_mask(self, rng, p: float, shape: tuple, like, out=None):
+        """Inverted-dropout noise of ``shape``, with ``like``'s dtype and device: 0 with probability ``p``, ``1 / (1 - p)`` elsewhere
+        (``torch.nn.functional.dropout``: ``bernoulli(1 - p) / (1 - p)``). ``rng.random(shape, dtype=...)`` draws
+        the uniforms (see :meth:`gpunet.backend.Backend.random_generator`); an element is kept where its uniform is
+        ``>= p``. Specialisations draw into ``out``."""
         xp = self.xp
-        name = "float32" if y.dtype == xp.float32 else "float64"
-        u = xp.asarray(rng.random(tuple(y.shape), dtype=name), device=array_api_compat.device(y))
-        mask = xp.astype(u >= p, y.dtype) / (1 - p)
-        return y * mask, mask
+        name = "float32" if like.dtype == xp.float32 else "float64"
+        u = xp.asarray(rng.random(tuple(shape), dtype=name), device=array_api_compat.device(like))
+        return xp.astype(u >= p, like.dtype) / (1 - p)
 
-    def act_grad(self, activation, dy, z, y):
+    def dropout(self, y, mask, out=None):
+        """``y * mask`` (into ``out`` in specialisations)."""
+        return y * mask
+
+    def act_grad(self, activation, dy, z, y, ws=None):
         """``dz = dy * f'(z)`` (softmax: the row Jacobian-vector product); ``z`` is ``None`` unless ``uses_input``.
 
-        May overwrite ``dy`` (layers pass arrays they own).
+        May overwrite ``dy`` (layers pass arrays they own); ``ws``: the step's workspace for scratch, if any.
         """
         return activation.backward(dy, z, y)
 
@@ -104,17 +116,12 @@ class Ops:
         return loss, scale * (array_utils.sigmoid(z) - target)
 
     def xent_combined(self, p, target, scale: float, binary: bool):
-        """Cross-entropy of probabilities ``p`` per element (logs clamped at -100) and the combined gradient with
-        respect to the logits, ``scale (p - t)``: sigmoid + bce (``binary``, ``-(t log p + (1 - t) log(1 - p))``)
-        or softmax + cce (``-t log p``, summed over a row by the caller)."""
-        if binary:
-            loss = -(target * clamped_log(p) + (1 - target) * clamped_log(1 - p))
-        else:
-            loss = -(target * clamped_log(p))
-        return loss, scale * (p - target)
+        """Cross-entropy of probabilities ``p`` per element (:func:`xent`) and the combined gradient with respect to
+        the logits, ``scale (p - t)``: sigmoid + bce (``binary``) or softmax + cce."""
+        return xent(p, target, binary), scale * (p - target)
 
-    # -- optimizers (torch.optim update rules, in place on p and the state) ---------------------------------------
-    def sgd_update(self, p, g, buf, *, lr, momentum, dampening, nesterov, weight_decay):
+    # -- optimizers (torch.optim update rules, in place on p and the state; ws: scratch of the parameters' shapes) --
+    def sgd_update(self, p, g, buf, *, lr, momentum, dampening, nesterov, weight_decay, ws=None):
         """One ``torch.optim.SGD`` step on ``p``; returns the momentum buffer (``None`` without momentum).
 
         ``g += wd p``; ``buf = g`` on the first step, else ``buf = momentum buf + (1 - dampening) g``;
@@ -132,7 +139,7 @@ class Ops:
         p -= lr * g
         return buf
 
-    def adam_update(self, p, g, m, v, vmax, *, step, lr, beta1, beta2, eps, weight_decay, decoupled):
+    def adam_update(self, p, g, m, v, vmax, *, step, lr, beta1, beta2, eps, weight_decay, decoupled, ws=None):
         """One ``torch.optim.Adam`` (``decoupled=False``) or ``AdamW`` (``decoupled=True``) step, in place.
 
         ``m``/``v`` are the first and second moment estimates, ``vmax`` the running maximum of ``v`` for AMSGrad
@@ -153,7 +160,7 @@ class Ops:
         denom = self.xp.sqrt(v) / math.sqrt(1 - beta2**step) + eps
         p -= step_size * (m / denom)
 
-    def rmsprop_update(self, p, g, square_avg, grad_avg, buf, *, lr, alpha, eps, momentum, weight_decay):
+    def rmsprop_update(self, p, g, square_avg, grad_avg, buf, *, lr, alpha, eps, momentum, weight_decay, ws=None):
         """One ``torch.optim.RMSprop`` step, in place; ``grad_avg`` is ``None`` unless centered, ``buf`` unless
         momentum > 0."""
         xp = self.xp
@@ -173,7 +180,7 @@ class Ops:
         else:
             p -= lr * (g / avg)
 
-    def adagrad_update(self, p, g, state_sum, *, step, lr, lr_decay, eps, weight_decay):
+    def adagrad_update(self, p, g, state_sum, *, step, lr, lr_decay, eps, weight_decay, ws=None):
         """One ``torch.optim.Adagrad`` step, in place."""
         if weight_decay:
             g = g + weight_decay * p
