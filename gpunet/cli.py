@@ -1,9 +1,10 @@
-"""The ``gpunet`` command (also ``python -m gpunet``): train, evaluate, predict, bench, info.
+"""The ``gpunet`` command (also ``python -m gpunet``): train, evaluate, predict, export, bench, info.
 
     gpunet train                                   # digits, best device found, progress, test report
     gpunet train --dataset csv:penguins.csv:species --save penguins.safetensors
     gpunet evaluate penguins.safetensors --dataset csv:new.csv
     gpunet predict penguins.safetensors --csv new.csv --output predictions.csv
+    gpunet export penguins.safetensors penguins.onnx   # for onnxruntime: raw columns in, labels/values out
     gpunet bench --threads 2
 
 Raw tables work as they are: what each column becomes is decided on the training rows by
@@ -111,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", help="write predictions here (default: standard output)")
     predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
 
+    _add_export_parser(commands)
+
     # listed for --help only: main() hands `gpunet bench ...` to gpunet.bench before parsing
     commands.add_parser("bench", help="compare devices: forward/backward/step/epoch timings (gpunet bench --help)",
                         description="Device comparison; its options: gpunet bench --help")
@@ -134,7 +137,8 @@ def main(argv=None) -> int:
                 if args.command != "train":
                     return 0  # evaluate/predict/info: rank 0 alone does them
                 _silence_stdout()
-        return {"train": train, "evaluate": evaluate, "predict": predict, "info": info}[args.command](args)
+        commands = {"train": train, "evaluate": evaluate, "predict": predict, "export": export, "info": info}
+        return commands[args.command](args)
     except FloatingPointError as exc:  # gpunet.NonFiniteLossError: a diverging fit (every rank raises it)
         first = str(exc).split(". The model keeps")[0]
         return _fail(args, f"{first}; lower --lr (it was {_lr(args):g}) or set --global-clipnorm", 2)
@@ -405,6 +409,36 @@ def predict(args) -> int:
             sys.stdout.flush()
         except BrokenPipeError:
             _silence_stdout()
+    return 0
+
+
+# -- export ---------------------------------------------------------------------------------------------------------
+def _add_export_parser(commands) -> None:
+    export = commands.add_parser(
+        "export", help="write a saved model as an ONNX file, with its preprocessing (for onnxruntime)",
+        description="Write MODEL as an ONNX graph (opset 17) that onnxruntime runs without gpunet. A model trained "
+                    "by `gpunet train` is exported with its data transform: one (batch, 1) float64 input per raw "
+                    "feature column, named as in the training CSV, and the outputs `gpunet predict` writes: "
+                    "'label' (class names) and 'probabilities' for classification, 'prediction' in the target's "
+                    "units for regression. Other models are exported as the bare network ('features' in). "
+                    "Needs pip install 'gpunet[onnx]'.")
+    export.add_argument("model", help="a .safetensors file written by gpunet (gpunet train --save, model.save)")
+    export.add_argument("output", help="the ONNX file to write (its folder must exist)")
+
+
+def export(args) -> int:
+    import gpunet as gn
+    from . import export as export_mod
+
+    model = gn.load(args.model, device="cpu")
+    preprocessing = export_mod.cli_metadata(model) is not None
+    proto = export_mod.to_onnx(model, preprocessing=preprocessing)
+    export_mod.write(proto, args.output)
+    inputs = [i.name for i in proto.graph.input]
+    shown = ", ".join(inputs) if len(inputs) <= 6 else ", ".join(inputs[:5]) + f", ... ({len(inputs)} columns)"
+    kind = ", with the training preprocessing" if preprocessing else ""
+    print(f"wrote {args.output} (ONNX opset {export_mod.OPSET}{kind}): inputs {shown} -> outputs "
+          f"{', '.join(o.name for o in proto.graph.output)}")
     return 0
 
 

@@ -191,6 +191,28 @@ class Sequential:
 
         io.save(self, path, optimizer=optimizer)
 
+    def export(self, path, format: str = "onnx") -> None:
+        """Write the network as an ONNX file (Keras 3's spelling), for onnxruntime or any ONNX runtime.
+
+        The graph takes ``"features"`` ``(batch, n_inputs)`` of the model's dtype (``batch`` is dynamic) and gives
+        ``model.predict``'s ``(batch, n_outputs)``, named ``"probabilities"`` (softmax or sigmoid output),
+        ``"logits"`` (linear output trained with a ``from_logits=True`` loss) or ``"outputs"``. Opset 17; every
+        built-in activation; gpunet's version and the training metadata in the model's properties. See
+        :mod:`gpunet.export` (and its ``preprocessing=True`` for models of ``gpunet train``).
+
+        Raises TypeError for a layer with a custom activation (naming the layer), ValueError for a format other
+        than ``"onnx"``, FileNotFoundError for a missing folder, ImportError without ``pip install 'gpunet[onnx]'``.
+
+        Example (the doctest of :mod:`gpunet.export` runs one)::
+
+            model.export("model.onnx")
+            session = onnxruntime.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+            proba = session.run(None, {"features": X.astype("float32")})[0]   # = model.predict(X)
+        """
+        from . import export
+
+        export.export(self, path, format)
+
     def __getstate__(self) -> dict:
         """Pickle (and ``copy.deepcopy``) the model as it is: its layers (custom activations included) with host
         copies of the weights, any values (NaN and infinity too), the last fit's loss, metrics and optimizer (its
