@@ -3,6 +3,7 @@ the replicas are bitwise identical; a failing rank ends the job; the command lin
 mpiexec. Every launch has a timeout, so a deadlock fails instead of hanging. Needs mpi4py and an MPI runtime (the
 ``mpi`` extra: ``pip install 'gpunet[mpi]'``); skipped without them."""
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -154,3 +155,46 @@ def test_command_line_under_mpiexec_matches_one_process(tmp_path):
     for a, b in zip(gn.load(tmp_path / "one.safetensors").get_weights(),
                     gn.load(tmp_path / "two.safetensors").get_weights()):
         np.testing.assert_allclose(a, b, **TOL)
+
+
+def test_cupy_buffers_go_through_nccl_on_the_current_stream(monkeypatch):
+    """No GPU here: fake cupy and cupy.cuda.nccl modules record the calls the real ones would get (CuPy's
+    NcclCommunicator(ndev, unique_id, rank), allReduce(send, recv, count, dtype, op, stream), bcast(buf, count,
+    dtype, root, stream)): the unique id comes from rank 0 over MPI, the buffer is reduced in place."""
+    import types
+
+    calls = []
+    nccl = types.SimpleNamespace(NCCL_FLOAT32=7, NCCL_FLOAT64=8, NCCL_SUM=0, get_unique_id=lambda: (1, 2, 3))
+
+    class Communicator:
+        def __init__(self, ndev, uid, rank):
+            calls.append(("init", ndev, uid, rank))
+
+        def allReduce(self, send, recv, count, dtype, op, stream):
+            calls.append(("allReduce", send, recv, count, dtype, op, stream))
+
+        def bcast(self, buf, count, dtype, root, stream):
+            calls.append(("bcast", buf, count, dtype, root, stream))
+
+    nccl.NcclCommunicator = Communicator
+    cuda = types.SimpleNamespace(nccl=nccl, get_current_stream=lambda: types.SimpleNamespace(ptr=4242),
+                                 Device=lambda index: contextlib.nullcontext())
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = cuda
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setitem(sys.modules, "cupy.cuda", cuda)
+    monkeypatch.setitem(sys.modules, "cupy.cuda.nccl", nccl)
+
+    class FakeComm:  # rank 1 of 2: bcast returns rank 0's object
+        def bcast(self, obj, root=0):
+            calls.append(("mpi-bcast", obj, root))
+            return (9, 9, 9)
+
+    world = gn.distributed.World()
+    world.comm, world.rank, world.size = FakeComm(), 1, 2
+    array = types.SimpleNamespace(flags=types.SimpleNamespace(c_contiguous=True), dtype=np.dtype(np.float32),
+                                  size=1000, data=types.SimpleNamespace(ptr=555), device=types.SimpleNamespace(id=0))
+    world.allreduce_(array)
+    world.bcast_(array, root=0)
+    assert calls == [("mpi-bcast", None, 0), ("init", 2, (9, 9, 9), 1), ("allReduce", 555, 555, 1000, 7, 0, 4242),
+                     ("bcast", 555, 1000, 7, 0, 4242)]
