@@ -168,27 +168,34 @@ def _divergence_message(epoch, bad, batch_losses, keep, n_batches) -> str:
             f"check the targets.")
 
 
-def split_validation(n: int, fraction: float, labels, rng: np.random.Generator):
-    """Host index arrays ``(train, validation)`` holding out ``fraction`` of ``n`` rows; stratified by ``labels``
-    (host integer class per row) when given, else uniform. Raises ValueError when a side would be empty."""
+def split_validation(n: int, fraction: float, labels, rng: np.random.Generator, name: str = "validation_split",
+                     single_rows: str = "refuse"):
+    """Host index arrays ``(kept, held out)`` holding out ``fraction`` of ``n`` rows, drawn from ``rng``; stratified
+    by ``labels`` (host integer class per row) when given, else uniform. Stratified, each class gives
+    ``round(fraction * count)`` rows, at least 1 and leaving at least 1; a class of a single row is refused
+    (``single_rows="refuse"``, fit's ``validation_split``) or stays on the kept side (``"keep"``, the command line's
+    splits). Raises ValueError (naming the split ``name``) when a side would be empty."""
     if labels is None:
-        n_val = int(round(fraction * n))
-        if not 1 <= n_val <= n - 1:
-            raise ValueError(f"validation_split={fraction} of {n} samples leaves {n_val} for validation and "
-                             f"{n - n_val} for training; both need at least 1")
+        n_out = int(round(fraction * n))
+        if not 1 <= n_out <= n - 1:
+            raise ValueError(f"{name}={fraction} of {n} rows leaves {n_out} held out and {n - n_out} kept; both "
+                             f"need at least 1")
         order = rng.permutation(n)
-        return np.sort(order[n_val:]), np.sort(order[:n_val])
+        return np.sort(order[n_out:]), np.sort(order[:n_out])
     classes, counts = np.unique(labels, return_counts=True)
-    if counts.min() < 2:
-        raise ValueError(f"validation_split is stratified by class, but class {classes[np.argmin(counts)]} has only "
+    if single_rows == "refuse" and counts.min() < 2:
+        raise ValueError(f"{name} is stratified by class, but class {classes[np.argmin(counts)]} has only "
                          f"{counts.min()} sample; each class needs at least 2 (or pass validation_data)")
-    train, val = [], []
+    kept, held = [], []
     for c, count in zip(classes, counts):
         rows = rng.permutation(np.flatnonzero(labels == c))
-        n_val = min(max(int(round(fraction * count)), 1), count - 1)
-        val.append(rows[:n_val])
-        train.append(rows[n_val:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+        n_out = 0 if count < 2 else min(max(int(round(fraction * count)), 1), count - 1)
+        held.append(rows[:n_out])
+        kept.append(rows[n_out:])
+    kept, held = np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
+    if held.size == 0:
+        raise ValueError(f"{name}={fraction} holds out no rows: every class has a single row")
+    return kept, held
 
 
 def class_labels(Y, loss):
