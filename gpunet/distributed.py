@@ -63,6 +63,7 @@ class World:
             self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
             local.Free()
         self._nccl = {}  # CUDA device index -> NcclCommunicator
+        self._flag = np.zeros(1, dtype=np.int32)
 
     def __repr__(self) -> str:
         return f"World(rank={self.rank}, size={self.size}, local_rank={self.local_rank})"
@@ -82,7 +83,9 @@ class World:
             return bool(flag)
         from mpi4py import MPI
 
-        return bool(self.comm.allreduce(bool(flag), op=MPI.LOR))
+        self._flag[0] = 1 if flag else 0  # the buffer API: no pickling (it runs after every step)
+        self.comm.Allreduce(MPI.IN_PLACE, self._flag, op=MPI.MAX)
+        return bool(self._flag[0])
 
     def all(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is True on all."""
