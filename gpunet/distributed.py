@@ -35,6 +35,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 import traceback
 
 import numpy as np
@@ -93,8 +94,11 @@ class World:
 
     def abort(self, code: int = 1) -> None:
         """End the whole job now (every rank), with exit status ``code``."""
+        sys.stdout.flush()
+        sys.stderr.flush()
         if self.comm is None:
             os._exit(code)
+        time.sleep(0.5)  # the launcher forwards output asynchronously: let this rank's last lines reach it first
         self.comm.Abort(code)
 
     # -- collectives on arrays, in place ------------------------------------------------------------------------------

@@ -120,7 +120,7 @@ def test_sklearn_wrapper_keeps_the_model_on_ctrl_c():
     from gpunet.sklearn import MLPRegressor
 
     X, y = data(200)
-    reg = MLPRegressor((8,), max_iter=50, random_state=0)
+    reg = MLPRegressor(hidden_layer_sizes=(8,), batch_size=32, max_iter=50, random_state=0)
     original = gn.Sequential.fit
 
     def fit_then_interrupt(self, *args, callbacks=None, **kwargs):
