@@ -19,6 +19,7 @@ import argparse
 import csv
 import importlib.util
 import io
+import json
 import os
 import sys
 import time
@@ -417,11 +418,12 @@ def _add_export_parser(commands) -> None:
     export = commands.add_parser(
         "export", help="write a saved model as an ONNX file, with its preprocessing (for onnxruntime)",
         description="Write MODEL as an ONNX graph (opset 17) that onnxruntime runs without gpunet. A model trained "
-                    "by `gpunet train` is exported with its data transform: one (batch, 1) float64 input per raw "
-                    "feature column, named as in the training CSV, and the outputs `gpunet predict` writes: "
-                    "'label' (class names) and 'probabilities' for classification, 'prediction' in the target's "
-                    "units for regression. Other models are exported as the bare network ('features' in). "
-                    "Needs pip install 'gpunet[onnx]'.")
+                    "by `gpunet train` is exported with its column and target transforms: one (batch, 1) input per "
+                    "raw column the model reads, named as in the training CSV (numbers and dates float64 with NaN "
+                    "for missing, dates as seconds since 1970-01-01 UTC; categories and yes/no columns as strings "
+                    "with '' for missing), and the outputs `gpunet predict` writes: 'label' (class names) and "
+                    "'probabilities' for classification, 'prediction' in the target's units for regression. Other "
+                    "models are exported as the bare network ('features' in). Needs pip install 'gpunet[onnx]'.")
     export.add_argument("model", help="a .safetensors file written by gpunet (gpunet train --save, model.save)")
     export.add_argument("output", help="the ONNX file to write (its folder must exist)")
 
@@ -439,6 +441,17 @@ def export(args) -> int:
     kind = ", with the training preprocessing" if preprocessing else ""
     print(f"wrote {args.output} (ONNX opset {export_mod.OPSET}{kind}): inputs {shown} -> outputs "
           f"{', '.join(o.name for o in proto.graph.output)}")
+    if preprocessing:
+        specs = json.loads({p.key: p.value for p in proto.metadata_props}["columns"])
+        groups = {"numbers (float64, NaN = missing)": [s["name"] for s in specs if s["kind"] == "numeric"],
+                  "text (string, '' = missing)": [s["name"] for s in specs if s["type"] == "string"],
+                  f"dates (float64 {export_mod.DATE_UNIT}, NaN = missing)":
+                      [s["name"] + (f" (was text {s['format']})" if s["format"] else "") for s in specs
+                       if s["kind"] == "date"]}
+        for label, names in groups.items():
+            if names:
+                listed = ", ".join(names) if len(names) <= 8 else ", ".join(names[:7]) + f", ... ({len(names)})"
+                print(f"  {label}: {listed}")
     return 0
 
 

@@ -35,18 +35,43 @@ ONNX's own Sigmoid, Softplus, Elu and LeakyRelu are not used: onnxruntime has no
 and its float32 Sigmoid clamps its input (sigmoid(-17) comes out 2x too large, sigmoid(-20) as 0). ONNX has no
 Expm1 or Log1p; the two identities above keep their relative accuracy near 0 (``exp(z) - 1`` would not).
 
-**The command line's graph** (``preprocessing=True``, ``gpunet export``) wraps the network in the data transform
-that ``gpunet train`` saved in ``model.metadata["cli"]``, so it takes the raw columns that ``gpunet predict`` reads
-and gives what it writes. See :func:`_cli_inputs` and :func:`_cli_outputs`.
+**The command line's graph** (``preprocessing=True``, ``gpunet export``) wraps the network in the column and
+target transforms that ``gpunet train`` saved in ``model.metadata["cli"]`` (:class:`gpunet.TableModel`:
+:class:`~gpunet.tabular.TableTransform` and :class:`~gpunet.tabular.TargetTransform`), so it takes the raw columns
+that ``gpunet predict`` reads and gives what it writes. One ``(batch, 1)`` input per column the transform reads (left
+out columns are no inputs), named as the column:
+
+| column kind                | input                                   | in the graph                                  |
+|----------------------------|-----------------------------------------|-----------------------------------------------|
+| numeric (and placeholders) | float64, NaN = missing (the placeholder | ``(where(isnan(x), median, x) - mean) / sd``, |
+|                            | such as "?" given as NaN)               | ``isnan(x)`` as the missing indicator         |
+| boolean (yes/no, ...)      | string, ``""`` = missing                | ``LabelEncoder``: its words in any case, 1/0, |
+|                            |                                         | to 1/0/NaN, then as numeric                   |
+| categorical                | string, ``""`` = missing                | ``LabelEncoder`` to the category's index,     |
+|                            |                                         | ``Equal`` to 0..k-1: one-hot, unseen = zeros  |
+| date                       | float64 seconds since 1970-01-01 UTC,   | the calendar by floor divisions (Hinnant's    |
+|                            | NaN = missing                           | civil_from_days): the training's parts        |
+
+Outputs: ``"label"`` (the class names) and ``"probabilities"``, or ``"prediction"`` in the target's units
+(:meth:`TargetTransform.decode`). A float64 graph computes the features exactly as ``TableTransform.transform``
+does (the season's sine and cosine to 1e-15). String cells are compared exactly (ONNX has no strip; the caller
+strips them), and a whole-number category also matches pandas' float text ("3" as "3.0"). The string columns use
+``LabelEncoder`` of ``ai.onnx.ml`` (opset 2, imported only by graphs with such columns): ONNX's ``Equal`` compares
+strings only from opset 19, and ``StringNormalizer``'s lower-casing depends on the platform's locales. See
+:func:`_cli_inputs`, :func:`cli_inputs` (what each input expects, also saved in ``metadata_props["columns"]``) and
+:func:`_cli_outputs`.
 
 The model's description travels in its properties: ``producer_name`` "gpunet", ``producer_version`` the gpunet
 version, a ``doc_string`` naming the inputs and outputs, and ``metadata_props`` (JSON strings) ``architecture``,
 ``dtype``, ``loss``, ``metrics``, ``optimizer`` and, when the model has one, ``metadata`` (``model.metadata``: for a
-command-line model its task, classes, feature names, target and scalers).
+command-line model its task, classes, column and target transforms); the command line's graph adds ``columns``.
 
 What the graph does not do: check its inputs. ``model.predict`` refuses NaN, infinity and float64 values beyond the
-float32 range; the graph computes with them (a NaN row gives NaN outputs, and for a command-line classifier the
-label ONNX's ArgMax picks for that row).
+float32 range; the bare graph computes with them (a NaN row gives NaN outputs). In the command line's graph NaN is
+a missing cell, and a row with a value that ``gpunet predict`` refuses (an infinite number or date, a boolean cell
+that is none of its words) gives NaN probabilities or prediction, and the label ``""``; an unseen category is all
+zeros there as in gpunet, and where ``gpunet predict`` notes what the rows held that training did not, the graph
+says nothing.
 
 >>> import gpunet as gn
 >>> model = gn.Sequential([gn.Dense(4, 8, "gelu"), gn.Dense(8, 3, "softmax")], seed=0)
@@ -62,7 +87,9 @@ True
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 
 import numpy as np
 
@@ -112,11 +139,13 @@ def to_onnx(model, *, preprocessing: bool = False):
     ``preprocessing=False``: input ``"features"`` ``(batch, n_inputs)``, output ``"probabilities"``, ``"logits"`` or
     ``"outputs"`` ``(batch, n_outputs)``, both of the model's dtype; the output equals ``model.predict(features)``.
 
-    ``preprocessing=True`` (a model trained by ``gpunet train``): inputs are the raw feature columns, one
-    ``(batch, 1)`` float64 tensor per column named as in the training data, in ``metadata["cli"]["features"]``
-    order; outputs ``"label"`` ``(batch,)`` strings (the class names) and ``"probabilities"`` ``(batch, n_classes)``
-    float64 for classification, ``"prediction"`` float64 in the target's units (``(batch,)`` for one target,
-    ``(batch, n_targets)`` for several) for regression: what ``gpunet predict`` writes.
+    ``preprocessing=True`` (a model trained by ``gpunet train``, or :class:`gpunet.TableModel`'s network after
+    ``save``): inputs are the raw columns, one ``(batch, 1)`` tensor per column the model reads, named as in the
+    training data, in its order: float64 for numbers and dates (NaN = missing; dates in seconds since 1970-01-01
+    UTC), strings for categories and booleans (``""`` = missing); outputs ``"label"`` ``(batch,)`` strings (the
+    class names) and ``"probabilities"`` ``(batch, n_classes)`` float64 for classification, ``"prediction"``
+    ``(batch,)`` float64 in the target's units for regression: what ``gpunet predict`` writes. ValueError for a
+    model whose metadata the graph cannot hold (see :func:`cli_table_model`).
     """
     onnx = _import_onnx()
     from . import __version__
@@ -126,11 +155,13 @@ def to_onnx(model, *, preprocessing: bool = False):
         raise TypeError(f"model must be a gpunet.Sequential; received {type(model).__name__}")
     _check_activations(model)
     g = _Graph(onnx, model.dtype)
+    extra = {}
     if preprocessing:
-        cli = _cli_metadata(model)
-        inputs, x = _cli_inputs(g, cli, model)
-        outputs = _cli_outputs(g, cli, _network(g, model, x))
+        tm = cli_table_model(model)
+        inputs, x, refused = _cli_inputs(g, tm.columns, model)
+        outputs = _cli_outputs(g, tm.target, _network(g, model, x), refused)
         _check_input_names(g, [i.name for i in inputs], [o.name for o in outputs])
+        extra["columns"] = cli_inputs(tm.columns)
     else:
         name = _output_name(model)
         inputs = [g.value_info("features", model.dtype, ["batch", model.n_inputs])]
@@ -138,11 +169,11 @@ def to_onnx(model, *, preprocessing: bool = False):
         outputs = [g.value_info(name, model.dtype, ["batch", model.n_outputs])]
     helper = onnx.helper
     graph = helper.make_graph(g.nodes, "gpunet.Sequential", inputs, outputs, initializer=g.initializers)
-    opsets = [helper.make_opsetid("", OPSET)]
+    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(ML_DOMAIN, ML_OPSET)] if g.uses_ml else [])
     proto = helper.make_model(graph, producer_name="gpunet", producer_version=__version__,
                               doc_string=_doc_string(model, inputs, outputs), opset_imports=opsets,
                               ir_version=helper.find_min_ir_version_for(opsets))
-    helper.set_model_props(proto, _properties(model))
+    helper.set_model_props(proto, _properties(model, extra))
     if proto.ByteSize() > _MAX_PROTO_BYTES:
         raise ValueError(f"the model's ONNX graph would be {proto.ByteSize() / 2**30:.1f} GiB, beyond the 2 GiB that "
                          f"one ONNX file without external data can hold")
@@ -161,10 +192,13 @@ class _Graph:
         self.initializers: list = []
         self.scope = "gpunet/"  # prefix of the names made now (e.g. "gpunet/layers.0/"): no clash with column names
         self._constants: dict = {}
+        self.uses_ml = False  # whether a node is an ai.onnx.ml operator (the command line's string columns)
 
     def op(self, op_type: str, *inputs: str, **attributes) -> str:
-        """Append one node with a single output; returns the output's name (also the node's)."""
+        """Append one node with a single output; returns the output's name (also the node's). ``domain=ML_DOMAIN``
+        (an ``ai.onnx.ml`` operator) makes the model import that opset too."""
         name = f"{self.scope}{op_type}_{len(self.nodes)}"
+        self.uses_ml = self.uses_ml or attributes.get("domain") == ML_DOMAIN
         self.nodes.append(self.onnx.helper.make_node(op_type, list(inputs), [name], name=name, **attributes))
         return name
 
@@ -185,9 +219,9 @@ class _Graph:
         """The ``onnx.TensorProto`` element type of ``"float32"``, ``"float64"`` or ``"string"``."""
         return getattr(self.onnx.TensorProto, _ELEMENT_TYPES[dtype])
 
-    def value_info(self, name: str, dtype: str, shape: list):
+    def value_info(self, name: str, dtype: str, shape: list, doc_string: str = ""):
         """A graph input or output: ``name``, element type ``dtype``, ``shape`` of sizes and named dynamic axes."""
-        return self.onnx.helper.make_tensor_value_info(name, self.element_type(dtype), shape)
+        return self.onnx.helper.make_tensor_value_info(name, self.element_type(dtype), shape, doc_string)
 
     def rename(self, old: str, new: str) -> None:
         """Give the tensor ``old`` the name ``new`` wherever nodes make or use it (graph outputs get their names)."""
@@ -297,6 +331,10 @@ _ACTIVATIONS = {
 # -- the command line's data transform --------------------------------------------------------------------------------
 CLI_OUTPUTS = {"regression": ("prediction",), "binary": ("label", "probabilities"),
                "multiclass": ("label", "probabilities")}
+ML_DOMAIN, ML_OPSET = "ai.onnx.ml", 2  # LabelEncoder (string -> int64) since ai.onnx.ml 2
+INPUT_TYPES = {"numeric": "float64", "boolean": "string", "categorical": "string", "date": "float64"}
+DATE_UNIT = "seconds since 1970-01-01 00:00 UTC"
+_BOOLEAN_CODES = {"false": 0, "true": 1, "missing": 2, "unknown": 3}  # LabelEncoder's int64 codes of a boolean cell
 
 
 def cli_metadata(model) -> dict | None:
@@ -306,65 +344,320 @@ def cli_metadata(model) -> dict | None:
     return cli if isinstance(cli, dict) else None
 
 
-def _cli_metadata(model) -> dict:
-    cli = cli_metadata(model)
-    if cli is None:
+def cli_table_model(model):
+    """The :class:`gpunet.TableModel` (network, column and target transforms) of a model trained by ``gpunet train``,
+    checked for export: read from ``metadata["cli"]`` as ``gpunet predict`` reads it (version 2, or version 1's
+    ``x_scaler``/``features`` as numeric columns). ValueError, saying why, for anything the graph cannot hold."""
+    from .recipe import TableModel
+
+    if cli_metadata(model) is None:
         raise ValueError("preprocessing=True needs a model trained by `gpunet train` (model.metadata['cli'] holds its "
                          "data transform); this model has none: export it without preprocessing")
-    return cli
+    try:
+        tm = TableModel.from_model(model)
+    except KeyError as exc:
+        raise ValueError(f"the model's command-line metadata (model.metadata['cli']) lacks {exc}; it cannot be "
+                         f"exported with its preprocessing") from None
+    target = tm.target
+    expected = len(target.classes) if target.task == "multiclass" else 1
+    if model.n_outputs != expected:
+        what = {"regression": "one value", "binary": "one probability"}.get(target.task, f"{expected} probabilities")
+        raise ValueError(f"the network gives {model.n_outputs} outputs, but its {target.task} target "
+                         f"{target.name!r} decodes {what}, as `gpunet predict` does; this model cannot be exported "
+                         f"with its preprocessing (export the bare network: preprocessing=False)")
+    for c in tm.columns.columns:
+        if c.get("kind") not in (*INPUT_TYPES, "left out"):
+            raise ValueError(f"column {c.get('name')!r}: unknown column kind {c.get('kind')!r} in the model's "
+                             f"metadata; this gpunet exports {sorted(INPUT_TYPES)}")
+        unknown = sorted(set(c["parts"]) - set(_DATE_PARTS)) if c["kind"] == "date" else []
+        if unknown:
+            raise ValueError(f"date column {c['name']!r}: unknown date part(s) {unknown} in the model's metadata; "
+                             f"this gpunet computes {list(_DATE_PARTS)}")
+    return tm
 
 
-def _cli_inputs(g: _Graph, cli: dict, model) -> tuple[list, str]:
-    """The raw feature columns as the network's input: ``metadata["cli"]`` mapped to ONNX inputs and nodes.
+def cli_inputs(columns) -> list[dict]:
+    """What each input of the command-line graph expects, one dict per column the :class:`TableTransform`
+    ``columns`` reads (left-out columns are no inputs), in the training table's order: ``name``, ``kind``,
+    ``type`` (``"float64"`` or ``"string"``, each input ``(batch, 1)``), ``missing`` (how a missing cell is given)
+    and, by kind, ``placeholder`` (numeric), ``true``/``false`` (boolean: the words, any case), ``categories``,
+    ``format`` and ``unit`` (date). Saved in the ONNX file's ``metadata_props["columns"]`` (JSON)."""
+    specs = []
+    for c in columns.columns:
+        kind = c["kind"]
+        if kind == "left out":
+            continue
+        spec = {"name": c["name"], "kind": kind, "type": INPUT_TYPES[kind],
+                "missing": "" if INPUT_TYPES[kind] == "string" else "NaN"}
+        if kind == "numeric" and c.get("placeholder") is not None:
+            spec["placeholder"] = c["placeholder"]
+        elif kind == "boolean":
+            spec["true"] = sorted({k.lower() for k, v in c["map"].items() if v == 1.0})
+            spec["false"] = sorted({k.lower() for k, v in c["map"].items() if v != 1.0})
+        elif kind == "categorical":
+            spec["categories"] = list(c["categories"])
+        elif kind == "date":
+            spec["format"], spec["unit"] = c["format"], DATE_UNIT
+        specs.append(spec)
+    return specs
 
-    Inputs: one ``(batch, 1)`` float64 tensor per feature column, named as the column, in the order of
-    ``cli["features"]`` (the training data's). Nodes: Concat into ``(batch, k)``, then ``(x - mean) / scale`` in
-    float64 with ``cli["x_scaler"]`` (:meth:`gpunet.data.Standardizer.transform`, as ``gpunet predict`` computes it),
-    then a Cast to the model's dtype. Returns ``(inputs, name of the (batch, n_inputs) tensor)``. The place for the
-    encoding of non-numeric columns, once the command line has it.
+
+def _input_doc(spec: dict) -> str:
+    """The doc_string of one raw-column input."""
+    kind = spec["kind"]
+    if kind == "numeric":
+        extra = f"; the placeholder {spec['placeholder']!r} as NaN" if "placeholder" in spec else ""
+        return f"numeric column: float64 (batch, 1), NaN = missing{extra}"
+    if kind == "boolean":
+        return (f"boolean column: string (batch, 1), {'/'.join(spec['true'])} or 1 = true, "
+                f"{'/'.join(spec['false'])} or 0 = false (any case), '' = missing")
+    if kind == "categorical":
+        return (f"categorical column: string (batch, 1), one of {len(spec['categories'])} categories (others: all "
+                f"zeros), '' = missing")
+    fmt = f" (in training: text of format {spec['format']})" if spec["format"] else ""
+    return f"date column: float64 (batch, 1), {DATE_UNIT}{fmt}, NaN = missing"
+
+
+def _cli_inputs(g: _Graph, columns, model) -> tuple[list, str, str | None]:
+    """The raw columns as the network's input: :class:`~gpunet.tabular.TableTransform` ``columns`` in ONNX
+    operators, computing what :meth:`~gpunet.tabular.TableTransform.transform` computes, in float64.
+
+    One ``(batch, 1)`` input per column it reads (:func:`cli_inputs`), named as the column. Numeric and boolean
+    columns (vectorised together): ``(where(isnan(x), fill, x) - mean) / sd``, and ``isnan(x)`` as 0/1 for those
+    with a missing indicator; a boolean cell is looked up (``LabelEncoder``, every case of its words, 1/0, ``""``
+    missing) as 1, 0 or NaN. Categorical: ``LabelEncoder`` to the category's index (-1 when unseen, ``""`` to the
+    missing category when training had one), then ``Equal`` against ``0..k-1`` cast to 0/1. Dates: the parts
+    (:func:`_date_parts`) of the seconds since 1970 (whole seconds, UTC), standardised, and the indicator. The
+    blocks are concatenated and put in ``feature_names`` order by one Gather, then cast to the model's dtype.
+
+    Returns ``(inputs, the (batch, n_inputs) tensor, refused)``: ``refused`` ``(batch, 1)`` float64 is 0, or NaN in a
+    row holding a value that ``gpunet predict`` refuses (an infinite number or date, a boolean cell that is none of
+    its words), for :func:`_cli_outputs` to add to the outputs (``None`` when no column can refuse). Added to the
+    outputs rather than the features: whether an activation keeps NaN (``Relu`` is ``max(x, 0)``) is up to the
+    runtime.
     """
-    from .data import Standardizer
-
-    features = list(cli["features"])
-    if len(features) != model.n_inputs:
-        raise ValueError(f"the model's metadata names {len(features)} feature columns but its first layer takes "
+    inputs, specs = [], cli_inputs(columns)
+    numeric = []  # (tensor (batch, 1) float64, column, feature position) of numeric and boolean columns
+    blocks, positions = [], []  # (batch, w) float64 blocks and their feature positions
+    poison = []  # (batch, w) float64: 0, or NaN in a row that `gpunet predict` refuses
+    indicators = []  # (index within `numeric`, feature position)
+    p = 0
+    used = [c for c in columns.columns if c["kind"] != "left out"]
+    for i, (c, spec) in enumerate(zip(used, specs)):
+        name, kind = c["name"], c["kind"]
+        g.scope = f"gpunet/columns.{i}/"
+        inputs.append(g.value_info(name, spec["type"], ["batch", 1], _input_doc(spec)))
+        if kind in ("numeric", "boolean"):
+            numeric.append((name if kind == "numeric" else _boolean_values(g, name, c, poison), c, p))
+            p += 1
+            if c["indicator"]:
+                indicators.append((len(numeric) - 1, p))
+                p += 1
+        elif kind == "categorical":
+            block, width = _one_hot(g, name, c)
+            blocks.append(block)
+            positions.extend(range(p, p + width))
+            p += width
+        else:
+            block, width = _date_features(g, name, c, poison)
+            blocks.append(block)
+            positions.extend(range(p, p + width))
+            p += width
+    if p != model.n_inputs:
+        raise ValueError(f"the model's column transform gives {p} features but its first layer takes "
                          f"{model.n_inputs} inputs")
-    inputs = [g.value_info(name, "float64", ["batch", 1]) for name in features]
-    scaler = Standardizer.from_json(cli["x_scaler"])
-    x = g.op("Concat", *features, axis=1) if len(features) > 1 else features[0]
-    x = g.op("Div", g.op("Sub", x, g.constant(scaler.mean, np.float64)), g.constant(scaler.scale, np.float64))
+    g.scope = "gpunet/columns/"
+    if numeric:
+        x = _concat(g, [t for t, _, _ in numeric])
+        z, gaps = _standardise(g, x, [c for _, c, _ in numeric])
+        poison.append(g.op("Mul", g.op("ReduceSum", z, g.constant([1], np.int64), keepdims=1),
+                           g.constant(0, np.float64)))  # NaN where an infinite number makes z infinite
+        blocks.insert(0, z)
+        positions[:0] = [q for _, _, q in numeric]
+        if indicators:
+            which = [j for j, _ in indicators]
+            if which != list(range(len(numeric))):
+                gaps = g.op("Gather", gaps, g.constant(which, np.int64), axis=1)
+            blocks.insert(1, g.op("Cast", gaps, to=g.element_type("float64")))
+            positions[len(numeric):len(numeric)] = [q for _, q in indicators]
+    x = _concat(g, blocks)
+    if positions != list(range(p)):
+        x = g.op("Gather", x, g.constant(np.argsort(positions), np.int64), axis=1)
+    refused = (poison[0] if len(poison) == 1 else g.op("Sum", *poison)) if poison else None
     if model.dtype != "float64":
         x = g.op("Cast", x, to=g.element_type(model.dtype))
-    return inputs, x
+    g.scope = "gpunet/"
+    return inputs, x, refused
 
 
-def _cli_outputs(g: _Graph, cli: dict, y: str) -> list:
-    """The network's ``(batch, n_outputs)`` output ``y`` decoded as ``gpunet predict`` decodes it, in float64.
+def _concat(g: _Graph, tensors: list[str]) -> str:
+    return tensors[0] if len(tensors) == 1 else g.op("Concat", *tensors, axis=1)
 
-    Regression: ``"prediction"`` = ``y * scale + mean`` with ``cli["y_scaler"]`` (the target's units), ``(batch,)``
-    for one target. Binary: ``"probabilities"`` ``[1 - p, p]``; multi-class: the softmax rows. Classification also
-    gives ``"label"``: ``cli["classes"][argmax(probabilities)]`` (the first of equal maxima, as NumPy's argmax).
-    Returns the outputs' value infos.
+
+def _standardise(g: _Graph, x: str, stats: list[dict]) -> tuple[str, str]:
+    """``((where(isnan(x), fill, x) - mean) / sd, isnan(x))`` of the ``(batch, k)`` float64 ``x``, one ``{"fill",
+    "mean", "sd"}`` per column: :meth:`TableTransform._standardise`'s operations in its order."""
+    def vector(key):
+        return g.constant([s[key] for s in stats], np.float64)
+
+    gaps = g.op("IsNaN", x)
+    filled = g.op("Where", gaps, vector("fill"), x)
+    return g.op("Div", g.op("Sub", filled, vector("mean")), vector("sd")), gaps
+
+
+def _label_encoder(g: _Graph, x: str, keys: list[str], codes: list[int], default: int) -> str:
+    """``codes[keys.index(cell)]`` for each string cell of ``x``, ``default`` for others (``(batch, 1)`` int64)."""
+    return g.op("LabelEncoder", x, domain=ML_DOMAIN, keys_strings=keys, values_int64s=codes, default_int64=default)
+
+
+def _case_variants(word: str) -> list[str]:
+    """Every spelling of the lower-case ``word`` whose ``lower()`` is ``word`` ("yes", "Yes", "yES", ...): gpunet
+    compares boolean words in any case, and ONNX (without a locale-dependent StringNormalizer) only exactly."""
+    spellings = {"".join(letters) for letters in itertools.product(*[(ch.lower(), ch.upper()) for ch in word])}
+    return sorted(s for s in spellings if s.lower() == word)
+
+
+def _boolean_values(g: _Graph, name: str, c: dict, poison: list) -> str:
+    """A boolean column's string cells as 1.0 (true), 0.0 (false) or NaN (missing, ``""``), as
+    :func:`gpunet.tabular._numeric_values` reads them: the column's words in any case, ``"1"``/``"0"`` (and
+    ``"1.0"``/``"0.0"``, pandas' text of a float column); any other text makes its row's ``poison`` NaN."""
+    keys, codes = [], []
+    words = {k.lower(): int(v == 1.0) for k, v in c["map"].items()}
+    for word, code in sorted(words.items()):
+        for spelling in _case_variants(word):
+            keys.append(spelling)
+            codes.append(code)
+    for text, code in (("1", 1), ("0", 0), ("1.0", 1), ("0.0", 0), ("", _BOOLEAN_CODES["missing"])):
+        if text not in keys:
+            keys.append(text)
+            codes.append(code)
+    code = _label_encoder(g, name, keys, codes, _BOOLEAN_CODES["unknown"])
+    poison.append(g.op("Gather", g.constant([0.0, 0.0, 0.0, np.nan], np.float64), code, axis=0))
+    return g.op("Gather", g.constant([0.0, 1.0, np.nan, np.nan], np.float64), code, axis=0)
+
+
+def _one_hot(g: _Graph, name: str, c: dict) -> tuple[str, int]:
+    """A categorical column's string cells one-hot as :meth:`TableTransform._transform_categorical`: one 0/1 column
+    per training category (exact text; a whole number also as pandas writes it in a float column, "3" as "3.0"),
+    then ``(missing)`` for ``""`` when training had missing cells; an unseen category (or ``""`` without a missing
+    category) all zeros. Returns ``(block (batch, width) float64, width)``."""
+    categories = list(c["categories"])
+    keys, codes = list(categories), list(range(len(categories)))
+    for i, category in enumerate(categories):
+        alias = category + ".0"
+        if re.fullmatch(r"-?\d+", category) and alias not in keys:
+            keys.append(alias)
+            codes.append(i)
+    width = len(categories)
+    if c["missing_category"]:
+        keys.append("")
+        codes.append(width)
+        width += 1
+    code = _label_encoder(g, name, keys, codes, -1)
+    hot = g.op("Equal", code, g.constant(np.arange(width), np.int64))
+    return g.op("Cast", hot, to=g.element_type("float64")), width
+
+
+_DATE_PARTS = ("year", "month", "season_sin", "season_cos", "weekday", "hour")
+
+
+def _date_features(g: _Graph, name: str, c: dict, poison: list) -> tuple[str, int]:
+    """A date column given as float64 seconds since 1970-01-01 00:00 UTC: the parts of
+    :func:`gpunet.tabular._date_parts` that training kept, standardised, then the missing indicator.
+
+    Whole seconds (``floor``, as pandas' ``second`` truncates), days ``floor(s / 86400)``, the civil date by Howard
+    Hinnant's ``civil_from_days`` (proleptic Gregorian, floor divisions: exact in float64 for any date pandas
+    holds), the day of the year, leap years, the weekday (1970-01-01 was a Thursday, Monday = 0) and the decimal
+    hour, each in the order of operations of ``_date_parts`` (the cosine as a sine). Returns ``(block (batch, width) float64, width)``.
     """
-    from .data import Standardizer
+    def k(value):
+        return g.constant(value, np.float64)
 
-    task = cli["task"]
+    def op(kind, *args, **attributes):
+        return g.op(kind, *args, **attributes)
+
+    def floor_div(a, b):
+        return op("Floor", op("Div", a, k(b)))
+
+    poison.append(op("Where", op("IsInf", name), k(np.nan), k(0)))
+    parts = list(c["parts"])
+    seconds = op("Floor", name)
+    days = floor_div(seconds, 86400)
+    values = {}
+    if {"year", "month", "season_sin", "season_cos"} & set(parts):
+        z = op("Add", days, k(719468))  # days since 0000-03-01
+        era = floor_div(z, 146097)  # 400-year eras
+        doe = op("Sub", z, op("Mul", era, k(146097)))  # [0, 146096]
+        yoe = floor_div(op("Sub", op("Add", op("Sub", doe, floor_div(doe, 1460)), floor_div(doe, 36524)),
+                           floor_div(doe, 146096)), 365)  # [0, 399]
+        day_of_march_year = op("Sub", doe, op("Sub", op("Add", op("Mul", yoe, k(365)), floor_div(yoe, 4)),
+                                              floor_div(yoe, 100)))  # [0, 365], March 1 = 0
+        mp = floor_div(op("Add", op("Mul", day_of_march_year, k(5)), k(2)), 153)  # [0, 11], March = 0
+        month = op("Where", op("Less", mp, k(10)), op("Add", mp, k(3)), op("Sub", mp, k(9)))
+        year = op("Add", op("Add", yoe, op("Mul", era, k(400))),
+                  op("Cast", op("LessOrEqual", month, k(2)), to=g.element_type("float64")))
+
+        def divisible(n):
+            return op("Equal", op("Mod", year, k(n), fmod=1), k(0))
+
+        leap = op("Or", op("And", divisible(4), op("Not", divisible(100))), divisible(400))
+        length = op("Where", leap, k(366), k(365))
+        day_of_year = op("Where", op("GreaterOrEqual", day_of_march_year, k(306)),
+                         op("Sub", day_of_march_year, k(305)),
+                         op("Add", op("Add", day_of_march_year, k(60)), op("Cast", leap, to=g.element_type("float64"))))
+        elapsed = op("Sub", day_of_year, k(1))
+        values["year"] = op("Add", year, op("Div", elapsed, length))
+        values["month"] = month
+        season = op("Div", op("Mul", k(2 * np.pi), elapsed), length)
+        # cos as sin(pi/2 - angle), within 1.2e-16 of NumPy's cos: onnxruntime 1.21 has no float64 Cos kernel
+        values["season_sin"] = op("Sin", season)
+        values["season_cos"] = op("Sin", op("Sub", k(np.pi / 2), season))
+    if "weekday" in parts:
+        shifted = op("Add", days, k(3))
+        values["weekday"] = op("Sub", shifted, op("Mul", floor_div(shifted, 7), k(7)))
+    if "hour" in parts:
+        of_day = op("Sub", seconds, op("Mul", days, k(86400)))
+        hour = floor_div(of_day, 3600)
+        rest = op("Sub", of_day, op("Mul", hour, k(3600)))
+        minute = floor_div(rest, 60)
+        second = op("Sub", rest, op("Mul", minute, k(60)))
+        values["hour"] = op("Add", op("Add", hour, op("Div", minute, k(60))), op("Div", second, k(3600)))
+    z, _ = _standardise(g, _concat(g, [values[part] for part in parts]), [c["parts"][part] for part in parts])
+    if not c["indicator"]:
+        return z, len(parts)
+    missing = op("Cast", op("IsNaN", name), to=g.element_type("float64"))
+    return op("Concat", z, missing, axis=1), len(parts) + 1
+
+
+def _cli_outputs(g: _Graph, target, y: str, refused: str | None) -> list:
+    """The network's ``(batch, n_outputs)`` output ``y`` decoded as :meth:`TargetTransform.decode`, in float64.
+
+    Regression: ``"prediction"`` ``(batch,)`` = ``y[:, 0] * sd + mean`` (the target's units). Binary:
+    ``"probabilities"`` ``[1 - p, p]``; multi-class: the softmax rows. Classification also gives ``"label"``:
+    ``classes[argmax(probabilities)]`` (the first of equal maxima, as NumPy's argmax), ``""`` for a row whose
+    probabilities are NaN. ``refused`` (``(batch, 1)``, 0 or NaN, from :func:`_cli_inputs`) is added to the values
+    or probabilities. Returns the outputs' value infos.
+    """
+    task = target.task
     if task not in CLI_OUTPUTS:
         raise ValueError(f"unknown task {task!r} in the model's metadata; expected one of {list(CLI_OUTPUTS)}")
     if g.dtype != np.float64:
         y = g.op("Cast", y, to=g.element_type("float64"))
     if task == "regression":
-        scaler = Standardizer.from_json(cli["y_scaler"])
-        y = g.op("Add", g.op("Mul", y, g.constant(scaler.scale, np.float64)), g.constant(scaler.mean, np.float64))
-        shape = ["batch"] if scaler.mean.size == 1 else ["batch", int(scaler.mean.size)]
-        if scaler.mean.size == 1:
-            y = g.op("Squeeze", y, g.constant([1], np.int64))
+        y = g.op("Squeeze", y, g.constant([1], np.int64))
+        y = g.op("Add", g.op("Mul", y, g.constant(target.sd, np.float64)), g.constant(target.mean, np.float64))
+        if refused is not None:
+            y = g.op("Add", y, g.op("Squeeze", refused, g.constant([1], np.int64)))
         g.rename(y, "prediction")
-        return [g.value_info("prediction", "float64", shape)]
-    classes = list(cli["classes"])
+        return [g.value_info("prediction", "float64", ["batch"])]
+    classes = list(target.classes)
     proba = g.op("Concat", g.op("Sub", g.constant(1, np.float64), y), y, axis=1) if task == "binary" else y
+    if refused is not None:
+        proba = g.op("Add", proba, refused)
     label = g.op("Gather", g.tensor("gpunet/classes", np.array(classes, dtype=object)),
                  g.op("ArgMax", proba, axis=1, keepdims=0), axis=0)
+    undefined = g.op("IsNaN", g.op("ReduceSum", proba, g.constant([1], np.int64), keepdims=0))
+    label = g.op("Where", undefined, g.tensor("gpunet/no_label", np.array("", dtype=object)), label)
     g.rename(proba, "probabilities")
     g.rename(label, "label")
     return [g.value_info("label", "string", ["batch"]),
@@ -381,8 +674,9 @@ def _check_input_names(g: _Graph, names: list[str], outputs: list[str]) -> None:
 
 
 # -- description ----------------------------------------------------------------------------------------------------
-def _properties(model) -> dict[str, str]:
-    """``metadata_props``: what the model is and how it was trained, as JSON strings."""
+def _properties(model, extra: dict) -> dict[str, str]:
+    """``metadata_props``: what the model is and how it was trained, as JSON strings, and ``extra`` (the command
+    line's graph: ``columns``, what each input expects)."""
     def config(obj):
         return None if obj is None else {"name": getattr(obj, "name", type(obj).__name__), "args": dict(vars(obj))}
 
@@ -399,6 +693,7 @@ def _properties(model) -> dict[str, str]:
     }
     if getattr(model, "metadata", None) is not None:
         props["metadata"] = model.metadata
+    props.update(extra)
     return {k: v if isinstance(v, str) else json.dumps(v, default=repr, allow_nan=True) for k, v in props.items()}
 
 

@@ -12,9 +12,9 @@ users call it, on a host NumPy array: its input checks (shape, finiteness, dtype
 
 The last rows time the command line's graph (``gpunet export``: one float64 input per raw column, standardisation,
 labels) of a binary classifier on ``--cli-columns`` columns, shaped as ``gpunet train --dataset breast_cancer``
-builds it (30-128-64-1), against what ``gpunet predict`` computes once the CSV is read (``gpunet.cli._predict``:
-standardise, ``model.predict``, probabilities and labels). The feeds (one ``(rows, 1)`` array per column) are built
-outside the timing.
+builds it (30-128-64-1), against what ``gpunet predict`` computes once the CSV is read (``TableModel.outputs`` on the
+pandas DataFrame: the column transform, ``model.predict``, probabilities and labels). The feeds (one ``(rows, 1)``
+array per column) and the DataFrame are built outside the timing.
 """
 
 from __future__ import annotations
@@ -90,35 +90,37 @@ def main(argv=None) -> int:
                     row(shape, act, rows, lambda: model.predict(x), session, {"features": x},
                         lambda: [model.predict(x)])
         if args.cli_columns:
-            model, columns = cli_model(args.cli_columns)
-            session = ort.InferenceSession(export.to_onnx(model, preprocessing=True).SerializeToString(), options,
-                                           providers=["CPUExecutionProvider"])
+            import pandas as pd
+
+            tm, columns = cli_model(args.cli_columns)
+            session = ort.InferenceSession(export.to_onnx(tm.model, preprocessing=True).SerializeToString(),
+                                           options, providers=["CPUExecutionProvider"])
+            classes = np.array(tm.target.classes, dtype=object)
             for rows in rows_list:
                 X = rng.normal(20, 10, (rows, len(columns)))
-                classes = np.array(model.metadata["cli"]["classes"], dtype=object)
+                frame = pd.DataFrame(X, columns=columns)
 
                 def reference():
-                    index, proba = _cli_predict(model, X)
+                    index, proba = tm.outputs(frame)
                     return [classes[index], proba]
 
-                row(f"CLI graph, {len(columns)} raw columns", "relu", rows, lambda: _cli_predict(model, X), session,
+                row(f"CLI graph, {len(columns)} raw columns", "relu", rows, lambda: tm.outputs(frame), session,
                     {c: X[:, [j]] for j, c in enumerate(columns)}, reference)
     return 0
 
 
 def cli_model(k: int):
-    """A binary classifier k-128-64-1 with the metadata ``gpunet train`` saves (columns x0, x1, ...)."""
+    """A binary classifier k-128-64-1 with the column and target transforms ``gpunet train`` saves (numeric columns
+    x0, x1, ...): ``(TableModel, column names)``."""
+    from gpunet.tabular import TableTransform, TargetTransform
+
     model = gn.Sequential([gn.Dense(k, 128, "relu"), gn.Dense(128, 64, "relu"), gn.Dense(64, 1, "sigmoid")], seed=0)
     columns = [f"x{i}" for i in range(k)]
-    model.metadata = {"cli": {"task": "binary", "classes": ["no", "yes"], "features": columns, "target": "y",
-                              "x_scaler": {"mean": [20.0] * k, "scale": [10.0] * k}, "y_scaler": None}}
-    return model, columns
-
-
-def _cli_predict(model, X):
-    from gpunet.cli import _predict
-
-    return _predict(model, X)
+    target = TargetTransform("y")
+    target.task, target.classes = "binary", ["no", "yes"]
+    tm = gn.TableModel(model, TableTransform.from_standardizer(columns, [20.0] * k, [10.0] * k), target)
+    tm._attach_metadata()
+    return tm, columns
 
 
 if __name__ == "__main__":
