@@ -358,13 +358,6 @@ def cli_table_model(model):
     except KeyError as exc:
         raise ValueError(f"the model's command-line metadata (model.metadata['cli']) lacks {exc}; it cannot be "
                          f"exported with its preprocessing") from None
-    target = tm.target
-    expected = len(target.classes) if target.task == "multiclass" else 1
-    if model.n_outputs != expected:
-        what = {"regression": "one value", "binary": "one probability"}.get(target.task, f"{expected} probabilities")
-        raise ValueError(f"the network gives {model.n_outputs} outputs, but its {target.task} target "
-                         f"{target.name!r} decodes {what}, as `gpunet predict` does; this model cannot be exported "
-                         f"with its preprocessing (export the bare network: preprocessing=False)")
     for c in tm.columns.columns:
         if c.get("kind") not in (*INPUT_TYPES, "left out"):
             raise ValueError(f"column {c.get('name')!r}: unknown column kind {c.get('kind')!r} in the model's "

@@ -227,6 +227,12 @@ class TableModel:
         if len(columns.feature_names) != model.n_inputs:
             raise TableError(f"the saved column transform gives {len(columns.feature_names)} features but the network "
                              f"takes {model.n_inputs}")
+        if target.n_outputs != model.n_outputs:  # (a first-version file with several regression targets)
+            what = {"regression": "one value", "binary": "one probability"}.get(target.task,
+                                                                                 f"{target.n_outputs} probabilities")
+            raise TableError(f"the network gives {model.n_outputs} outputs, but its {target.task} target "
+                             f"{target.name!r} decodes {what}: `gpunet predict` and `gpunet export` cannot use it "
+                             f"(gpunet.load and the bare network can)")
         return cls(model, columns, target)
 
     @classmethod

@@ -278,6 +278,8 @@ def test_a_network_that_does_not_fit_its_target_is_refused(ort, task, classes, n
     """`gpunet predict` decodes one regression value (TargetTransform.decode): a two-output network would lose one."""
     with pytest.raises(ValueError, match=message):
         export.to_onnx(cli_model(["a", "b"], task, classes, n_out), preprocessing=True)
+    with pytest.raises(ValueError, match=message):  # and gpunet predict no longer reads its first output only
+        gn.TableModel.from_model(cli_model(["a", "b"], task, classes, n_out))
 
 
 def test_unknown_column_kinds_and_incomplete_metadata_are_refused(ort):
