@@ -238,13 +238,19 @@ class DataParallel:
         self.world, self.model, self.sharded = world, model, sharded
         self.rows = None  # every rank's row count, in rank order (sharded)
 
-    def start(self, n_rows: int) -> None:
-        """Check that every rank holds the same model (and, unless sharded, the same number of rows), then give
-        every rank rank 0's weights, optimizer state and generators, and install the all-reduce."""
+    def sync_generators(self) -> None:
+        """Give every rank rank 0's generator states (the shuffling order, NumPy's dropout masks)."""
+        trainer = self.model.trainer
+        trainer.set_generator_states(self.world.bcast(trainer.generator_states() if self.world.rank == 0 else None))
+
+    def start(self, n_rows: int, fit_args=()) -> None:
+        """Check that every rank holds the same model and makes the same fit call (``fit_args``: epochs, batch
+        size, callbacks... and, unless sharded, the same number of rows), then give every rank rank 0's weights,
+        optimizer state and generators, and install the all-reduce."""
         world, model, trainer = self.world, self.model, self.model.trainer
         described = (model.dtype, model.backend.name, [(layer.in_features, layer.out_features, repr(layer.activation),
                                                         layer.dropout) for layer in model.layers],
-                     repr(trainer.loss), repr(trainer.optimizer), [m.name for m in trainer.metrics])
+                     repr(trainer.loss), repr(trainer.optimizer), [m.name for m in trainer.metrics], fit_args)
         everyone = world.allgather((described, n_rows, model.seed))
         for rank, (theirs, rows, _) in enumerate(everyone):
             if theirs != described:
@@ -265,25 +271,22 @@ class DataParallel:
                 for p in model.parameters():
                     world.bcast_(p)
         optimizer = trainer.optimizer
-        state = world.bcast(optimizer.state_dict() if world.rank == 0 else None)
-        if world.rank != 0:
-            optimizer.load_state_dict(state, model)
-        generators = world.bcast(trainer.generator_states() if world.rank == 0 else None)
-        trainer.set_generator_states(generators)
+        state = world.bcast(optimizer.state_dict(model) if world.rank == 0 else None)  # (only this model's state)
+        optimizer.load_state_dict(state, model)  # rank 0 too: a state of another model is dropped everywhere
+        self.sync_generators()
         trainer.gradient_hooks.insert(0, self._allreduce)  # first: penalties added later count once
-        trainer.world = world
 
     def finish(self) -> None:
         trainer = self.model.trainer
         if self._allreduce in trainer.gradient_hooks:
             trainer.gradient_hooks.remove(self._allreduce)
-        trainer.batch_share, trainer.world = None, None
+        trainer.batch_share = None
 
     def _allreduce(self, trainer, grads) -> None:
         """The SUM all-reduce of the gradients, each already this rank's share of the batch's mean: in place on
         the flat gradient buffer when the gradients are its views, else through a fused buffer."""
         world = self.world
-        if trainer.flat_grads is not None and all(g is v for g, v in zip(grads, trainer._grad_views)):
+        if trainer.grads_are_flat(grads):
             world.allreduce_(trainer.flat_grads)
             return
         from .backend import flat
@@ -353,7 +356,8 @@ class ShareSource:
     all ``n`` rows and draws the same order; global batch ``b`` is its ``b``-th slice of ``batch`` rows, split over
     the ranks by ``numpy.array_split``. Sharded, each rank holds its own rows, every rank draws every rank's
     permutation in rank order, and batch ``b`` is the union of every rank's ``b``-th ``array_split`` part (as many
-    parts as ``ceil(total rows / batch)``). Each batch tells the trainer its share ``(start, stop, total)``."""
+    parts as ``ceil(total rows / batch)``, or more where uneven shards would make a batch larger than ``batch``).
+    Each batch tells the trainer its share ``(start, stop, total)``."""
 
     def __init__(self, parallel: DataParallel, X, Y, W, batch_size: int | None, shuffle: bool):
         world, rows = parallel.world, parallel.rows
@@ -361,6 +365,8 @@ class ShareSource:
         batch = self.n if batch_size is None else min(batch_size, self.n)
         self.parallel, self.arrays, self.batch, self.shuffle = parallel, (X, Y, W), batch, shuffle
         steps = -(-self.n // batch)
+        while parallel.sharded and sum(-(-r // steps) for r in rows) > batch:  # no global batch above batch_size
+            steps += 1
         if parallel.sharded:
             parts = [[len(p) for p in np.array_split(np.arange(r), steps)] for r in rows]
         else:

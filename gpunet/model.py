@@ -220,32 +220,51 @@ class Sequential:
         state = {k: v for k, v in vars(self).items() if k not in ("backend", "trainer")}
         trainer = self.trainer
         state["device"] = self.device if self.backend.name in ("numpy", "cupy") else self.backend.xp.__name__
-        state["trainer"] = {"loss": trainer.loss, "optimizer": trainer.optimizer, "metrics": trainer.metrics,
-                            "generators": trainer.generator_states(), "seeds": trainer.seeds}
+        optimizer = trainer.optimizer
+        state["trainer"] = {"loss": trainer.loss, "optimizer": optimizer, "metrics": trainer.metrics,
+                            "generators": trainer.generator_states(), "seeds": trainer.seeds,
+                            "owns_state": optimizer is not None and optimizer.owns_state(self)}
+        state.pop("_flat_params", None)  # the parameters' flat buffer: rebuilt from the layers' weights
         return state
 
     def __setstate__(self, state: dict) -> None:
         """Rebuild on the pickled device, or on the CPU (with a warning) where that device is not usable here."""
-        import importlib
-
         state = dict(state)
+        if "gpunet_bytes" in state:  # a pickle of gpunet 0.1, which went through the file format
+            from . import io
+
+            state["gpunet_bytes"] = io.from_bytes(state["gpunet_bytes"], self._pickled_backend(state["device"]),
+                                                  "<pickle>")
+            self.__dict__.update(state.pop("gpunet_bytes").__dict__)
+            self.trainer._model = weakref.ref(self)
+            if self.optimizer is not None and self.optimizer.state is not None:
+                self.optimizer._model = weakref.ref(self)
+            return
         device, saved = state.pop("device"), state.pop("trainer")
-        try:
-            if not (device == "cpu" or device.startswith("cuda")):
-                device = importlib.import_module(device)
-            backend = get_backend(device)
-        except (ImportError, ValueError) as exc:
-            warnings.warn(f"gpunet: the pickled model's device {device!r} is not usable here ({exc}); loading it "
-                          f"on the CPU", stacklevel=2)
-            backend = get_backend("cpu")
         self.__dict__.update(state)
-        self.backend = backend
+        self.backend = self._pickled_backend(device)
         self._adopt([w for layer in self.layers for w in (layer.W, layer.b)])
         trainer = self.trainer = Trainer(self, *saved["seeds"])
         trainer.set_generator_states(saved["generators"])
         trainer.loss, trainer.metrics, trainer.optimizer = saved["loss"], saved["metrics"], saved["optimizer"]
-        if trainer.optimizer is not None:
+        if trainer.optimizer is not None and saved["owns_state"]:
             trainer.optimizer.attach(self)  # its host state onto this model's device, bound to this model
+        elif trainer.optimizer is not None:
+            trainer.optimizer.reset()  # another model's state: this copy's next step starts afresh, as the original
+
+    @staticmethod
+    def _pickled_backend(device: str):
+        """The backend of a pickled model's device, or the CPU (with a warning) where it is not usable here."""
+        import importlib
+
+        try:
+            if not (device == "cpu" or device.startswith("cuda")):
+                device = importlib.import_module(device)
+            return get_backend(device)
+        except (ImportError, ValueError) as exc:
+            warnings.warn(f"gpunet: the pickled model's device {device!r} is not usable here ({exc}); loading it "
+                          f"on the CPU", stacklevel=3)
+            return get_backend("cpu")
 
     def _adopt(self, host_weights: list[np.ndarray]) -> None:
         """Build the layers on this model's backend from host ``[W1, b1, ...]``: on NumPy and CuPy the parameters are
@@ -381,6 +400,17 @@ class Sequential:
 
     def _fit(self, X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data, validation_split, metrics,
              verbose, callbacks, sample_weight, class_weight, initial_epoch, parallel) -> History:
+        trainer = self.trainer
+        trainer.check_trainable()  # before anything changes
+        before = (trainer.loss, trainer.optimizer, list(trainer.metrics), trainer.combined, self.feature_names,
+                  trainer.shuffle_rng.bit_generator.state)
+
+        def undo():  # a refused fit leaves the model as it was
+            (trainer.loss, trainer.optimizer, trainer.metrics, trainer.combined, self.feature_names,
+             trainer.shuffle_rng.bit_generator.state) = before
+
+        if parallel is not None:
+            parallel.sync_generators()  # (validation_split may draw from the shuffling generator: the same rows)
         loss = losses_mod.get(loss if loss is not None else self.loss or "mse")
         optimizer = optim_mod.get(optimizer if optimizer is not None else self.optimizer or "sgd")
         epochs = validation.positive_int("epochs", epochs)
@@ -430,17 +460,24 @@ class Sequential:
         with self.backend.activate():
             if parallel is None:
                 return training.run(self, ArraySource(X, Y, W, batch, shuffle), val, epochs=epochs,
-                                    initial_epoch=initial_epoch, callbacks=callbacks)
-            parallel.start(X.shape[0])
+                                    initial_epoch=initial_epoch, callbacks=callbacks, undo=undo)
+            parallel.start(X.shape[0], (epochs, initial_epoch, batch_size, shuffle, val is not None,
+                                        [type(cb).__name__ for cb in callbacks]))
             try:
                 return training.run(self, parallel.source(X, Y, W, batch_size, shuffle), val, epochs=epochs,
-                                    initial_epoch=initial_epoch, callbacks=callbacks, parallel=parallel)
+                                    initial_epoch=initial_epoch, callbacks=callbacks, parallel=parallel, undo=undo)
             finally:
                 parallel.finish()
 
     def train_on_batch(self, x, y, loss, optimizer) -> float:
-        """One gradient step on one batch (checked like ``fit``); returns the batch loss before the step."""
+        """One gradient step on one batch (checked like ``fit``); returns the batch loss before the step.
+        ``optimizer`` as for ``fit``; a name equal to the last call's optimizer's continues it (Keras's
+        ``train_on_batch`` keeps the compiled optimizer), so a loop may pass ``"adam"`` every time."""
         loss = losses_mod.get(loss)
+        current = self.optimizer
+        if isinstance(optimizer, str) and current is not None and optim_mod.OPTIMIZERS.get(
+                optimizer.strip().lower()) is type(current):
+            optimizer = current  # the same name as the last call's: its state goes on (a loop passes the name)
         optimizer = optim_mod.get(optimizer)
         X, Y = self._data("x", x, "y", y, loss)
         self.trainer.configure(loss, optimizer, self.metrics if loss is self.loss else [])

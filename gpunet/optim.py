@@ -58,6 +58,9 @@ class Optimizer:
         if len(chosen) > 1:
             raise ValueError(f"set at most one of clipnorm, clipvalue and global_clipnorm; received {chosen}")
         self.steps = 0  # completed steps (torch's per-parameter "step", shared by all parameters here)
+        # the rate a closed-form schedule (StepLR, CosineAnnealingLR...) started from: torch's param_group
+        # "initial_lr", saved with the optimizer so that a resumed fit continues the schedule
+        self.initial_lr = None
         self.state = None
         self._backend = None
         self._model = None  # weak reference to the model the state belongs to
@@ -69,7 +72,8 @@ class Optimizer:
     def hyperparameters(self) -> dict:
         """The constructor arguments, as the optimizer holds them now (``lr`` may have been changed); clipping
         keywords only when set."""
-        own = {k: v for k, v in vars(self).items() if not k.startswith("_") and k not in ("steps", "state", *CLIPPING)}
+        own = {k: v for k, v in vars(self).items()
+               if not k.startswith("_") and k not in ("steps", "state", "initial_lr", *CLIPPING)}
         return own | {k: getattr(self, k) for k in CLIPPING if getattr(self, k) is not None}
 
     def step(self, model) -> None:
@@ -179,14 +183,23 @@ class Optimizer:
         """Forget all state (momentum, moments, step count)."""
         self.steps, self.state, self._backend, self._model = 0, None, None, None
 
-    def state_dict(self) -> dict:
-        """Host copies ``{"class", "hyperparameters", "steps", "state"}``; ``state`` is ``None`` before the first
-        step, else one ``{name: NumPy array or None}`` per parameter (``model.parameters()`` order). Used by
-        :mod:`gpunet.io`."""
+    def owns_state(self, model) -> bool:
+        """Whether the state (if any) belongs to ``model``: its next step continues it (an optimizer that last
+        stepped another model, or whose state was unbound by pickling, starts afresh)."""
+        return self.state is not None and self._model is not None and self._model() is model
+
+    def state_dict(self, model=None) -> dict:
+        """Host copies ``{"class", "hyperparameters", "steps", "state", "initial_lr"}``; ``state`` is ``None``
+        before the first step, else one ``{name: NumPy array or None}`` per parameter (``model.parameters()``
+        order). With ``model``: the state only if it belongs to that model (else ``None`` and 0 steps: what its next
+        step would start from). Used by :mod:`gpunet.io` and data-parallel training."""
         state = None if self.state is None else [
             {k: None if v is None else np.array(to_numpy(v), copy=True) for k, v in s.items()} for s in self.state]
-        return {"class": type(self).__name__, "hyperparameters": self.hyperparameters(), "steps": self.steps,
-                "state": state}
+        steps = self.steps
+        if model is not None and not self.owns_state(model):
+            state, steps = None, 0
+        return {"class": type(self).__name__, "hyperparameters": self.hyperparameters(), "steps": steps,
+                "state": state, "initial_lr": self.initial_lr}
 
     def load_state_dict(self, state_dict: dict, model) -> None:
         """Adopt a :meth:`state_dict` (hyperparameters re-checked by the constructor): the state is copied onto
@@ -213,8 +226,11 @@ class Optimizer:
                 state = [{k: None if v is None else model.backend.from_host(np.array(to_numpy(v), copy=True),
                                                                             model.dtype)
                           for k, v in s.items()} for s in state]
+        initial_lr = state_dict.get("initial_lr")
+        if initial_lr is not None:
+            initial_lr = validation.number_in("initial_lr", initial_lr, 0.0, float("inf"))
         vars(self).update({k: getattr(fresh, k) for k in [*fresh.hyperparameters(), *CLIPPING]})
-        self.state, self.steps = state, steps
+        self.state, self.steps, self.initial_lr = state, steps, initial_lr
         self._backend, self._model = (None, None) if state is None else (model.backend, weakref.ref(model))
 
     @staticmethod

@@ -14,9 +14,11 @@ One step on a batch ``(x, y)`` of device arrays::
     record = inside an epoch: the batch loss and the metrics' statistics, added up on the device
 
 Nothing in a step reads the device from the host: ``fit`` reads the epoch's sums once, at its end
-(:meth:`Trainer.end_epoch`). Every array a step writes lives in the trainer's workspaces
-(:mod:`gpunet.backend.workspaces`): fixed per batch size, so a captured step could be replayed, and bounded, so
-they die with the model. What the step returns (predictions, gradients) is only valid until the next step.
+(:meth:`Trainer.end_epoch`). The arrays a step keeps (pre-activations, dropout masks, gradients, optimizer scratch)
+live in the trainer's workspaces (:mod:`gpunet.backend.workspaces`): fixed per batch size and bounded, so they die
+with the model; the NumPy ops write relu/tanh/linear/softmax and their gradients in place there, while other
+activations' formulas still allocate temporaries. What the step returns (predictions, gradients) is only valid until
+the next step.
 
 The trainer also owns the generators (the shuffling order of every epoch, the dropout masks) and the snapshots
 ``fit`` rolls back to when an epoch diverges or is interrupted. ``model.save`` stores the generators' states, so a
@@ -69,6 +71,7 @@ class Snapshot:
     params: list
     optimizer_state: list | None
     optimizer_steps: int
+    optimizer_owner: tuple  # the optimizer's (backend, weak model reference): whom its state belongs to
     shuffle_state: dict
     dropout_state: dict | None
 
@@ -88,7 +91,8 @@ class Trainer:
         dropout_rng: the generator of the dropout masks (CuPy's on a GPU, NumPy's elsewhere; ``None`` without
             dropout).
         workspaces: the arrays the steps reuse (:class:`gpunet.backend.workspaces.Workspaces`).
-        batch_rows: the rows of the batch the current (or last) step runs on, for hooks.
+        batch_rows: the rows of the batch the current (or last) step runs on, for hooks (in data-parallel training
+            the whole global batch's, the same on every rank: a penalty divided by it counts once).
     """
 
     def __init__(self, model, shuffle_seed: np.random.SeedSequence, dropout_seed: np.random.SeedSequence):
@@ -102,7 +106,6 @@ class Trainer:
         self.batch_rows = 0
         # (start, stop, total): the rows this process trains of a data-parallel batch of ``total`` rows, or None
         self.batch_share = None
-        self.world = None  # the gpunet.distributed.World of a data-parallel fit in progress
         self._epoch = None
         self.attach()
 
@@ -114,12 +117,16 @@ class Trainer:
         return model
 
     def attach(self) -> None:
-        """(Re)build what depends on the model's device: fresh workspaces, and the dropout generator restarted from
-        its seed on that device (the model calls this when it is built or moved)."""
+        """(Re)build what depends on the model's device: fresh workspaces, and the dropout generator (it goes on
+        where NumPy draws the masks both before and after; a move to or from CuPy restarts it from its seed on the
+        new device). The model calls this when it is built or moved."""
         model = self.model
         self.workspaces = Workspaces(model.xp)
+        old = getattr(self, "dropout_rng", None)
         self.dropout_rng = (model.backend.random_generator(self.seeds[1])
                             if any(layer.dropout for layer in model.layers) else None)
+        if isinstance(old, np.random.Generator) and isinstance(self.dropout_rng, np.random.Generator):
+            self.dropout_rng = old  # NumPy draws the masks before and after (a move between host namespaces)
         # the gradients as views of one flat array laid out as the flat parameters: one update call per step
         self.flat_grads, self._grad_views = None, None
         if model._flat_params is not None and model.ops.reuses_buffers:
@@ -135,12 +142,16 @@ class Trainer:
         """Train with ``loss`` (a Loss), ``optimizer`` (an Optimizer, whose state carries over) and ``metrics``
         (Metric objects, recorded per epoch). Warns (at the user's call) when the output layer and the loss look
         mismatched."""
+        self.check_trainable()
+        self.loss, self.optimizer, self.metrics = loss, optimizer, list(metrics)
+        self.combined = self._pairing(loss)
+
+    def check_trainable(self) -> None:
+        """Refuse a model that packs an ensemble of networks for prediction (``model.ensemble_members > 1``)."""
         members = self.model.ensemble_members
         if members > 1:
             raise ValueError(f"this model packs an ensemble of {members} networks for prediction (block-diagonal "
                              f"weights): training it further would couple them; train the member networks instead")
-        self.loss, self.optimizer, self.metrics = loss, optimizer, list(metrics)
-        self.combined = self._pairing(loss)
 
     def _pairing(self, loss) -> bool:
         """True when the output activation and the loss combine into ``(p - y) / n``; warns on likely mistakes."""
@@ -172,9 +183,9 @@ class Trainer:
             if a is None and name == "w":
                 continue
             if not (backend.owns(a) and a.ndim == 2 and a.dtype == dtype and tuple(a.shape)[1] == cols
-                    and (n is None or a.shape[0] == n)) or n is None:
+                    and (n is None or a.shape[0] == n)) or not n:
                 raise ValueError(f"{name} must be a 2-D {model.dtype} array of the model's namespace "
-                                 f"({backend.name}) with shape ({'n' if n is None else n}, {cols}); received "
+                                 f"({backend.name}) with shape ({'n > 0' if not n else n}, {cols}); received "
                                  f"{type(a).__name__} of shape {tuple(getattr(a, 'shape', ()))} and dtype "
                                  f"{getattr(a, 'dtype', None)}; trainer.prepare(X, y) makes them")
         with model.backend.activate():
@@ -184,7 +195,7 @@ class Trainer:
         """:meth:`step` without its checks (``fit`` checked the whole data once)."""
         ws = self.workspaces.for_rows(x.shape[0])
         if x.shape[0] == 0:  # an empty share of a data-parallel batch: no loss, but the same masks and update
-            self.batch_rows = 0
+            self.batch_rows = self.batch_share[2]
             self.dropout_masks(0, ws)
             pred, value, grads = None, self._model().xp.zeros((), dtype=x.dtype), self._zero_grads()
         else:
@@ -197,6 +208,11 @@ class Trainer:
             self._record(pred, y, value)
         return pred, value
 
+    def grads_are_flat(self, grads) -> bool:
+        """Whether ``grads`` are the views of :attr:`flat_grads` (a hook may have put other arrays in the list)."""
+        views = self._grad_views
+        return views is not None and all(g is v for g, v in zip(grads, views))
+
     def _zero_grads(self) -> list:
         model = self._model()
         if self.flat_grads is not None:
@@ -207,7 +223,8 @@ class Trainer:
     def forward(self, x, ws=None):
         """Training forward (dropout on) of ``x``; ``ws``: the workspace to write into (default: the one of
         ``x``'s batch size)."""
-        rows = self.batch_rows = x.shape[0]
+        rows = x.shape[0]
+        self.batch_rows = rows if self.batch_share is None else self.batch_share[2]
         ws = self.workspaces.for_rows(rows) if ws is None else ws
         return self._model()._forward(x, self.dropout_masks(rows, ws) if self.dropout_rng is not None else None, ws)
 
@@ -237,9 +254,8 @@ class Trainer:
             value = hook(self, grads)
             if value is not None:
                 penalty = value if penalty is None else penalty + value
-        views = self._grad_views
-        fused = views is not None and all(g is v for g, v in zip(grads, views))  # (a hook may swap arrays)
-        self.optimizer.apply(self._model(), grads, self.workspaces.shared, self.flat_grads if fused else None)
+        self.optimizer.apply(self._model(), grads, self.workspaces.shared,
+                             self.flat_grads if self.grads_are_flat(grads) else None)
         return penalty
 
     def dropout_masks(self, rows: int, ws=None) -> list:
@@ -263,6 +279,8 @@ class Trainer:
     def prepare(self, X, y, sample_weight=None):
         """Host or device data -> the checked device arrays :meth:`step` takes: ``(x, y, w)``, ``w`` ``None``
         without ``sample_weight`` (see :meth:`gpunet.Sequential.fit` for what is accepted)."""
+        if self.loss is None:
+            raise RuntimeError("configure(loss, optimizer) the trainer before prepare(): the targets depend on the loss")
         model = self.model
         x, Y = model._data("X", X, "y", y, self.loss)
         return x, Y, model._row_weights(sample_weight, None, Y, self.loss)
@@ -292,8 +310,7 @@ class Trainer:
         done = epoch["done"]
         if not done:
             return float("nan")
-        losses = to_numpy(epoch["losses"][:done]).astype(np.float64)
-        return float(losses @ epoch["sizes"][:done] / epoch["sizes"][:done].sum())
+        return EpochTotals(to_numpy(epoch["losses"][:done]).astype(np.float64), epoch["sizes"][:done], {}, []).loss
 
     def end_epoch(self) -> EpochTotals:
         """Stop recording; the totals of the batches recorded since :meth:`begin_epoch` (one read per device array:
@@ -329,6 +346,7 @@ class Trainer:
             [{k: copy(v) for k, v in s.items()} for s in optimizer.state]
         rng = self.dropout_rng
         return Snapshot([copy(p) for p in model.parameters()], state, 0 if optimizer is None else optimizer.steps,
+                        (None, None) if optimizer is None else (optimizer._backend, optimizer._model),
                         self.shuffle_rng.bit_generator.state,
                         rng.bit_generator.state if isinstance(rng, np.random.Generator) else None)
 
@@ -346,6 +364,7 @@ class Trainer:
                 optimizer.state = [{k: None if v is None else xp.asarray(v, copy=True) for k, v in s.items()}
                                    for s in snapshot.optimizer_state]
                 optimizer.steps = snapshot.optimizer_steps
+                optimizer._backend, optimizer._model = snapshot.optimizer_owner  # (another model's: restarts)
         self.shuffle_rng.bit_generator.state = snapshot.shuffle_state
         if snapshot.dropout_state is not None:
             self.dropout_rng.bit_generator.state = snapshot.dropout_state
@@ -361,12 +380,13 @@ class Trainer:
     def set_generator_states(self, states: dict) -> None:
         """Adopt :meth:`generator_states`: each state names its bit generator (``"PCG64"``...), which is rebuilt.
         A dropout state is ignored where the masks are not drawn by NumPy."""
-        self.shuffle_rng = _generator(states["shuffle"])
+        self.shuffle_rng = generator_from_state(states["shuffle"])
         if states.get("dropout") is not None and isinstance(self.dropout_rng, np.random.Generator):
-            self.dropout_rng = _generator(states["dropout"])
+            self.dropout_rng = generator_from_state(states["dropout"])
 
 
-def _generator(state: dict) -> np.random.Generator:
+def generator_from_state(state: dict) -> np.random.Generator:
+    """A ``numpy.random.Generator`` whose bit generator (named by ``state["bit_generator"]``) has ``state``."""
     bit_generator = getattr(np.random, state["bit_generator"])()
     bit_generator.state = state
     return np.random.Generator(bit_generator)

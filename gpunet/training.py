@@ -62,16 +62,35 @@ class _Interrupts:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts, parallel=None) -> History:
+def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts, parallel=None,
+         undo=None) -> History:
     trainer = model.trainer
     n, sizes = source.n, source.sizes
     history = next(cb for cb in callbacks if isinstance(cb, History))
     history.interrupted = False
     model.stop_training = False
-    for cb in callbacks:
-        cb.model = model
-        cb.on_train_begin({"epochs": epochs, "initial_epoch": initial_epoch, "steps": len(sizes), "samples": n,
-                           "batch_size": source.batch})
+    try:
+        for cb in callbacks:
+            cb.model = model
+            cb.on_train_begin({"epochs": epochs, "initial_epoch": initial_epoch, "steps": len(sizes),
+                               "samples": n, "batch_size": source.batch, "validation": val is not None})
+    except BaseException:  # a callback refusing the fit (a monitor with no direction...): the model as it was
+        if undo is not None:
+            undo()
+        raise
+    try:
+        return _epochs(model, source, val, epochs, initial_epoch, callbacks, interrupts, parallel, history)
+    finally:  # also after an exception: no epoch left open, no batch (and so no copy of the data) held
+        trainer._epoch = None
+        for layer in model.layers:
+            layer._cache = None
+
+
+def _epochs(model, source, val, epochs, initial_epoch, callbacks, interrupts, parallel, history) -> History:
+    trainer, sizes = model.trainer, source.sizes
+
+    def interrupted() -> bool:  # agreed across ranks: they stop at the same step
+        return interrupts.requested if parallel is None else parallel.world.any(interrupts.requested)
 
     def running_logs():
         return {"loss": trainer.running_loss()}
@@ -97,7 +116,7 @@ def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts, pa
                 step(b)
                 for cb in callbacks:
                     cb.on_batch_end(b, running_logs)
-                stop = interrupts.requested if parallel is None else parallel.world.any(interrupts.requested)
+                stop = interrupted()
                 if stop:
                     break
             totals = trainer.end_epoch()
@@ -123,6 +142,9 @@ def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts, pa
                 logs.update({f"val_{k}": v for k, v in evaluate(*val, trainer.loss, trainer.metrics).items()})
             for cb in callbacks:
                 cb.on_epoch_end(epoch, logs)
+            if interrupted():  # Ctrl-C during validation or the epoch's callbacks
+                note = f"after epoch {epoch + 1}: the model keeps the weights of that finished epoch"
+                break
             if model.stop_training:
                 break
     except KeyboardInterrupt:  # as an exception, anywhere in the epoch: back to where the epoch started

@@ -120,6 +120,8 @@ def sharded_reference(size):
     trainer.configure(gn.losses.get("cce"), gn.optim.SGD(lr=0.1, momentum=0.5))
     x_all, y_all, _ = trainer.prepare(X, y)
     steps = -(-len(X) // 10)
+    while sum(-(-len(shard) // steps) for shard in shards) > 10:
+        steps += 1
     losses = []
     for _ in range(3):
         orders = [shard[trainer.shuffle_rng.permutation(len(shard))] for shard in shards]
@@ -133,13 +135,63 @@ def sharded_reference(size):
     return {f"w{i}": w for i, w in enumerate(model.get_weights())} | {"h_loss": np.asarray(losses), "epochs": np.arange(3)}
 
 
-SCENARIOS = {"sgd": sgd, "adam": adam, "early_stopping": early_stopping, "diverged": diverged, "sharded": sharded}
+def reused_optimizer(world):
+    """One Adam first trains another model alone (on every rank), then this one data-parallel: its state belongs to
+    the other model, so this fit starts it afresh on every rank, as one process does."""
+    X, y = data()
+    optimizer = gn.optim.Adam(lr=0.02)
+    other = classifier(seed=5)
+    other.fit(X[::2], y[::2], loss="cce", optimizer=optimizer, epochs=2, batch_size=6)
+    model = classifier()
+    history = model.fit(X, y, loss="cce", optimizer=optimizer, epochs=2, batch_size=16, distributed=world)
+    return result(model, history)
+
+
+def penalised(world):
+    """A penalty hook dividing by trainer.batch_rows (the whole batch's rows on every rank, as sklearn's alpha
+    does): counted once, the same on every rank; 47 rows in batches of 8 give 3 ranks an empty share."""
+    X, y = data()
+    model = classifier()
+
+    def l2(trainer, grads):
+        xp, n = trainer.model.xp, trainer.batch_rows
+        for layer, g in zip(trainer.model.layers, grads[0::2]):
+            g += (0.1 / n) * layer.W
+        return 0.05 * sum(xp.sum(layer.W * layer.W) for layer in trainer.model.layers) / n
+
+    model.trainer.gradient_hooks.append(l2)
+    history = model.fit(X, y, loss="cce", optimizer=gn.optim.SGD(lr=0.2, momentum=0.9), epochs=2, batch_size=8,
+                        distributed=world)
+    return result(model, history)
+
+
+def unseeded(world, folder):
+    """seed=None: every rank starts from other weights and generators until rank 0's are broadcast, also for the
+    rows validation_split holds out. Rank 0 saves its starting model; the test trains that file in one process."""
+    X, y = data()
+    model = classifier(seed=None)
+    model.save(Path(folder) / f"unseeded-{'one' if world is None else world.size}.safetensors")
+    history = model.fit(X, y, loss="cce", optimizer="sgd", epochs=2, batch_size=10, validation_split=0.3,
+                        distributed=world)
+    return result(model, history)
+
+
+def unseeded_reference(path):
+    X, y = data()
+    model = gn.load(path)
+    history = model.fit(X, y, loss="cce", optimizer="sgd", epochs=2, batch_size=10, validation_split=0.3)
+    return result(model, history)
+
+
+SCENARIOS = {"sgd": sgd, "adam": adam, "early_stopping": early_stopping, "diverged": diverged, "sharded": sharded,
+             "reused_optimizer": reused_optimizer, "penalised": penalised}
 
 
 def main(folder: str) -> None:
     world = gn.distributed.init()
     outputs = {name: fn(world) for name, fn in SCENARIOS.items()}
     outputs["resumed"] = resumed(world, folder)
+    outputs["unseeded"] = unseeded(world, folder)
     for name, arrays in outputs.items():
         np.savez(Path(folder) / f"{name}-{world.rank}.npz", **arrays)
 

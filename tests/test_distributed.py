@@ -42,9 +42,9 @@ def runs(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"mpi{request.param}")
     done = launch(request.param, sys.executable, str(HERE / "mpi_scenarios.py"), str(folder))
     assert done.returncode == 0, done.stderr[-3000:]
-    names = [*mpi_scenarios.SCENARIOS, "resumed"]
+    names = [*mpi_scenarios.SCENARIOS, "resumed", "unseeded"]
     return request.param, {name: [dict(np.load(folder / f"{name}-{r}.npz")) for r in range(request.param)]
-                           for name in names}
+                           for name in names} | {"folder": folder}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,8 @@ def assert_equal_runs(ranks_arrays, expected, what):
             assert first[key].tobytes() == arrays[key].tobytes(), f"{what}: rank {rank}'s {key} differs from rank 0's"
 
 
-@pytest.mark.parametrize("scenario", ["sgd", "adam", "early_stopping", "diverged", "resumed"])
+@pytest.mark.parametrize("scenario", ["sgd", "adam", "early_stopping", "diverged", "resumed", "reused_optimizer",
+                                      "penalised"])
 def test_ranks_train_exactly_like_one_process(runs, references, scenario):
     _, results = runs
     assert_equal_runs(results[scenario], references[scenario], scenario)
@@ -78,6 +79,14 @@ def test_the_scenarios_test_what_they_say(references):
     assert references["diverged"]["where"][0] >= 1
     assert {"h_val_f1", "h_f1", "h_val_accuracy"} <= set(references["sgd"])
     assert {"h_r2", "h_val_r2", "h_mae"} <= set(references["adam"])
+
+
+def test_unseeded_ranks_train_rank_0s_model_on_the_same_rows(runs):
+    """seed=None: the run equals one process training rank 0's starting model (its weights and generators, saved
+    before the fit), validation_split's rows included."""
+    ranks, results = runs
+    expected = mpi_scenarios.unseeded_reference(results["folder"] / f"unseeded-{ranks}.safetensors")
+    assert_equal_runs(results["unseeded"], expected, "unseeded")
 
 
 def test_sharded_ranks_train_like_one_process_on_the_union(runs):
@@ -117,6 +126,23 @@ def test_a_rank_failing_inside_fit_ends_the_job(tmp_path):
     done = launch(2, sys.executable, str(script), timeout=60)
     assert done.returncode != 0 and time.monotonic() - start < 30
     assert "failed inside a data-parallel fit" in done.stderr and "X must be finite" in done.stderr
+
+
+@pytest.mark.parametrize("mismatch", ["epochs", "batch_size", "callbacks"])
+def test_ranks_making_different_fit_calls_are_refused_not_hung(tmp_path, mismatch):
+    """A rank whose fit call differs (epochs, batch size, callbacks) would leave the others waiting: refused, and
+    the job ends with the reason instead of hanging."""
+    script = tmp_path / "mismatch.py"
+    script.write_text("import sys, gpunet as gn, numpy as np\n"
+                      "world = gn.distributed.init()\n"
+                      "X = np.zeros((12, 2)); y = np.zeros(12)\n"
+                      "kwargs = dict(epochs=3, batch_size=4)\n"
+                      "if world.rank == 1:\n"
+                      f"    kwargs.update({{'epochs': 4}} if '{mismatch}' == 'epochs' else {{'batch_size': 5}}"
+                      f" if '{mismatch}' == 'batch_size' else {{'callbacks': [gn.callbacks.EarlyStopping('loss')]}})\n"
+                      "gn.Sequential([gn.Dense(2, 1)]).fit(X, y, distributed=world, **kwargs)\n")
+    done = launch(2, sys.executable, str(script), timeout=60)
+    assert done.returncode != 0 and "differ" in done.stderr
 
 
 def test_world_of_one_needs_no_mpi():

@@ -12,9 +12,10 @@ from .reference import Ops
 
 class NumpyOps(Ops):
     """NumPy specialisation: the same results as :class:`Ops` up to rounding, with in-place ``out=`` arithmetic into
-    the trainer's workspaces (see :mod:`gpunet.backend.workspaces`), so a steady-state training step allocates
-    (almost) nothing. Without a workspace (``ws=None``: public calls) every result is a new array. The object holds
-    no arrays: one serves every model, in any thread."""
+    the trainer's workspaces (see :mod:`gpunet.backend.workspaces`): a steady-state step of a relu/tanh/linear/
+    softmax network allocates nothing layer-sized (``tests/test_memory.py``); the other activations run the
+    reference formulas, which allocate their temporaries. Without a workspace (``ws=None``: public calls) every
+    result is a new array. The object holds no arrays: one serves every model, in any thread."""
 
     reuses_buffers = True
 
