@@ -104,7 +104,7 @@ class Dense:
         until the next step on that workspace); ``None`` allocates new arrays.
         """
         shape = (x.shape[0], self.out_features)
-        z, y = self.ops.dense(x, self.W, self.b, self.activation, self._buffer(ws, "z", shape))
+        z, y = self.ops.dense(x, self.W, self.b, self.activation, self._buffer(ws, "z", shape), ws)
         self._cache = (x, z, y, mask)
         if mask is None:
             return y

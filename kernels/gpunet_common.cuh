@@ -17,6 +17,7 @@ using std::expm1;
 using std::fabs;
 using std::log;
 using std::log1p;
+using std::pow;
 using std::sqrt;
 using std::tanh;
 #endif
@@ -37,3 +38,6 @@ template <typename T> GN_FN T gn_clamped_log(T p) {
     T l = log(p);
     return l > T(-100) ? l : (l <= T(-100) ? T(-100) : l);
 }
+
+// Whether x is finite: x - x is 0 for every number and NaN for NaN and the infinities (no header needed).
+template <typename T> GN_FN bool gn_isfinite(T x) { return x - x == T(0); }
