@@ -97,6 +97,7 @@ class Trainer:
         self.metrics: list = []
         self.combined = False
         self.gradient_hooks: list = []
+        self.mixed = None  # gpunet.precision.MixedPrecision while training in tf32/bf16/fp16 (precision.attach)
         self.batch_rows = 0
         self._epoch = None
         self.attach()
@@ -112,6 +113,9 @@ class Trainer:
         """(Re)build what depends on the model's device: fresh workspaces, and the dropout generator restarted from
         its seed on that device (the model calls this when it is built or moved)."""
         model = self.model
+        if getattr(self, "mixed", None) is not None:  # its low-precision copy lived on the old device
+            self.mixed.detach(model)
+            self.mixed = None
         self.workspaces = Workspaces(model.xp)
         self.dropout_rng = (model.backend.random_generator(self.seeds[1])
                             if any(layer.dropout for layer in model.layers) else None)
@@ -199,13 +203,17 @@ class Trainer:
         ``[dW1, db1, ...]``; returns ``(loss, grads)``."""
         model, loss = self._model(), self.loss
         ws = self.workspaces.for_rows(pred.shape[0]) if ws is None else ws
-        if self.combined:
+        if w is None:  # (into the workspace on ops that reuse buffers: a captured step allocates nothing)
+            value, grad = model.ops.loss_and_grad(loss, pred, y, self.combined, ws)
+        elif self.combined:
             value, grad = loss.value_and_logits_grad(pred, y, model.ops)
         else:
             value, grad = loss.value_and_grad(pred, y, model.ops)
         if w is not None:  # Keras's convention: sum(w_i loss_i) / batch size, and so its gradient
             grad = grad * w
             value = model.xp.sum(loss.row_values(pred, y, model.ops) * w[:, 0]) / pred.shape[0]
+        if self.mixed is not None and self.mixed.scaler is not None:  # fp16: backward from the scaled loss
+            self.mixed.scaler.scale_grad(model.ops, grad)
         _, grads = model._backprop(grad, ws, through_last_activation=not self.combined, input_grad=False)
         return value, grads
 
@@ -219,7 +227,18 @@ class Trainer:
                 penalty = value if penalty is None else penalty + value
         views = self._grad_views
         fused = views is not None and all(g is v for g, v in zip(grads, views))  # (a hook may swap arrays)
-        self.optimizer.apply(self._model(), grads, self.workspaces.shared, self.flat_grads if fused else None)
+        model, mixed = self._model(), self.mixed
+        if mixed is None:
+            self.optimizer.apply(model, grads, self.workspaces.shared, self.flat_grads if fused else None)
+            return penalty
+        scaler = mixed.scaler  # mixed precision: gpunet.precision (unscale, skip on inf, the low copy, the scale)
+        if scaler is not None and scaler.unscale(model.ops, [self.flat_grads] if fused else grads):
+            scaler.update(model.ops)  # (NumPy: the host saw an inf/NaN gradient and skips the update)
+            return penalty
+        self.optimizer.apply(model, grads, self.workspaces.shared, self.flat_grads if fused else None,
+                             amp=mixed.amp, low=mixed.low_flat)
+        if scaler is not None:
+            scaler.update(model.ops)
         return penalty
 
     def dropout_masks(self, rows: int, ws=None) -> list:
@@ -275,6 +294,8 @@ class Trainer:
         """Stop recording; the totals of the batches recorded since :meth:`begin_epoch` (one read per device array:
         the losses, each metric's statistics)."""
         epoch, self._epoch = self._epoch, None
+        if self.mixed is not None and self.mixed.scaler is not None and self.optimizer is not None:
+            self.optimizer.sync_steps()  # skipped fp16 steps are not counted, on the device
         done = epoch["done"]
         losses = to_numpy(epoch["losses"]).astype(np.float64)[:done]
         values = {}
@@ -326,6 +347,8 @@ class Trainer:
         self.shuffle_rng.bit_generator.state = snapshot.shuffle_state
         if snapshot.dropout_state is not None:
             self.dropout_rng.bit_generator.state = snapshot.dropout_state
+        if self.mixed is not None:
+            self.mixed.refresh(model)  # the low-precision copy of the restored weights
 
     # -- persistence ----------------------------------------------------------------------------------------------
     def generator_states(self) -> dict:

@@ -27,7 +27,8 @@ from .validation import warn_at_caller
 
 def run(model, source, val, **kwargs) -> History:
     """Train ``model`` (its trainer configured) on the batches of ``source`` (:mod:`gpunet.sources`); ``val`` is
-    ``None`` or device ``(X_val, Y_val)``. Returns the History (also in ``callbacks``).
+    ``None`` or device ``(X_val, Y_val)``. Returns the History (also in ``callbacks``). ``graph``: run the epochs as
+    replays of captured CUDA graphs where they apply (:func:`gpunet.backend.graphs.plan`: ``"auto"``, True, False).
 
     NumPy's overflow warnings are silenced: divergence is detected and reported by the loop itself.
     """
@@ -60,8 +61,11 @@ class _Interrupts:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts) -> History:
+def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts, graph="auto") -> History:
+    from .backend import graphs
+
     trainer = model.trainer
+    captured = graphs.plan(model, source, callbacks, graph)  # None: eager steps
     n, sizes = source.n, source.sizes
     history = next(cb for cb in callbacks if isinstance(cb, History))
     history.interrupted = False
@@ -80,19 +84,22 @@ def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts) ->
             for cb in callbacks:
                 cb.on_epoch_begin(epoch)
             snapshot = trainer.snapshot()
-            batch = source.epoch(trainer)
+            if captured is None:
+                batch = source.epoch(trainer)
 
-            def step(b):
-                return trainer._step(*batch(b))
+                def step(b):
+                    return trainer._step(*batch(b))
 
-            trainer.begin_epoch(sizes)
+                trainer.begin_epoch(sizes)
+            else:  # CUDA graphs: the batch gathered, the step and its sums on the device, one launch per step
+                step = captured.begin_epoch()
             for b in range(len(sizes)):
                 step(b)
                 for cb in callbacks:
                     cb.on_batch_end(b, running_logs)
                 if interrupts.requested:
                     break
-            totals = trainer.end_epoch()
+            totals = trainer.end_epoch() if captured is None else captured.end_epoch()
             done = len(totals.batch_losses)
             if not (totals.finite and trainer.weights_finite()):
                 bad = totals.first_nonfinite

@@ -22,6 +22,9 @@ using std::sqrt;
 using std::tanh;
 #endif
 
+// Row and element indices of the per-row kernels (CuPy's loop index `i` is a ptrdiff_t, which converts).
+typedef long long gn_index;
+
 // sign(r) with sign(0) = 0 and NaN passed through, as numpy.sign and torch.sign.
 template <typename T> GN_FN T gn_sign(T r) { return r > T(0) ? T(1) : (r < T(0) ? T(-1) : r); }
 
@@ -40,4 +43,4 @@ template <typename T> GN_FN T gn_clamped_log(T p) {
 }
 
 // Whether x is finite: x - x is 0 for every number and NaN for NaN and the infinities (no header needed).
-template <typename T> GN_FN bool gn_isfinite(T x) { return x - x == T(0); }
+template <typename F> GN_FN bool gn_isfinite(F x) { return x - x == F(0); }

@@ -40,7 +40,7 @@ template <typename T> GN_FN void gn_cce_softmax(T p, T t, T scale, T& loss, T& g
 template <typename T> GN_FN void gn_mse(T p, T t, T scale, T& loss, T& grad) {
     T r = p - t;
     loss = r * r;
-    grad = scale * (T(2) * r);
+    grad = (T(2) * scale) * r;
 }
 
 // Mean absolute error (torch.nn.L1Loss): |p - t|, gradient sign(p - t) scale (0 at 0, NaN passed through).

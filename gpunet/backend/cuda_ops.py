@@ -193,6 +193,26 @@ class CupyOps(Ops):
                              "x = gn_gather(&X[0], &order[0], &counter[0], i, cols, batch)", "rows.cuh")
         kernel(X, order, counter, out.shape[1], batch, out)
 
+    def accuracy_into(self, pred, target, threshold: float, columns: bool, ws, total) -> None:
+        """``total (1, 1) float64 += correct predictions of this batch`` (Accuracy's statistic): per element
+        (binary, multi-label: ``(pred > threshold) == (target > 0.5)``) or per row (argmax agreement), as float64
+        flags summed by a product with ones (beta = 1), all on the device."""
+        xp = self.xp
+        if columns:
+            flags = ws.array(("accuracy", "flags"), tuple(pred.shape), xp.float64)
+            kernel = self.kernel("accuracy_columns", "T p, T t, T thr", "float64 c",
+                                 "c = ((p > thr) == (t > T(0.5))) ? 1.0 : 0.0", "gpunet_common.cuh")
+            kernel(pred, target, threshold, flags)
+        else:
+            flags = ws.array(("accuracy", "flags"), (pred.shape[0],), xp.float64)
+            kernel = self.kernel("accuracy_rows", "raw T p, raw T t, int64 k", "raw float64 c",
+                                 "c[i] = gn_argmax_agrees(&p[0], &t[0], i, k)", "rows.cuh")
+            kernel(pred, target, pred.shape[1], flags, size=pred.shape[0])
+        size = math.prod(flags.shape)
+        ones = ws.array("ones64", (size,), xp.float64, fill=1)
+        if self.gemm(xp.reshape(flags, (1, size)), xp.reshape(ones, (size, 1)), total, beta=1.0) is None:
+            total[...] = total + xp.sum(flags)
+
     def scale_grad(self, grad, amp) -> None:
         """``grad *= amp[0]`` (the loss scale, read on the device), in place."""
         kernel = self.kernel("loss_scale", "raw float64 amp", "T g", "g = g * T(amp[0])", "gpunet_common.cuh")
@@ -296,6 +316,8 @@ def _matmul_into(a, b, out, tf32=False, alpha=1.0, beta=0.0):
     """``out = alpha a @ b + beta out`` with the namespace's own matmul (CupyOps on a host namespace, in tests)."""
     import numpy as np
 
+    if a.dtype.itemsize == 2:  # 16-bit inputs: float32 products and sums, as cublasGemmEx's compute type
+        a, b = a.astype(np.float32), b.astype(np.float32)
     product = np.matmul(a, b)
     if alpha != 1.0:
         product = product * out.dtype.type(alpha)
