@@ -185,8 +185,6 @@ class Gemm:
             return out
         scalar = ctypes.c_double if compute == CUBLAS_COMPUTE_64F else ctypes.c_float
         alpha_c, beta_c = scalar(alpha), scalar(beta)
-        if k == 0:  # cuBLAS scales C by beta for k = 0 too, but a zero-size operand may have a null pointer
-            beta_c = scalar(beta)
         dtype = _DATA_TYPES[a_dtype]
         status = self.lib.cublasGemmEx(self._handle(), transa, transb, m, n, k, ctypes.addressof(alpha_c),
                                        _pointer(b), dtype, lda, _pointer(a), dtype, ldb, ctypes.addressof(beta_c),
@@ -209,8 +207,9 @@ def _dtype_name(a) -> str:
 
 def _pointer(a) -> int:
     """The device address of ``a``'s first element (CuPy: ``a.data.ptr``; NumPy arrays in tests: their data)."""
-    data = a.data
-    return data.ptr if hasattr(data, "ptr") else a.ctypes.data
+    if isinstance(a, np.ndarray):
+        return a.ctypes.data
+    return a.data.ptr
 
 
 def _cupy_current_stream() -> int:

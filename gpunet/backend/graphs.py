@@ -220,8 +220,8 @@ class GraphEpochs:
         model = self.model
         optimizer, mixed = model.trainer.optimizer, getattr(model.trainer, "mixed", None)
         return (model._flat_params, model.trainer.flat_grads, optimizer, optimizer._flat, optimizer._dev,
-                getattr(optimizer, "state", None), None if mixed is None else mixed.key(),
-                tuple(layer.W for layer in model.layers))
+                getattr(optimizer, "state", None), *(() if mixed is None else mixed.key()),
+                *(layer.W for layer in model.layers))
 
     def _same(self, a: tuple, b: tuple) -> bool:
         return len(a) == len(b) and all(x is y for x, y in zip(a, b))
