@@ -139,7 +139,8 @@ class GradScaler:
         if ops.device_scalars:
             ops.scale_grad(grad, self.amp)
         else:
-            grad *= grad.dtype.type(self.amp[0])
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is what the scaler looks for
+                grad *= grad.dtype.type(self.amp[0])
 
     def unscale(self, ops, grads) -> bool:
         """``g *= 1 / scale`` for every gradient array, noting whether any result is inf or NaN. Returns whether
@@ -150,7 +151,8 @@ class GradScaler:
             return False
         found = False
         for g in grads:
-            g *= g.dtype.type(self.amp[3])
+            with np.errstate(over="ignore", invalid="ignore"):
+                g *= g.dtype.type(self.amp[3])
             found = found or not bool(np.isfinite(g).all())
         if found:
             self.amp[2] = 1.0
