@@ -250,3 +250,51 @@ def _compile(source: str, name: str) -> ctypes.CDLL:
             raise RuntimeError(f"{CXX} could not compile kernel {name!r} ({cpp}):\n{done.stderr}")
         library = _LIBRARIES[key] = ctypes.CDLL(str(so))
     return library
+
+
+class HostRawKernel:
+    """A test stand-in for ``cupy.RawKernel(source, name)``: the CUDA source compiled by the host compiler with the
+    launch built around it (``__global__`` empty, ``blockIdx``/``threadIdx``/``blockDim``/``gridDim`` globals set by
+    a loop over every block and thread of the launch), so the kernel's indexing runs on NumPy arrays. Threads run
+    one after another: kernels whose threads race or synchronise are out of its reach. The signature is read from
+    the ``extern "C" __global__ void <name>(...)`` line: pointers take arrays, other parameters NumPy scalars."""
+
+    _C_SCALARS = {"float": ctypes.c_float, "double": ctypes.c_double, "long long": ctypes.c_longlong,
+                  "int": ctypes.c_int, "bool": ctypes.c_bool}
+
+    def __init__(self, source: str, name: str, **kwargs):
+        import re
+
+        match = re.search(r'extern\s+"C"\s+__global__\s+void\s+' + re.escape(name) + r"\s*\(([^)]*)\)", source)
+        if match is None:
+            raise ValueError(f"no extern \"C\" __global__ function {name!r} in the source")
+        self.source, self.name = source, name
+        self.params = [p.strip() for p in match.group(1).split(",") if p.strip()]
+        self.names = [p.replace("*", " ").split()[-1] for p in self.params]
+
+    def __call__(self, grid, block, args):
+        if len(args) != len(self.params):
+            raise TypeError(f"{self.name}: {len(args)} arguments for {len(self.params)} parameters")
+        driver = "\n".join([
+            "#include <cstddef>", "#include <cstdint>", "struct gn_dim3 { long long x = 0, y = 0, z = 0; };",
+            "static gn_dim3 blockIdx, threadIdx, blockDim, gridDim;", "#define __global__", self.source,
+            f'extern "C" void gn_launch(long long _blocks, long long _threads, {", ".join(self.params)}) {{',
+            "    blockDim.x = _threads; gridDim.x = _blocks;",
+            "    for (long long _b = 0; _b < _blocks; ++_b) for (long long _t = 0; _t < _threads; ++_t) {",
+            f"        blockIdx.x = _b; threadIdx.x = _t; {self.name}({', '.join(self.names)});", "    }", "}", ""])
+        library = _compile(driver, self.name)
+        run = library.gn_launch
+        run.restype = None
+        types, values = [ctypes.c_longlong, ctypes.c_longlong], []
+        for param, a in zip(self.params, args):
+            if "*" in param:
+                if not (isinstance(a, np.ndarray) and a.flags.c_contiguous):
+                    raise TypeError(f"{self.name}: {param} takes a C-contiguous array; received {type(a).__name__}")
+                types.append(ctypes.c_void_p)
+                values.append(a.ctypes.data)
+            else:
+                ctype = self._C_SCALARS[param.rsplit(" ", 1)[0].replace("const ", "").strip()]
+                types.append(ctype)
+                values.append(a.item() if hasattr(a, "item") else a)
+        run.argtypes = types
+        run(int(grid[0]), int(block[0]), *values)

@@ -401,3 +401,32 @@ def test_stand_in_half_types():
         np.testing.assert_array_equal(got.astype(np.float32), x.astype(dtype).astype(np.float32))
         back = HostElementwiseKernel("L y", "T x", "x = (T)(float)y", name="widen")(got, np.empty_like(x))
         np.testing.assert_array_equal(back, got.astype(np.float32))
+
+
+@pytest.mark.parametrize("name", CupyOps.VECTOR_ACTIVATIONS)
+def test_vectorised_bias_act_equals_the_elementwise_kernel(name):
+    """kernels/vectorized.cuh (float4 loads and stores, a grid-stride loop) through a host stand-in for
+    cupy.RawKernel: bit for bit the ElementwiseKernel's result, with fewer threads than vectors (the stride loop
+    runs), a bias at an odd offset of a flat array (scalar bias loads), and the fallback where it does not apply."""
+    from host_kernel import HostRawKernel
+
+    activation = activations.get(name)
+    vec = CupyOps(anp, elementwise_kernel=HostElementwiseKernel, raw_kernel=HostRawKernel)
+    vec.vectorized, vec._sm_count = True, 1  # 8 blocks of 256 threads: 2048 threads for 3000 vectors
+    plain = CupyOps(anp, elementwise_kernel=HostElementwiseKernel)
+    rng = np.random.default_rng(1)
+    flat = random_inputs(rng, (1 + 24,), "float32")
+    b = flat[1:]  # 4 bytes past a 16-byte boundary
+    z = random_inputs(rng, (500, 24), "float32")
+    assert vec.vec4_applies(z, name)
+    got, want = z.copy(), z.copy()
+    vec.bias_act(got, b, activation)
+    plain.bias_act(want, b, activation)
+    np.testing.assert_array_equal(got, want)
+    assert f"vec4_{name}" in vec._kernels
+    odd = random_inputs(rng, (7, 6), "float32")
+    assert not vec.vec4_applies(odd, name)
+    got, want = odd.copy(), odd.copy()
+    vec.bias_act(got, b[:6], activation)
+    plain.bias_act(want, b[:6], activation)
+    np.testing.assert_array_equal(got, want)

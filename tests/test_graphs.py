@@ -308,3 +308,17 @@ def test_numpy_and_other_namespaces_never_capture(fake):
         network(None).fit(X, y, loss="cce", epochs=1, graph=True)
     with pytest.raises(ValueError, match="graph must be"):
         network(None).fit(X, y, loss="cce", epochs=1, graph="yes")
+
+
+def test_strided_data_is_gathered_from_a_contiguous_copy(fake):
+    """The gather kernel indexes rows by pointer arithmetic: data given as a strided view is copied once."""
+    X, y = problem()
+    wide = np.zeros((X.shape[0], 2 * X.shape[1]), np.float32)
+    wide[:, ::2] = X
+    runs = []
+    for data in (X, wide[:, ::2]):
+        model = network(fake)
+        model.fit(data, y, loss="cce", optimizer=gn.optim.SGD(lr=0.1), epochs=2, batch_size=16, graph=True)
+        runs.append(model.get_weights())
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)

@@ -256,3 +256,26 @@ def test_nvcc_compiles_every_declared_kernel_as_cupy_generates_it(tmp_path):
     # one translation unit: each kernel's typedefs and preamble in a namespace of their own (CuPy compiles each
     # kernel alone; the namespaces keep the units apart here)
     nvcc_compile(tmp_path, _CUPY_PRELUDE + "\n".join(units), kernels)
+
+
+def test_nvcc_compiles_the_vectorised_raw_kernels(tmp_path):
+    """The cupy.RawKernel sources CupyOps.bias_act_vec4 builds, one per activation, as NVRTC gets them."""
+    import array_api_compat.numpy as anp
+    import numpy as np
+
+    from gpunet.backend.cuda_ops import CupyOps
+
+    sources = []
+
+    def raw_kernel(source, name):
+        sources.append((source, name))
+        return lambda grid, block, args: None
+
+    ops = CupyOps(anp, elementwise_kernel=lambda *a, **k: None, raw_kernel=raw_kernel)
+    for name in CupyOps.VECTOR_ACTIVATIONS:
+        ops.bias_act_vec4(np.zeros((4, 8), np.float32), np.zeros(8, np.float32), name, 0.01)
+    assert len(sources) == len(CupyOps.VECTOR_ACTIVATIONS)
+    for k, (source, name) in enumerate(sources):
+        directory = tmp_path / str(k)
+        directory.mkdir()
+        nvcc_compile(directory, source, [name])

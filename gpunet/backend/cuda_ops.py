@@ -16,6 +16,7 @@ the tests pass a host stand-in that compiles the very same declarations with the
 from __future__ import annotations
 
 import math
+import os
 
 from .. import activations
 from .kernel_sources import kernel_source
@@ -41,7 +42,12 @@ class CupyOps(Ops):
     reuses_buffers = True
     device_scalars = True  # optimizers keep lr and the step count on the device (captured steps read them there)
 
-    def __init__(self, xp, elementwise_kernel=None, gemm=None):
+    # the vectorised in-place forward (kernels/vectorized.cuh) instead of the ElementwiseKernel: off until a GPU
+    # run shows that a step gains (GPUNET_VECTORIZED=1 turns it on; bench_kernels measures both)
+    vectorized = os.environ.get("GPUNET_VECTORIZED", "0").strip() == "1"
+    VECTOR_ACTIVATIONS = ("linear", "sigmoid", "tanh", "relu", "leaky_relu", "elu")
+
+    def __init__(self, xp, elementwise_kernel=None, gemm=None, raw_kernel=None):
         super().__init__(xp)
         if elementwise_kernel is None:
             import cupy
@@ -50,6 +56,7 @@ class CupyOps(Ops):
         self._elementwise_kernel = elementwise_kernel
         self._kernels: dict = {}
         self._gemm = gemm
+        self._raw_kernel = raw_kernel
 
     @property
     def gemm(self):
@@ -112,9 +119,53 @@ class CupyOps(Ops):
                                  "activations.cuh")
             kernel(b, param, z, y)
             return z, y
+        if self.vectorized and self.vec4_applies(z, name):
+            self.bias_act_vec4(z, b, name, param)
+            return None, z
         kernel = self.kernel(f"{name}_fwd", "T b, T a", "T z", f"z = gn_{name}_fwd(z + b, a)", "activations.cuh")
         kernel(b, param, z)
         return None, z
+
+    def vec4_applies(self, z, name: str) -> bool:
+        """Whether :meth:`bias_act_vec4` can run on ``z``: float32 C-contiguous rows of a multiple of 4 columns,
+        16-byte aligned, an activation it has."""
+        import numpy as np
+
+        return (name in self.VECTOR_ACTIVATIONS and z.ndim == 2 and z.dtype == np.float32 and z.shape[1] % 4 == 0
+                and z.flags.c_contiguous and _address(z) % 16 == 0)
+
+    def bias_act_vec4(self, z, b, name: str, param: float) -> None:
+        """``z = act(z + b)`` in place with float4 loads and stores in a grid-stride loop (a ``cupy.RawKernel``
+        over ``kernels/vectorized.cuh``); see :meth:`vec4_applies` for what it needs."""
+        key = f"vec4_{name}"
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            if self._raw_kernel is None:
+                import cupy
+
+                self._raw_kernel = cupy.RawKernel
+            source = (kernel_source("vectorized.cuh") +
+                      f'\nextern "C" __global__ void gpunet_{name}_fwd_vec4(float* z, const float* b, long long n4, '
+                      f"long long cols4, float a) {{\n    gn_bias_act_vec4<gn_vec_{name}>(z, b, n4, cols4, a, "
+                      f"blockIdx.x * (long long)blockDim.x + threadIdx.x, (long long)gridDim.x * blockDim.x);\n}}\n")
+            kernel = self._kernels[key] = self._raw_kernel(source, f"gpunet_{name}_fwd_vec4")
+        import numpy as np
+
+        n4 = z.size // 4
+        threads = 256
+        blocks = max(1, min(-(-n4 // threads), self._resident_blocks(threads)))
+        kernel((blocks,), (threads,), (z, b, np.int64(n4), np.int64(z.shape[1] // 4), np.float32(param)))
+
+    def _resident_blocks(self, threads: int) -> int:
+        """Blocks that fit on the device at once (SMs x 2048 / threads): enough for a grid-stride loop."""
+        if not hasattr(self, "_sm_count"):
+            try:
+                import cupy
+
+                self._sm_count = cupy.cuda.Device().attributes["MultiProcessorCount"]
+            except Exception:  # noqa: BLE001  (tests without a GPU)
+                self._sm_count = 132
+        return self._sm_count * (2048 // threads)
 
     def act_grad(self, activation, dy, z, y, ws=None):
         """``dz`` into ``dy`` itself inside a step (``ws`` given), else a new array."""
@@ -310,6 +361,12 @@ class CupyOps(Ops):
                                  f"if (amp[2] == 0) gn_adam_amsgrad(p, g, m, v, vmax, {decay}, wd, omb1, b2, omb2, "
                                  f"T(s[2]), T(s[3]), eps)" + tail, "optimizers.cuh")
             kernel(g, dev.s, dev.amp, l2, 1.0 - beta1, beta2, 1.0 - beta2, eps, p, m, v, vmax, *lows)
+
+
+def _address(a) -> int:
+    import numpy as np
+
+    return a.ctypes.data if isinstance(a, np.ndarray) else a.data.ptr
 
 
 def _matmul_into(a, b, out, tf32=False, alpha=1.0, beta=0.0):

@@ -191,7 +191,9 @@ class GraphEpochs:
             self.losses = xp.zeros(len(sizes), dtype=dtype)
             self.recorders = [metric_recorder(m) for m in trainer.metrics]
             self.totals = [xp.zeros((1, 1), dtype=xp.float64) for _ in self.recorders]
-        self.X, self.Y = X, Y
+        # the gather kernel reads rows by pointer arithmetic: C-contiguous copies of strided user arrays (once per fit)
+        with model.backend.activate():
+            self.X, self.Y = (a if a.flags.c_contiguous else a.copy(order="C") for a in (X, Y))
         self.graphs: dict = {}  # rows -> {"graph", "pool", "key", "eager"}
         self.launches = 0  # replays, for tests and benchmarks
         self.captures = 0
