@@ -123,6 +123,8 @@ def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts, gr
                 break
     except KeyboardInterrupt:  # as an exception, anywhere in the epoch: back to where the epoch started
         trainer._epoch = None
+        if captured is not None:  # the graphs' stream finishes before the restore writes on the legacy stream
+            captured.interrupted()
         if snapshot is not None:
             trainer.restore(snapshot)
         note = (f"in epoch {epoch + 1}: the model keeps the weights it had when that epoch began"

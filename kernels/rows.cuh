@@ -30,9 +30,10 @@ GN_FN F gn_gather(const F* X, const I* order, const C* counter, gn_index i, gn_i
     return X[src * cols + (i - r * cols)];
 }
 
-// The batch loss `value[0]` into losses[counter[0]], then the counter advanced (one thread).
-template <typename F, typename C> GN_FN void gn_record(F* losses, C* counter, const F* value) {
-    losses[(gn_index)counter[0]] = value[0];
+// The batch loss `value` into losses[counter[0]], then the counter advanced (one thread). (The value is passed
+// by value: CuPy's 0-d CArray returns its element by value, so it has no address to pass.)
+template <typename F, typename C> GN_FN void gn_record(F* losses, C* counter, F value) {
+    losses[(gn_index)counter[0]] = value;
     counter[0] = counter[0] + C(1);
 }
 

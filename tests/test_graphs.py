@@ -322,3 +322,38 @@ def test_strided_data_is_gathered_from_a_contiguous_copy(fake):
         runs.append(model.get_weights())
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("how", ["sigint", "exception"])
+def test_ctrl_c_during_captured_steps(fake, how):
+    """Ctrl-C (SIGINT) during a replay ends the fit after that step with the step count read back from the
+    device; a KeyboardInterrupt raised by a launch restores the epoch's start (after the stream finished)."""
+    import os
+    import signal
+
+    launch = fake.launch
+
+    def interrupting(graph, stream):
+        launch(graph, stream)
+        if fake.launched == 9:  # the fifth step of the second epoch
+            if how == "sigint":
+                os.kill(os.getpid(), signal.SIGINT)
+            else:
+                raise KeyboardInterrupt
+
+    fake.launch = interrupting
+    X, y = problem()
+    model = network(fake)
+    opt = gn.optim.SGD(lr=0.1, momentum=0.9)
+    with pytest.warns(UserWarning, match="Training interrupted by user"):
+        history = model.fit(X, y, loss="cce", optimizer=opt, epochs=5, batch_size=16, graph=True)
+    assert history.interrupted and history.epoch == [0]
+    reference = network(fake)
+    if how == "sigint":  # launches 1-4 in epoch 1 (its batches 2-5), 5-9 in epoch 2: it stops after 6 + 5 steps
+        assert opt.steps == 11
+    else:  # back to the end of epoch 1
+        reference.fit(X, y, loss="cce", optimizer=gn.optim.SGD(lr=0.1, momentum=0.9), epochs=1, batch_size=16,
+                      graph=False)
+        for a, b in zip(model.get_weights(), reference.get_weights()):
+            np.testing.assert_array_equal(a, b)
+        assert opt.steps == 6

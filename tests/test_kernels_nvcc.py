@@ -135,11 +135,17 @@ struct bfloat16 {
     explicit __device__ bfloat16(double v) : d(__double2bfloat16(v)) {}
     __device__ operator float() const { return __bfloat162float(d); }
 };
-// CuPy's CArray, as a raw parameter is indexed: a flat C-order index into a contiguous array
-template <typename T> struct CArray {
+// CuPy's CArray<T, ndim>, as a raw parameter is indexed: a flat C-order index into a contiguous array; a 0-d
+// array's element, const, by value (as carray.cuh's ndim = 0 specialisation)
+template <typename T, int ndim> struct CArray {
     T* data_;
     __device__ T& operator[](ptrdiff_t i) { return data_[i]; }
     __device__ const T& operator[](ptrdiff_t i) const { return data_[i]; }
+};
+template <typename T> struct CArray<T, 0> {
+    T* data_;
+    __device__ T& operator[](ptrdiff_t) { return *data_; }
+    __device__ T operator[](ptrdiff_t) const { return *data_; }
 };
 """
 _CUDA_TYPES = {"float32": "float", "float64": "double", "float16": "float16", "bfloat16": "bfloat16", "bool": "bool",
@@ -160,7 +166,7 @@ def cupy_like_kernel(declaration, types) -> str:
         const = "const " if is_input else ""
         ctype = p.type_name if p.dtype is None else _CUDA_TYPES[p.dtype.name]  # CuPy: float64 -> double, ...
         if p.raw:
-            signature.append(f"{const}CArray<{ctype}> {p.name}")
+            signature.append(f"{const}CArray<{ctype}, {declaration['ndims'][p.name]}> {p.name}")
         elif is_input and p.name in declaration["scalars"]:
             signature.append(f"const {ctype} {p.name}")
         else:
@@ -198,9 +204,11 @@ def declared_kernels():
         def __call__(self, *args, size=None):
             types = {k: str(v) for k, v in self._resolve_types(args).items()}
             scalars = {p.name for p, a in zip(self.in_params, args) if not isinstance(a, np.ndarray)}
-            key = (self.name, tuple(sorted(types.items())), tuple(sorted(scalars)))
+            ndims = {p.name: a.ndim for p, a in zip(self.params, args) if p.raw}
+            key = (self.name, tuple(sorted(types.items())), tuple(sorted(scalars)), tuple(sorted(ndims.items())))
             seen.setdefault(key, (dict(in_params=self.in_decl, out_params=self.out_decl, operation=self.operation,
-                                       name=self.name, preamble=self.preamble, scalars=scalars), types))
+                                       name=self.name, preamble=self.preamble, scalars=scalars, ndims=ndims),
+                                  types))
             return super().__call__(*args, size=size)
 
         def __init__(self, in_params, out_params, operation, name="kernel", preamble="", **kwargs):

@@ -235,7 +235,7 @@ class CupyOps(Ops):
         """``losses[counter] = value; counter += 1`` on the device (one thread): the index comes from device
         memory, so a captured step records each replay at the next place."""
         kernel = self.kernel("record", "raw T value", "raw T losses, raw I counter",
-                             "gn_record(&losses[0], &counter[0], &value[0])", "rows.cuh")
+                             "gn_record(&losses[0], &counter[0], value[0])", "rows.cuh")
         kernel(value, losses, counter, size=1)
 
     def gather(self, X, order, counter, batch: int, out) -> None:

@@ -280,6 +280,11 @@ class GraphEpochs:
         self._done, self._recording = 0, True
         return self.step
 
+    def interrupted(self) -> None:
+        """Wait for the stream after an interrupt (before a restore on the legacy stream)."""
+        self.runtime.synchronize(self.stream)
+        self._recording = False
+
     def end_epoch(self):
         """Wait for the stream; the epoch's totals (one read of the losses, one per metric)."""
         from ..backend import to_numpy
