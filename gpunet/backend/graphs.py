@@ -256,8 +256,9 @@ class GraphEpochs:
                 runtime.launch(entry["graph"], stream)
                 self.launches += 1
         self._done = b + 1
-        if not self._recording:
+        if not self._recording:  # (and the host's step count follows the device's, as end_epoch makes it)
             runtime.synchronize(stream)
+            self.model.trainer.optimizer.sync_steps()
 
     # -- epochs ---------------------------------------------------------------------------------------------------
     def begin_epoch(self):
