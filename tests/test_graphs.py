@@ -357,3 +357,21 @@ def test_ctrl_c_during_captured_steps(fake, how):
         for a, b in zip(model.get_weights(), reference.get_weights()):
             np.testing.assert_array_equal(a, b)
         assert opt.steps == 6
+
+
+def test_a_failed_capture_goes_on_eagerly(fake):
+    """CUDA refusing something during the capture (here: cuBLAS, as CuPy's own binding would) ends capturing for
+    the fit with one warning; the steps go on eagerly and the fit ends where an eager fit ends."""
+    gemm = fake.cublas.cublasGemmEx
+
+    def refuse_in_capture(*args):
+        if fake.capturing is not None:
+            raise NotImplementedError("calling cuBLAS API during stream capture is currently unsupported")
+        return gemm(*args)
+
+    fake.cublas.cublasGemmEx = refuse_in_capture
+    with pytest.warns(graphs.GraphFallbackWarning, match="capturing the training step .* failed .*NotImplemented"):
+        failed = _fit(fake, "adam/cce", graph=True)
+    assert fake.plans[-1].failed and fake.plans[-1].captures == 0
+    fake.cublas.cublasGemmEx = gemm
+    assert_same_fit(failed, _fit(fake, "adam/cce", graph=False))

@@ -197,6 +197,7 @@ class GraphEpochs:
         self.graphs: dict = {}  # rows -> {"graph", "pool", "key", "eager"}
         self.launches = 0  # replays, for tests and benchmarks
         self.captures = 0
+        self.failed = None  # why a capture failed: the fit's remaining steps are eager
         self._done = 0
         self._recording = False
 
@@ -236,6 +237,10 @@ class GraphEpochs:
         with self.model.backend.activate(), runtime.on(stream):
             if b != self._done:  # replays from the epoch's start (roll-back): the device counter follows
                 self.counter[...] = b
+            if self.failed is not None:
+                self._run_step(rows)
+                self._done = b + 1
+                return
             entry = self.graphs.get(rows)
             if entry is not None and not self._same(entry["key"], self._key()):
                 entry = self.graphs[rows] = None
@@ -248,8 +253,14 @@ class GraphEpochs:
             else:
                 if entry["graph"] is None:
                     out, pool = [], runtime.memory_pool()
-                    with runtime.capture(stream, pool, out):
+                    try:
+                        with runtime.capture(stream, pool, out):
+                            self._run_step(rows)
+                    except Exception as exc:  # noqa: BLE001  (CUDA refused something: go on eagerly, and say so)
+                        self._capture_failed(exc)
                         self._run_step(rows)
+                        self._done = b + 1
+                        return
                     entry["graph"], entry["pool"] = out[0], pool
                     entry["key"] = self._key()
                     self.captures += 1
@@ -280,6 +291,16 @@ class GraphEpochs:
             trainer.mixed.refresh(model)
         self._done, self._recording = 0, True
         return self.step
+
+    def _capture_failed(self, exc) -> None:
+        """A capture raised: warn once, and run the rest of the fit eagerly (the failed capture ran nothing, so
+        the step runs now; the host's step count, advanced by the captured Python, is read back)."""
+        from ..validation import warn_at_caller
+
+        self.failed = f"{type(exc).__name__}: {exc}"
+        self.model.trainer.optimizer.sync_steps()
+        warn_at_caller(f"capturing the training step as a CUDA graph failed ({self.failed}); the fit goes on with "
+                       f"eager steps", GraphFallbackWarning)
 
     def interrupted(self) -> None:
         """Wait for the stream after an interrupt (before a restore on the legacy stream)."""
