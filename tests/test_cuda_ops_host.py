@@ -430,3 +430,51 @@ def test_vectorised_bias_act_equals_the_elementwise_kernel(name):
     vec.bias_act(got, b[:6], activation)
     plain.bias_act(want, b[:6], activation)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_step_ops_into_workspaces_match_the_reference(dtype, rng):
+    """What a step calls with a workspace (and a captured step must): each built-in loss with a kernel (value as
+    a product with ones, gradient into the workspace), the bias gradient as a product, softmax's backward row
+    kernel, accuracy's device counts: all equal the reference within rounding, written into the workspace."""
+    import sys as _sys
+    from pathlib import Path as _Path
+
+    from gpunet import metrics
+    from gpunet.backend.workspaces import Workspace
+
+    _sys.path.insert(0, str(_Path(__file__).resolve().parent))
+    from fake_cuda import FakeCuda
+
+    fake = FakeCuda()
+    ops = CupyOps(anp, elementwise_kernel=HostElementwiseKernel, gemm=fake.gemm())
+    ws = Workspace(anp)
+    tol = TRAIN_TOL[dtype]
+    logits = random_inputs(rng, (13, 4), dtype) / 10
+    probs = REFERENCE.bias_act(logits.copy(), np.zeros(4, dtype), activations.Softmax())[1]
+    onehot = np.eye(4, dtype=dtype)[rng.integers(0, 4, 13)]
+    cases = [(losses.CategoricalCrossEntropy(), probs, onehot, True), (losses.BinaryCrossEntropy(),
+             1 / (1 + np.exp(-logits)), (onehot > 0).astype(dtype), True), (losses.MSE(), logits, onehot, False),
+             (losses.MAE(), logits, onehot, False), (losses.Huber(0.3), logits, onehot, False),
+             (losses.BinaryCrossEntropy(from_logits=True), logits, onehot, False)]
+    for loss, pred, target, combined in cases:
+        value, grad = ops.loss_and_grad(loss, pred, target, combined, ws)
+        want_value, want_grad = REFERENCE.loss_and_grad(loss, pred, target, combined)
+        assert grad is ws.like(("loss", "grad"), pred) and value.shape == ()
+        np.testing.assert_allclose(value, want_value, **tol, err_msg=repr(loss))
+        np.testing.assert_allclose(grad, want_grad, **tol, err_msg=repr(loss))
+    out = np.empty(4, dtype)
+    assert ops.sum_rows(logits, out, ws) is out
+    np.testing.assert_allclose(out, logits.sum(axis=0), **tol)
+    dy = random_inputs(rng, (13, 4), dtype)
+    want = REFERENCE.act_grad(activations.Softmax(), dy.copy(), None, probs)
+    got = dy.copy()
+    assert ops.act_grad(activations.Softmax(), got, None, probs, ws) is got
+    np.testing.assert_allclose(got, want, **tol)
+    for pred, target, metric in [(probs, onehot, metrics.Accuracy()), (probs[:, :1], onehot[:, :1],
+                                                                       metrics.Accuracy())]:
+        total = np.zeros((1, 1))
+        columns = pred.shape[1] == 1
+        for _ in range(2):  # accumulated across batches
+            ops.accuracy_into(pred, target, 0.5, columns, ws, total)
+        assert total[0, 0] == 2 * metric.stats(pred, target)[0]
