@@ -34,6 +34,9 @@ class Sequential:
             every device) and the shuffling in ``fit``. ``None`` draws fresh entropy.
         fused: use the backend's specialised steps (NumPy in-place ops, CuPy's fused CUDA kernels); ``False`` runs
             the plain Array-API reference on any device, for comparison. ``None``: on unless ``GPUNET_FUSED=0``.
+        precision: the training steps' precision, ``"float32"``, ``"tf32"``, ``"bf16"`` or ``"fp16"`` (matrix
+            products in it with float32 accumulation, float32 master weights; fp16 with dynamic loss scaling): see
+            :mod:`gpunet.precision`. ``fit(precision=...)`` overrides it for one fit.
 
     >>> import gpunet as gn
     >>> model = gn.Sequential([gn.Dense(2, 3, "sigmoid"), gn.Dense(3, 1, "sigmoid")], seed=0)
@@ -41,7 +44,8 @@ class Sequential:
     (1, 1)
     """
 
-    def __init__(self, layers, device="cpu", dtype: str = "float32", seed: int | None = 0, fused: bool | None = None):
+    def __init__(self, layers, device="cpu", dtype: str = "float32", seed: int | None = 0, fused: bool | None = None,
+                 precision: str = "float32"):
         if isinstance(layers, layers_mod.Dense):
             layers = [layers]
         if not isinstance(layers, (list, tuple)) or not layers:
@@ -72,6 +76,9 @@ class Sequential:
         if fused is not None and not isinstance(fused, bool):
             raise TypeError(f"fused must be True, False or None; received {fused!r}")
         self.fused = fused_default() if fused is None else fused
+        from . import precision as precision_mod
+
+        self.precision = precision_mod.check(precision)
         self.layers = list(layers)
         self.backend = get_backend(device)
         if device == "auto":
@@ -334,7 +341,8 @@ class Sequential:
     def fit(self, X, y, loss=None, optimizer=None, epochs: int = 1, batch_size: int | None = 32,
             shuffle: bool = True, validation_data=None, validation_split: float | None = None, metrics=None,
             verbose: int = 0, callbacks=None, sample_weight=None, class_weight=None,
-            initial_epoch: int = 0, distributed=None, sharded: bool = False) -> History:
+            initial_epoch: int = 0, distributed=None, sharded: bool = False, graph="auto",
+            precision: str | None = None) -> History:
         """Train by gradient descent on ``(X, y)``; returns a :class:`gpunet.callbacks.History`.
 
         Args:
@@ -370,6 +378,11 @@ class Sequential:
                 over its ranks, equal to one process training on the same data (``batch_size`` is the global
                 batch; see :mod:`gpunet.distributed`). A world of one trains as usual.
             sharded: with ``distributed``, each rank passes only its own rows (a shard) instead of the whole data.
+            graph: run the steps as replays of CUDA graphs (:mod:`gpunet.backend.graphs`): ``"auto"`` where they
+                apply (CuPy; elsewhere never, silently; on CuPy a warning says once why not, e.g. a per-batch
+                callback), ``True`` (a ValueError naming every reason where they cannot), ``False`` (eager steps).
+            precision: this fit's precision (``None``: ``model.precision``): ``"float32"``, ``"tf32"``, ``"bf16"``,
+                ``"fp16"`` (see :mod:`gpunet.precision`).
 
         The loss and metrics are accumulated on the device and read once per epoch. Ctrl-C (KeyboardInterrupt)
         ends the fit cleanly: it returns the History of the finished epochs (``history.interrupted`` is True) and
@@ -387,11 +400,12 @@ class Sequential:
         world = distributed if distributed is not None and distributed.size > 1 else None
         if world is None:
             return self._fit(X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data, validation_split,
-                             metrics, verbose, callbacks, sample_weight, class_weight, initial_epoch, None)
+                             metrics, verbose, callbacks, sample_weight, class_weight, initial_epoch, None, graph,
+                             precision)
         try:  # a rank failing alone would leave the others waiting in a collective: the job ends instead
             return self._fit(X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data, validation_split,
                              metrics, verbose, callbacks, sample_weight, class_weight, initial_epoch,
-                             distributed_mod.DataParallel(world, self, sharded))
+                             distributed_mod.DataParallel(world, self, sharded), graph, precision)
         except callbacks_mod.NonFiniteLossError:  # decided on every rank alike: raised on every rank
             raise
         except BaseException as exc:
@@ -399,7 +413,7 @@ class Sequential:
             raise
 
     def _fit(self, X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data, validation_split, metrics,
-             verbose, callbacks, sample_weight, class_weight, initial_epoch, parallel) -> History:
+             verbose, callbacks, sample_weight, class_weight, initial_epoch, parallel, graph, precision) -> History:
         trainer = self.trainer
         trainer.check_trainable()  # before anything changes
         before = (trainer.loss, trainer.optimizer, list(trainer.metrics), trainer.combined, self.feature_names,
@@ -424,6 +438,12 @@ class Sequential:
             raise TypeError(f"shuffle must be True or False; received {shuffle!r}")
         if verbose not in (0, 1, 2) or isinstance(verbose, bool):
             raise ValueError(f"verbose must be 0, 1 or 2; received verbose={verbose!r}")
+        if not (graph is True or graph is False or graph == "auto"):
+            raise ValueError(f"graph must be 'auto', True or False; received graph={graph!r}")
+        from . import precision as precision_mod
+
+        if precision is not None:
+            precision_mod.check(precision)
         callbacks = self._callbacks(callbacks, verbose if parallel is None or parallel.world.rank == 0 else 0)
         metric_objs = self._metrics(metrics, loss)
         X, names = validation.table_features("X", X, self.feature_names)
@@ -457,15 +477,17 @@ class Sequential:
         n = X.shape[0]
         batch = n if batch_size is None else min(batch_size, n)
         self.trainer.configure(loss, optimizer, metric_objs)
+        precision_mod.attach(self, precision)
         with self.backend.activate():
             if parallel is None:
                 return training.run(self, ArraySource(X, Y, W, batch, shuffle), val, epochs=epochs,
-                                    initial_epoch=initial_epoch, callbacks=callbacks, undo=undo)
+                                    initial_epoch=initial_epoch, callbacks=callbacks, undo=undo, graph=graph)
             parallel.start(X.shape[0], (epochs, initial_epoch, batch_size, shuffle, val is not None,
                                         [type(cb).__name__ for cb in callbacks]))
             try:
                 return training.run(self, parallel.source(X, Y, W, batch_size, shuffle), val, epochs=epochs,
-                                    initial_epoch=initial_epoch, callbacks=callbacks, parallel=parallel, undo=undo)
+                                    initial_epoch=initial_epoch, callbacks=callbacks, parallel=parallel, undo=undo,
+                                    graph=graph)
             finally:
                 parallel.finish()
 
@@ -481,6 +503,9 @@ class Sequential:
         optimizer = optim_mod.get(optimizer)
         X, Y = self._data("x", x, "y", y, loss)
         self.trainer.configure(loss, optimizer, self.metrics if loss is self.loss else [])
+        from . import precision as precision_mod
+
+        precision_mod.attach(self, None)
         with self.backend.activate(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             _, value = self.trainer._step(X, Y)
         return float(value)

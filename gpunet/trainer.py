@@ -103,6 +103,7 @@ class Trainer:
         self.metrics: list = []
         self.combined = False
         self.gradient_hooks: list = []
+        self.mixed = None  # gpunet.precision.MixedPrecision while training in tf32/bf16/fp16 (precision.attach)
         self.batch_rows = 0
         # (start, stop, total): the rows this process trains of a data-parallel batch of ``total`` rows, or None
         self.batch_share = None
@@ -121,6 +122,9 @@ class Trainer:
         where NumPy draws the masks both before and after; a move to or from CuPy restarts it from its seed on the
         new device). The model calls this when it is built or moved."""
         model = self.model
+        if getattr(self, "mixed", None) is not None:  # its low-precision copy lived on the old device
+            self.mixed.detach(model)
+            self.mixed = None
         self.workspaces = Workspaces(model.xp)
         old = getattr(self, "dropout_rng", None)
         self.dropout_rng = (model.backend.random_generator(self.seeds[1])
@@ -233,7 +237,9 @@ class Trainer:
         ``[dW1, db1, ...]``; returns ``(loss, grads)``."""
         model, loss = self._model(), self.loss
         ws = self.workspaces.for_rows(pred.shape[0]) if ws is None else ws
-        if self.combined:
+        if w is None:  # (into the workspace on ops that reuse buffers: a captured step allocates nothing)
+            value, grad = model.ops.loss_and_grad(loss, pred, y, self.combined, ws)
+        elif self.combined:
             value, grad = loss.value_and_logits_grad(pred, y, model.ops)
         else:
             value, grad = loss.value_and_grad(pred, y, model.ops)
@@ -243,6 +249,8 @@ class Trainer:
         if self.batch_share is not None:  # this process's part of a larger batch: its share of the batch's mean
             start, stop, total = self.batch_share
             grad = grad * ((stop - start) / total)
+        if self.mixed is not None and self.mixed.scaler is not None:  # fp16: backward from the scaled loss
+            self.mixed.scaler.scale_grad(model.ops, grad)
         _, grads = model._backprop(grad, ws, through_last_activation=not self.combined, input_grad=False)
         return value, grads
 
@@ -254,8 +262,19 @@ class Trainer:
             value = hook(self, grads)
             if value is not None:
                 penalty = value if penalty is None else penalty + value
-        self.optimizer.apply(self._model(), grads, self.workspaces.shared,
-                             self.flat_grads if self.grads_are_flat(grads) else None)
+        fused = self.grads_are_flat(grads)
+        model, mixed = self._model(), self.mixed
+        if mixed is None:
+            self.optimizer.apply(model, grads, self.workspaces.shared, self.flat_grads if fused else None)
+            return penalty
+        scaler = mixed.scaler  # mixed precision: gpunet.precision (unscale, skip on inf, the low copy, the scale)
+        if scaler is not None and scaler.unscale(model.ops, [self.flat_grads] if fused else grads):
+            scaler.update(model.ops)  # (NumPy: the host saw an inf/NaN gradient and skips the update)
+            return penalty
+        self.optimizer.apply(model, grads, self.workspaces.shared, self.flat_grads if fused else None,
+                             amp=mixed.amp, low=mixed.low_flat)
+        if scaler is not None:
+            scaler.update(model.ops)
         return penalty
 
     def dropout_masks(self, rows: int, ws=None) -> list:
@@ -316,6 +335,8 @@ class Trainer:
         """Stop recording; the totals of the batches recorded since :meth:`begin_epoch` (one read per device array:
         the losses, each metric's statistics)."""
         epoch, self._epoch = self._epoch, None
+        if self.mixed is not None and self.mixed.scaler is not None and self.optimizer is not None:
+            self.optimizer.sync_steps()  # skipped fp16 steps are not counted, on the device
         done = epoch["done"]
         losses = to_numpy(epoch["losses"]).astype(np.float64)[:done]
         stats = [None if st is None else [s if isinstance(s, (int, bool)) else to_numpy(s) for s in st]
@@ -368,6 +389,8 @@ class Trainer:
         self.shuffle_rng.bit_generator.state = snapshot.shuffle_state
         if snapshot.dropout_state is not None:
             self.dropout_rng.bit_generator.state = snapshot.dropout_state
+        if self.mixed is not None:
+            self.mixed.refresh(model)  # the low-precision copy of the restored weights
 
     # -- persistence ----------------------------------------------------------------------------------------------
     def generator_states(self) -> dict:

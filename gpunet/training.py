@@ -28,8 +28,9 @@ from .validation import warn_at_caller
 def run(model, source, val, **kwargs) -> History:
     """Train ``model`` (its trainer configured) on the batches of ``source`` (:mod:`gpunet.sources`); ``val`` is
     ``None`` or device ``(X_val, Y_val)``; ``parallel`` a :class:`gpunet.distributed.DataParallel` (its epoch
-    totals, validation, interrupts and divergence agreed across ranks). Returns the History (also in
-    ``callbacks``).
+    totals, validation, interrupts and divergence agreed across ranks); ``graph``: run the epochs as replays of
+    captured CUDA graphs where they apply (:func:`gpunet.backend.graphs.plan`: ``"auto"``, True, False). Returns the
+    History (also in ``callbacks``).
 
     NumPy's overflow warnings are silenced: divergence is detected and reported by the loop itself.
     """
@@ -62,9 +63,12 @@ class _Interrupts:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts, parallel=None,
-         undo=None) -> History:
+def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts, parallel=None, undo=None,
+         graph="auto") -> History:
+    from .backend import graphs
+
     trainer = model.trainer
+    captured = graphs.plan(model, source, callbacks, graph)  # None: eager steps
     n, sizes = source.n, source.sizes
     history = next(cb for cb in callbacks if isinstance(cb, History))
     history.interrupted = False
@@ -79,14 +83,16 @@ def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts, pa
             undo()
         raise
     try:
-        return _epochs(model, source, val, epochs, initial_epoch, callbacks, interrupts, parallel, history)
+        return _epochs(model, source, val, epochs, initial_epoch, callbacks, interrupts, parallel, history,
+                       captured)
     finally:  # also after an exception: no epoch left open, no batch (and so no copy of the data) held
         trainer._epoch = None
         for layer in model.layers:
             layer._cache = None
 
 
-def _epochs(model, source, val, epochs, initial_epoch, callbacks, interrupts, parallel, history) -> History:
+def _epochs(model, source, val, epochs, initial_epoch, callbacks, interrupts, parallel, history,
+            captured) -> History:
     trainer, sizes = model.trainer, source.sizes
 
     def interrupted() -> bool:  # agreed across ranks: they stop at the same step
@@ -105,12 +111,15 @@ def _epochs(model, source, val, epochs, initial_epoch, callbacks, interrupts, pa
             for cb in callbacks:
                 cb.on_epoch_begin(epoch)
             snapshot = trainer.snapshot()
-            batch = source.epoch(trainer)
+            if captured is None:
+                batch = source.epoch(trainer)
 
-            def step(b):
-                return trainer._step(*batch(b))
+                def step(b):
+                    return trainer._step(*batch(b))
 
-            trainer.begin_epoch(sizes)
+                trainer.begin_epoch(sizes)
+            else:  # CUDA graphs: the batch gathered, the step and its sums on the device, one launch per step
+                step = captured.begin_epoch()
             stop = False
             for b in range(len(sizes)):
                 step(b)
@@ -119,7 +128,7 @@ def _epochs(model, source, val, epochs, initial_epoch, callbacks, interrupts, pa
                 stop = interrupted()
                 if stop:
                     break
-            totals = trainer.end_epoch()
+            totals = trainer.end_epoch() if captured is None else captured.end_epoch()
             if parallel is not None:
                 totals = parallel.merge(totals)
             done = len(totals.batch_losses)
@@ -149,6 +158,8 @@ def _epochs(model, source, val, epochs, initial_epoch, callbacks, interrupts, pa
                 break
     except KeyboardInterrupt:  # as an exception, anywhere in the epoch: back to where the epoch started
         trainer._epoch = None
+        if captured is not None:  # the graphs' stream finishes before the restore writes on the legacy stream
+            captured.interrupted()
         if snapshot is not None:
             trainer.restore(snapshot)
         note = (f"in epoch {epoch + 1}: the model keeps the weights it had when that epoch began"
