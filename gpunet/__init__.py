@@ -6,7 +6,7 @@
 67
 """
 
-from . import activations, callbacks, losses, metrics, optim, sources, tabular
+from . import activations, callbacks, distributed, losses, metrics, optim, precision, sources, tabular
 from .backend import Backend, cuda_available, cuda_info, get_backend, to_numpy
 from .layers import Dense
 from .callbacks import History, NonFiniteLossError
@@ -29,12 +29,14 @@ __all__ = [
     "callbacks",
     "cuda_available",
     "cuda_info",
+    "distributed",
     "get_backend",
     "load",
     "losses",
     "metrics",
     "optim",
     "plot_history",
+    "precision",
     "save",
     "sources",
     "tabular",

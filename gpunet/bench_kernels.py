@@ -42,6 +42,15 @@ def cases(ops, xp, n: int, dtype) -> list:
     # the bias as the layers pass it: one per column of a (rows, 1024) batch, which CuPy indexes in 2-D
     z2, b2 = xp.reshape(rand(), (-1, 1024)), xp.zeros(1024, dtype=x.dtype)
     out.append(("relu_fwd, (rows, 1024) + (1024,)", 2 * n * item, lambda: ops.bias_act(z2, b2, activations.ReLU())))
+    # the same in-place forward with float4 loads/stores in a grid-stride loop (kernels/vectorized.cuh, a RawKernel):
+    # whether CuPy's one-element-per-thread loop is what holds the in-place kernels at ~56% of the copy
+    for act in (activations.ReLU(), activations.Sigmoid()):
+        z4 = xp.reshape(rand(), (-1, 1024))
+        if hasattr(ops, "bias_act_vec4") and np.dtype(dtype) == np.float32:
+            fn = lambda a=act, z=z4: ops.bias_act_vec4(z, b2, a.name, a.kernel_arg())  # noqa: E731
+        else:  # (the unfused comparison row)
+            fn = lambda a=act, z=z4: ops.bias_act(z, b2, a)  # noqa: E731
+        out.append((f"{act.name}_fwd vec4 RawKernel, (rows, 1024)", 2 * n * item, fn))
     out += [
         ("huber (loss+grad)", 4 * n * item, lambda: ops.huber(x, dy, 1.0, 1.0 / n)),
         ("bce_logits (loss+grad)", 4 * n * item, lambda: ops.bce_logits(x, t, 1.0 / n)),

@@ -64,6 +64,16 @@ class History(Callback):
         return f"History(epochs={len(self.epoch)}, last={last})"
 
 
+def _check_logged(callback, monitor: str, logs) -> None:
+    """Refuse, before the first epoch, monitoring the validation loss or a validation metric of this fit when the
+    fit has no validation data (it would only fail after an epoch; other ``val_*`` names may come from callbacks)."""
+    names = {"loss", *(m.name for m in callback.trainer.metrics)}
+    if (monitor.startswith("val_") and monitor[4:] in names and logs is not None
+            and not logs.get("validation", True)):
+        raise ValueError(f"{type(callback).__name__} monitors {monitor!r}, but this fit has no validation data; pass "
+                         f"validation_data or validation_split, or monitor {monitor[4:]!r}")
+
+
 def _mode(callback, monitor: str, mode: str) -> str:
     """``"min"`` or ``"max"`` for ``monitor``: ``mode`` itself, or for ``"auto"`` what Keras infers: the loss
     decreases; a metric of this fit goes the way its ``direction`` says (accuracy, precision, recall, f1, r2 up;
@@ -91,7 +101,7 @@ class EarlyStopping(Callback):
     def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0, mode: str = "auto",
                  restore_best_weights: bool = False):
         self.monitor = monitor
-        self.patience = validation.positive_int("patience", patience)
+        self.patience = validation.non_negative_int("patience", patience)  # 0: stop at the first bad epoch (Keras)
         self.min_delta = abs(validation.real_number("min_delta", min_delta))
         self.mode = validation.one_of("mode", mode, ("auto", "min", "max"))
         self.restore_best_weights = bool(restore_best_weights)
@@ -101,6 +111,7 @@ class EarlyStopping(Callback):
     def on_train_begin(self, logs=None):
         self.best = self.best_epoch = self.best_weights = self.stopped_epoch = None
         self._wait = 0
+        _check_logged(self, self.monitor, logs)
         self._direction = _mode(self, self.monitor, self.mode)
 
     def _improved(self, value: float) -> bool:
@@ -143,6 +154,11 @@ class ModelCheckpoint(Callback):
         self.best = None
 
     def on_train_begin(self, logs=None):
+        if self.save_best_only:
+            _check_logged(self, self.monitor, logs)
+        if logs is not None and not logs.get("validation", True) and "{val_loss" in self.path:
+            raise ValueError(f"ModelCheckpoint's path {self.path!r} names a val_* value, but this fit has no "
+                             f"validation data; pass validation_data or validation_split")
         self._direction = _mode(self, self.monitor, self.mode) if self.save_best_only else None
 
     def on_epoch_end(self, epoch, logs):
@@ -155,7 +171,11 @@ class ModelCheckpoint(Callback):
             if not better:
                 return
             self.best = value
-        path = self.path.format(epoch=epoch + 1, **logs)
+        try:
+            path = self.path.format(epoch=epoch + 1, **logs)
+        except (KeyError, IndexError) as exc:
+            raise ValueError(f"ModelCheckpoint's path {self.path!r} names {exc}, which fit does not log; logged: "
+                             f"{['epoch', *sorted(logs)]}") from None
         self.model.save(path, optimizer=None if self.save_optimizer else False)
 
 
@@ -225,16 +245,17 @@ class LearningRateScheduler(Callback):
 
 
 class _ClosedForm(LearningRateScheduler):
-    """torch's schedulers in closed form, ``lr = formula(epoch, initial_lr)``; ``initial_lr`` is the optimizer's rate
-    when the first ``fit`` with this callback begins."""
+    """torch's schedulers in closed form, ``lr = formula(epoch, initial_lr)``. ``initial_lr`` is the optimizer's
+    (torch's param_group ``"initial_lr"``): set to its rate by the first closed-form schedule that trains it, and
+    saved with it, so a fit resumed from a file (``initial_epoch``) continues the schedule."""
 
     def __init__(self, formula):
-        self.initial_lr = None
-        super().__init__(lambda epoch, lr: formula(epoch, self.initial_lr))
+        super().__init__(lambda epoch, lr: formula(epoch, self.trainer.optimizer.initial_lr))
 
     def on_train_begin(self, logs=None):
-        if self.initial_lr is None:
-            self.initial_lr = self.trainer.optimizer.lr
+        optimizer = self.trainer.optimizer
+        if optimizer.initial_lr is None:
+            optimizer.initial_lr = optimizer.lr
 
 
 class StepLR(_ClosedForm):
@@ -292,6 +313,7 @@ class ReduceLROnPlateau(Callback):
         self.best, self.num_bad_epochs, self.cooldown_counter = None, 0, 0
 
     def on_train_begin(self, logs=None):  # each fit starts afresh, as in Keras
+        _check_logged(self, self.monitor, logs)
         self._direction = _mode(self, self.monitor, self.mode)
         self.best = math.inf if self._direction == "min" else -math.inf
         self.num_bad_epochs = self.cooldown_counter = 0

@@ -1,9 +1,10 @@
-"""The ``gpunet`` command (also ``python -m gpunet``): train, evaluate, predict, bench, info.
+"""The ``gpunet`` command (also ``python -m gpunet``): train, evaluate, predict, export, bench, info.
 
     gpunet train                                   # digits, best device found, progress, test report
     gpunet train --dataset csv:penguins.csv:species --save penguins.safetensors
     gpunet evaluate penguins.safetensors --dataset csv:new.csv
     gpunet predict penguins.safetensors --csv new.csv --output predictions.csv
+    gpunet export penguins.safetensors penguins.onnx   # for onnxruntime: raw columns in, labels/values out
     gpunet bench --threads 2
 
 Raw tables work as they are: what each column becomes is decided on the training rows by
@@ -21,6 +22,7 @@ import argparse
 import csv
 import importlib.util
 import io
+import json
 import os
 import sys
 import time
@@ -29,6 +31,7 @@ import warnings
 import numpy as np
 
 from . import data as data_mod
+from . import distributed
 from . import recipe as recipe_mod
 from .tabular import TASKS, TableError
 
@@ -122,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="read CSV/Parquet files chunk by chunk instead of loading them (auto: files over "
                             f"{data_mod.STREAM_BYTES >> 20} MiB)")
 
+    _add_export_parser(commands)
+
     # listed for --help only: main() hands `gpunet bench ...` to gpunet.bench before parsing
     commands.add_parser("bench", help="compare devices: forward/backward/step/epoch timings (gpunet bench --help)",
                         description="Device comparison; its options: gpunet bench --help")
@@ -137,19 +142,35 @@ def main(argv=None) -> int:
 
         return bench.main(argv[1:])
     args = build_parser().parse_args(argv)
+    args.world = None
     try:
-        return {"train": train, "evaluate": evaluate, "predict": predict, "info": info}[args.command](args)
-    except FloatingPointError as exc:  # gpunet.NonFiniteLossError: a diverging fit
+        if distributed.launched_size() > 1:  # under mpiexec/srun: train data-parallel; rank 0 reports and saves
+            args.world = distributed.init()
+            if args.world.rank != 0:
+                if args.command != "train":
+                    return 0  # evaluate/predict/info: rank 0 alone does them
+                _silence_stdout()
+        commands = {"train": train, "evaluate": evaluate, "predict": predict, "export": export, "info": info}
+        return commands[args.command](args)
+    except FloatingPointError as exc:  # gpunet.NonFiniteLossError: a diverging fit (every rank raises it)
         first = str(exc).split(". The model keeps")[0]
-        print(f"gpunet {args.command}: error: {first}; lower --lr (it was {_lr(args):g}) or set --global-clipnorm",
-              file=sys.stderr)
-        return 2
+        return _fail(args, f"{first}; lower --lr (it was {_lr(args):g}) or set --global-clipnorm", 2)
     except (ValueError, TypeError, OSError, ImportError) as exc:  # DataError and TableError are ValueErrors
-        print(f"gpunet {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, str(exc), 2)
     except KeyboardInterrupt:
-        print("gpunet: interrupted", file=sys.stderr)
-        return 130
+        return _fail(args, "interrupted", 130)
+
+
+def _fail(args, message: str, status: int) -> int:
+    """``message`` as one line on stderr, and ``status``; in a data-parallel job every failing rank says it (naming
+    itself) and the whole job ends, since the other ranks may be waiting for it."""
+    world = args.world
+    several = world is not None and world.size > 1
+    line = "gpunet: interrupted" if status == 130 else f"gpunet {args.command}: error: {message}"
+    print(line + (f" (rank {world.rank} of {world.size})" if several else ""), file=sys.stderr, flush=True)
+    if several:
+        world.abort(status)
+    return status
 
 
 def _lr(args) -> float:
@@ -241,7 +262,7 @@ def _train_file(file, target, args, recipe, quiet, announce):
         file, target, args.task, recipe=recipe, loss=args.loss,
         categorical=_columns_option(args.categorical), ignore=_columns_option(args.ignore),
         test_split=args.test_split, device=args.device, dtype=args.dtype, seed=args.seed,
-        verbose=0 if quiet else 1, announce=announce,
+        verbose=0 if quiet else 1, announce=announce, distributed=args.world,
         option_names={"val_split": "--val-split", "test_split": "--test-split", "loss": "--loss"})
 
 
@@ -250,7 +271,7 @@ def _train_table(table, target, args, recipe, quiet, announce):
         table.frame, target, args.task, recipe=recipe, loss=args.loss,
         categorical=_columns_option(args.categorical), ignore=_columns_option(args.ignore),
         test_split=args.test_split, device=args.device, dtype=args.dtype, seed=args.seed,
-        verbose=0 if quiet else 1, announce=announce,
+        verbose=0 if quiet else 1, announce=announce, distributed=args.world,
         option_names={"val_split": "--val-split", "test_split": "--test-split", "loss": "--loss"})
 
 
@@ -302,22 +323,23 @@ def train(args) -> int:
     start = time.perf_counter()
     with warnings.catch_warnings():  # an interrupt is reported below, in one line
         warnings.filterwarnings("ignore", message="Training interrupted by user")
-        if file is not None:
+        if file is not None:  # (its test rows are scored from the transformed file before it is removed)
             tm, history, test_scores = _train_file(file, target, args, recipe, quiet, announce)
             test = None
         else:
             tm, history, test = _train_table(table, target, args, recipe, quiet, announce)
-            test_scores = tm.score(test, "test") if test is not None and len(test) else None
     seconds = time.perf_counter() - start
     epochs = ", ".join(str(len(h.epoch)) for h in tm.histories)
     best = ", ".join(str(b) for b in tm.best_epochs if b is not None)
     networks = f"{len(tm.histories)} networks, " if len(tm.histories) > 1 else ""
     _say(f"trained {networks}{epochs} epoch(s) in {seconds:.2f} s on {tm.model.device}"
          + (f" (best validation epoch{'s' if len(tm.best_epochs) > 1 else ''} {best} kept)" if best else ""))
-    if tm.interrupted:  # Ctrl-C: training ended cleanly, with the networks (and steps) finished so far
+    if tm.interrupted and distributed.is_leader():  # Ctrl-C: training ended cleanly, with what it had so far
         print(f"gpunet train: interrupted; the model keeps the {len(tm.histories)} network(s) trained so far, the "
               f"last one up to its last finished step" + (f", saving it to {args.save}" if args.save else ""),
               file=sys.stderr)
+    if file is None:
+        test_scores = tm.score(test, "test") if test is not None and len(test) else None
     if test_scores is not None:
         _say(_report_scores(tm, test_scores, "test"))
     if args.save:
@@ -487,6 +509,48 @@ class _predictions_out:
                 os.replace(self._tmp, self.path)
             else:
                 os.unlink(self._tmp)
+
+
+# -- export ---------------------------------------------------------------------------------------------------------
+def _add_export_parser(commands) -> None:
+    export = commands.add_parser(
+        "export", help="write a saved model as an ONNX file, with its preprocessing (for onnxruntime)",
+        description="Write MODEL as an ONNX graph (opset 17) that onnxruntime runs without gpunet. A model trained "
+                    "by `gpunet train` is exported with its column and target transforms: one (batch, 1) input per "
+                    "raw column the model reads, named as in the training CSV (numbers and dates float64 with NaN "
+                    "for missing, dates as seconds since 1970-01-01 UTC; categories and yes/no columns as strings "
+                    "with '' for missing), and the outputs `gpunet predict` writes: 'label' (class names) and "
+                    "'probabilities' for classification, 'prediction' in the target's units for regression. Other "
+                    "models are exported as the bare network ('features' in). Needs pip install 'gpunet[onnx]'.")
+    export.add_argument("model", help="a .safetensors file written by gpunet (gpunet train --save, model.save)")
+    export.add_argument("output", help="the ONNX file to write (its folder must exist)")
+
+
+def export(args) -> int:
+    import gpunet as gn
+    from . import export as export_mod
+
+    model = gn.load(args.model, device="cpu")
+    preprocessing = export_mod.cli_metadata(model) is not None
+    proto = export_mod.to_onnx(model, preprocessing=preprocessing)
+    export_mod.write(proto, args.output)
+    inputs = [i.name for i in proto.graph.input]
+    shown = ", ".join(inputs) if len(inputs) <= 6 else ", ".join(inputs[:5]) + f", ... ({len(inputs)} columns)"
+    kind = ", with the training preprocessing" if preprocessing else ""
+    print(f"wrote {args.output} (ONNX opset {export_mod.OPSET}{kind}): inputs {shown} -> outputs "
+          f"{', '.join(o.name for o in proto.graph.output)}")
+    if preprocessing:
+        specs = json.loads({p.key: p.value for p in proto.metadata_props}["columns"])
+        groups = {"numbers (float64, NaN = missing)": [s["name"] for s in specs if s["kind"] == "numeric"],
+                  "text (string, '' = missing)": [s["name"] for s in specs if s["type"] == "string"],
+                  f"dates (float64 {export_mod.DATE_UNIT}, NaN = missing)":
+                      [s["name"] + (f" (was text {s['format']})" if s["format"] else "") for s in specs
+                       if s["kind"] == "date"]}
+        for label, names in groups.items():
+            if names:
+                listed = ", ".join(names) if len(names) <= 8 else ", ".join(names[:7]) + f", ... ({len(names)})"
+                print(f"  {label}: {listed}")
+    return 0
 
 
 def info(args) -> int:

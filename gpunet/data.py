@@ -236,27 +236,14 @@ def _show(delimiter: str) -> str:
 
 def split(n: int, fraction: float, labels, seed: int, option: str):
     """Reproducible ``(kept, held out)`` host row indices holding out ``fraction`` of ``n`` rows, stratified by
-    ``labels`` (class index per row) when given: each class with at least 2 rows gives ``round(fraction * count)``
-    rows, at least 1 and leaving at least 1; a class with a single row stays on the kept side. ``option`` names the
-    command-line option in messages."""
-    rng = np.random.default_rng(seed)
-    if labels is None:
-        n_out = int(round(fraction * n))
-        if not 1 <= n_out <= n - 1:
-            raise DataError(f"{option} {fraction} of {n} rows leaves {n_out} held out and {n - n_out} kept; both "
-                            f"need at least 1")
-        order = rng.permutation(n)
-        return np.sort(order[n_out:]), np.sort(order[:n_out])
-    kept, held = [], []
-    for c in np.unique(labels):
-        rows = rng.permutation(np.flatnonzero(labels == c))
-        n_out = 0 if rows.size < 2 else min(max(int(round(fraction * rows.size)), 1), rows.size - 1)
-        held.append(rows[:n_out])
-        kept.append(rows[n_out:])
-    kept, held = np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
-    if held.size == 0:
-        raise DataError(f"{option} {fraction} holds out no rows: every class has a single row")
-    return kept, held
+    ``labels`` (class index per row) when given: :func:`gpunet.training.split_validation` from ``seed``, a class
+    with a single row staying on the kept side. ``option`` names the command-line option in messages."""
+    from .training import split_validation
+
+    try:
+        return split_validation(n, fraction, labels, np.random.default_rng(seed), option, single_rows="keep")
+    except ValueError as exc:
+        raise DataError(str(exc).replace(f"{option}=", f"{option} ")) from None
 
 
 class TableFile:

@@ -69,9 +69,15 @@ def save(model, path, optimizer=None) -> None:
             or ``optimizer`` is not an Optimizer of :mod:`gpunet.optim`, or ``model.metadata`` is not JSON.
         ValueError: a weight or optimizer state is NaN or infinite.
         OSError: the file cannot be written (the previous file, if any, is left as it was).
+
+    In a data-parallel job (:func:`gpunet.distributed.init` with several ranks) only rank 0 writes the file.
     """
+    from . import distributed
+
     path = _path(path)
-    _write_atomic(path, to_bytes(model, optimizer, path))
+    data = to_bytes(model, optimizer, path)  # (checked on every rank alike)
+    if distributed.is_leader():  # in a data-parallel job only rank 0 writes (every rank holds the same model)
+        _write_atomic(path, data)
 
 
 def to_bytes(model, optimizer=None, path: str = "<bytes>") -> bytes:
@@ -107,11 +113,10 @@ def to_bytes(model, optimizer=None, path: str = "<bytes>") -> bytes:
     }
     meta["metrics"] = [m for m in meta["metrics"] if m is not None]  # custom ones are left out (with a warning)
     if optimizer is not None:
-        sd = optimizer.state_dict()
-        if optimizer.state is not None and optimizer._model is not None and optimizer._model() is not model:
-            sd["state"], sd["steps"] = None, 0  # another model's state: step(model) would start afresh
+        sd = optimizer.state_dict(model)  # another model's state is left out: step(model) would start afresh
         meta["optimizer"] = {"class": type(optimizer).__name__, "name": optimizer.name,
-                             "hyperparameters": sd["hyperparameters"], "steps": sd["steps"], "state": None}
+                             "hyperparameters": sd["hyperparameters"], "steps": sd["steps"], "state": None,
+                             "initial_lr": sd["initial_lr"]}
         if sd["state"] is not None:
             meta["optimizer"]["state"] = [{k: v is not None for k, v in s.items()} for s in sd["state"]]
             for j, s in enumerate(sd["state"]):
@@ -453,20 +458,21 @@ def _optimizer(path: str, spec: dict, tensors: dict, model):
         state = [{k: tensors[f"optimizer.{j}.{k}"] if stored else None for k, stored in entry.items()}
                  for j, entry in enumerate(spec["state"])]
     _checked(path, "optimizer state", optimizer.load_state_dict,
-             {"hyperparameters": spec["hyperparameters"], "steps": spec["steps"], "state": state}, model)
+             {"hyperparameters": spec["hyperparameters"], "steps": spec["steps"], "state": state,
+              "initial_lr": spec.get("initial_lr")}, model)
     return optimizer
 
 
 def _generator(path: str, state) -> np.random.Generator:
+    from .trainer import generator_from_state
+
     state = _from_json_safe(state)
     name = state.get("bit_generator") if isinstance(state, dict) else None
     if name not in _BIT_GENERATORS:
         raise ValueError(f"{path}: unknown random bit generator {name!r} in the gpunet metadata; expected one of "
                          f"{list(_BIT_GENERATORS)}")
-    bit_generator = getattr(np.random, name)()
     try:
-        bit_generator.state = state
+        return generator_from_state(state)
     except (TypeError, ValueError, KeyError) as exc:
         raise ValueError(f"{path}: invalid random generator state in the gpunet metadata "
                          f"({type(exc).__name__}: {exc})") from None
-    return np.random.Generator(bit_generator)

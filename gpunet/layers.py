@@ -59,6 +59,9 @@ class Dense:
         self.dW = self.db = None  # set by Sequential.backward()
         self.xp = self.ops = None  # the model's namespace and its ops, set by build()
         self._cache = None  # (x, z or None, y, dropout mask or None) from the last forward
+        # mixed precision (gpunet.precision.attach): the policy of training steps and the low-precision copy of W
+        self._mp = self._W_low = None
+        self._low = None  # (x as the products read it, W as they read it) from the last training forward
 
     def __repr__(self) -> str:
         drop = f", dropout={self.dropout}" if self.dropout else ""
@@ -81,6 +84,7 @@ class Dense:
         self.W, self.b = W, b
         self.dW = self.db = None
         self._cache = None
+        self._mp = self._W_low = self._low = None
 
     def parameters(self) -> list:
         return [self.W, self.b]
@@ -104,7 +108,15 @@ class Dense:
         until the next step on that workspace); ``None`` allocates new arrays.
         """
         shape = (x.shape[0], self.out_features)
-        z, y = self.ops.dense(x, self.W, self.b, self.activation, self._buffer(ws, "z", shape))
+        mp = self._mp if ws is not None else None
+        if mp is None:
+            z, y = self.ops.dense(x, self.W, self.b, self.activation, self._buffer(ws, "z", shape), ws)
+        else:  # the product in the low precision (float32 accumulation and output), the rest in float32
+            x_low = mp.cast(self.ops, x, ws, (self, "x"))
+            W_low = self._W_low if self._W_low is not None else mp.cast(self.ops, self.W, ws.shared, (self, "W"))
+            self._low = (x_low, W_low)
+            z, y = self.ops.bias_act(mp.product(self.ops, x_low, W_low, self._buffer(ws, "z", shape)), self.b,
+                                     self.activation, ws)
         self._cache = (x, z, y, mask)
         if mask is None:
             return y
@@ -124,11 +136,23 @@ class Dense:
         if mask is not None:  # through the dropout: the same noise
             dy *= mask
         dz = self.ops.act_grad(self.activation, dy, z, y, ws) if through_activation else dy
+        if self._mp is not None and ws is not None and self._low is not None:
+            return self._backward_low(dz, ws, input_grad)
         dW = self.ops.matmul(x.T, dz, self._buffer(ws, "dW", self.W.shape, shared=True))
         db = self.ops.sum_rows(dz, self._buffer(ws, "db", self.b.shape, shared=True), ws)
         if not input_grad:
             return None, dW, db
         return self.ops.matmul(dz, self.W.T, self._buffer(ws, "dx", (dz.shape[0], self.in_features))), dW, db
+
+    def _backward_low(self, dz, ws, input_grad: bool):
+        """:meth:`backward`'s products in the low precision of ``self._mp`` (the bias gradient in float32)."""
+        mp, (x_low, W_low) = self._mp, self._low
+        dz_low = mp.cast(self.ops, dz, ws, (self, "dz"))
+        dW = mp.product(self.ops, x_low.T, dz_low, self._buffer(ws, "dW", self.W.shape, shared=True))
+        db = self.ops.sum_rows(dz, self._buffer(ws, "db", self.b.shape, shared=True), ws)
+        if not input_grad:
+            return None, dW, db
+        return mp.product(self.ops, dz_low, W_low.T, self._buffer(ws, "dx", (dz.shape[0], self.in_features))), dW, db
 
     def __getstate__(self) -> dict:
         """Pickle the configuration and host copies of ``W`` and ``b``; the model rebuilds the rest on its device."""
@@ -136,5 +160,5 @@ class Dense:
 
         state = dict(vars(self))
         state.update(W=None if self.W is None else to_numpy(self.W), b=None if self.b is None else to_numpy(self.b),
-                     xp=None, ops=None, dW=None, db=None, _cache=None)
+                     xp=None, ops=None, dW=None, db=None, _cache=None, _mp=None, _W_low=None, _low=None)
         return state

@@ -33,6 +33,9 @@ class Sequential:
             every device) and the shuffling in ``fit``. ``None`` draws fresh entropy.
         fused: use the backend's specialised steps (NumPy in-place ops, CuPy's fused CUDA kernels); ``False`` runs
             the plain Array-API reference on any device, for comparison. ``None``: on unless ``GPUNET_FUSED=0``.
+        precision: the training steps' precision, ``"float32"``, ``"tf32"``, ``"bf16"`` or ``"fp16"`` (matrix
+            products in it with float32 accumulation, float32 master weights; fp16 with dynamic loss scaling): see
+            :mod:`gpunet.precision`. ``fit(precision=...)`` overrides it for one fit.
 
     >>> import gpunet as gn
     >>> model = gn.Sequential([gn.Dense(2, 3, "sigmoid"), gn.Dense(3, 1, "sigmoid")], seed=0)
@@ -40,7 +43,8 @@ class Sequential:
     (1, 1)
     """
 
-    def __init__(self, layers, device="cpu", dtype: str = "float32", seed: int | None = 0, fused: bool | None = None):
+    def __init__(self, layers, device="cpu", dtype: str = "float32", seed: int | None = 0, fused: bool | None = None,
+                 precision: str = "float32"):
         if isinstance(layers, layers_mod.Dense):
             layers = [layers]
         if not isinstance(layers, (list, tuple)) or not layers:
@@ -71,6 +75,9 @@ class Sequential:
         if fused is not None and not isinstance(fused, bool):
             raise TypeError(f"fused must be True, False or None; received {fused!r}")
         self.fused = fused_default() if fused is None else fused
+        from . import precision as precision_mod
+
+        self.precision = precision_mod.check(precision)
         self.layers = list(layers)
         self.backend = get_backend(device)
         if device == "auto":
@@ -190,6 +197,28 @@ class Sequential:
 
         io.save(self, path, optimizer=optimizer)
 
+    def export(self, path, format: str = "onnx") -> None:
+        """Write the network as an ONNX file (Keras 3's spelling), for onnxruntime or any ONNX runtime.
+
+        The graph takes ``"features"`` ``(batch, n_inputs)`` of the model's dtype (``batch`` is dynamic) and gives
+        ``model.predict``'s ``(batch, n_outputs)``, named ``"probabilities"`` (softmax or sigmoid output),
+        ``"logits"`` (linear output trained with a ``from_logits=True`` loss) or ``"outputs"``. Opset 17; every
+        built-in activation; gpunet's version and the training metadata in the model's properties. See
+        :mod:`gpunet.export` (and its ``preprocessing=True`` for models of ``gpunet train``).
+
+        Raises TypeError for a layer with a custom activation (naming the layer), ValueError for a format other
+        than ``"onnx"``, FileNotFoundError for a missing folder, ImportError without ``pip install 'gpunet[onnx]'``.
+
+        Example (the doctest of :mod:`gpunet.export` runs one)::
+
+            model.export("model.onnx")
+            session = onnxruntime.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+            proba = session.run(None, {"features": X.astype("float32")})[0]   # = model.predict(X)
+        """
+        from . import export
+
+        export.export(self, path, format)
+
     def __getstate__(self) -> dict:
         """Pickle (and ``copy.deepcopy``) the model as it is: its layers (custom activations included) with host
         copies of the weights, any values (NaN and infinity too), the last fit's loss, metrics and optimizer (its
@@ -197,32 +226,51 @@ class Sequential:
         state = {k: v for k, v in vars(self).items() if k not in ("backend", "trainer")}
         trainer = self.trainer
         state["device"] = self.device if self.backend.name in ("numpy", "cupy") else self.backend.xp.__name__
-        state["trainer"] = {"loss": trainer.loss, "optimizer": trainer.optimizer, "metrics": trainer.metrics,
-                            "generators": trainer.generator_states(), "seeds": trainer.seeds}
+        optimizer = trainer.optimizer
+        state["trainer"] = {"loss": trainer.loss, "optimizer": optimizer, "metrics": trainer.metrics,
+                            "generators": trainer.generator_states(), "seeds": trainer.seeds,
+                            "owns_state": optimizer is not None and optimizer.owns_state(self)}
+        state.pop("_flat_params", None)  # the parameters' flat buffer: rebuilt from the layers' weights
         return state
 
     def __setstate__(self, state: dict) -> None:
         """Rebuild on the pickled device, or on the CPU (with a warning) where that device is not usable here."""
-        import importlib
-
         state = dict(state)
+        if "gpunet_bytes" in state:  # a pickle of gpunet 0.1, which went through the file format
+            from . import io
+
+            state["gpunet_bytes"] = io.from_bytes(state["gpunet_bytes"], self._pickled_backend(state["device"]),
+                                                  "<pickle>")
+            self.__dict__.update(state.pop("gpunet_bytes").__dict__)
+            self.trainer._model = weakref.ref(self)
+            if self.optimizer is not None and self.optimizer.state is not None:
+                self.optimizer._model = weakref.ref(self)
+            return
         device, saved = state.pop("device"), state.pop("trainer")
-        try:
-            if not (device == "cpu" or device.startswith("cuda")):
-                device = importlib.import_module(device)
-            backend = get_backend(device)
-        except (ImportError, ValueError) as exc:
-            warnings.warn(f"gpunet: the pickled model's device {device!r} is not usable here ({exc}); loading it "
-                          f"on the CPU", stacklevel=2)
-            backend = get_backend("cpu")
         self.__dict__.update(state)
-        self.backend = backend
+        self.backend = self._pickled_backend(device)
         self._adopt([w for layer in self.layers for w in (layer.W, layer.b)])
         trainer = self.trainer = Trainer(self, *saved["seeds"])
         trainer.set_generator_states(saved["generators"])
         trainer.loss, trainer.metrics, trainer.optimizer = saved["loss"], saved["metrics"], saved["optimizer"]
-        if trainer.optimizer is not None:
+        if trainer.optimizer is not None and saved["owns_state"]:
             trainer.optimizer.attach(self)  # its host state onto this model's device, bound to this model
+        elif trainer.optimizer is not None:
+            trainer.optimizer.reset()  # another model's state: this copy's next step starts afresh, as the original
+
+    @staticmethod
+    def _pickled_backend(device: str):
+        """The backend of a pickled model's device, or the CPU (with a warning) where it is not usable here."""
+        import importlib
+
+        try:
+            if not (device == "cpu" or device.startswith("cuda")):
+                device = importlib.import_module(device)
+            return get_backend(device)
+        except (ImportError, ValueError) as exc:
+            warnings.warn(f"gpunet: the pickled model's device {device!r} is not usable here ({exc}); loading it "
+                          f"on the CPU", stacklevel=3)
+            return get_backend("cpu")
 
     def _adopt(self, host_weights: list[np.ndarray]) -> None:
         """Build the layers on this model's backend from host ``[W1, b1, ...]``: on NumPy and CuPy the parameters are
@@ -292,7 +340,8 @@ class Sequential:
     def fit(self, X, y=None, loss=None, optimizer=None, epochs: int = 1, batch_size: int | None = 32,
             shuffle: bool = True, validation_data=None, validation_split: float | None = None, metrics=None,
             verbose: int = 0, callbacks=None, sample_weight=None, class_weight=None,
-            initial_epoch: int = 0) -> History:
+            initial_epoch: int = 0, distributed=None, sharded: bool = False, graph="auto",
+            precision: str | None = None) -> History:
         """Train by gradient descent on ``(X, y)``; returns a :class:`gpunet.callbacks.History`.
 
         Args:
@@ -331,12 +380,57 @@ class Sequential:
                 Validation losses and metrics are unweighted.
             initial_epoch: the epoch to start from (to resume a previous fit: History, schedules and checkpoint
                 names count epochs from there).
+            distributed: a :class:`gpunet.distributed.World` (``gn.distributed.init()``): data-parallel training
+                over its ranks, equal to one process training on the same data (``batch_size`` is the global
+                batch; see :mod:`gpunet.distributed`). A world of one trains as usual.
+            sharded: with ``distributed``, each rank passes only its own rows (a shard) instead of the whole data.
+            graph: run the steps as replays of CUDA graphs (:mod:`gpunet.backend.graphs`): ``"auto"`` where they
+                apply (CuPy; elsewhere never, silently; on CuPy a warning says once why not, e.g. a per-batch
+                callback), ``True`` (a ValueError naming every reason where they cannot), ``False`` (eager steps).
+            precision: this fit's precision (``None``: ``model.precision``): ``"float32"``, ``"tf32"``, ``"bf16"``,
+                ``"fp16"`` (see :mod:`gpunet.precision`).
 
         The loss and metrics are accumulated on the device and read once per epoch. Ctrl-C (KeyboardInterrupt)
         ends the fit cleanly: it returns the History of the finished epochs (``history.interrupted`` is True) and
         warns which weights the model keeps, those of its last finished step (or, where the interrupt could only
         arrive as an exception, of its last finished epoch).
         """
+        from . import distributed as distributed_mod
+
+        if distributed is not None and not isinstance(distributed, distributed_mod.World):
+            raise TypeError(f"distributed must be a gpunet.distributed.World (gn.distributed.init()) or None; "
+                            f"received {type(distributed).__name__}")
+        if not isinstance(sharded, bool) or (sharded and distributed is None):
+            raise ValueError(f"sharded must be True or False, and True only with distributed=...; received "
+                             f"sharded={sharded!r}")
+        world = distributed if distributed is not None and distributed.size > 1 else None
+        if world is None:
+            return self._fit(X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data, validation_split,
+                             metrics, verbose, callbacks, sample_weight, class_weight, initial_epoch, None, graph,
+                             precision)
+        try:  # a rank failing alone would leave the others waiting in a collective: the job ends instead
+            return self._fit(X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data, validation_split,
+                             metrics, verbose, callbacks, sample_weight, class_weight, initial_epoch,
+                             distributed_mod.DataParallel(world, self, sharded), graph, precision)
+        except callbacks_mod.NonFiniteLossError:  # decided on every rank alike: raised on every rank
+            raise
+        except BaseException as exc:
+            distributed_mod.abort_on_failure(world, exc)
+            raise
+
+    def _fit(self, X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data, validation_split, metrics,
+             verbose, callbacks, sample_weight, class_weight, initial_epoch, parallel, graph, precision) -> History:
+        trainer = self.trainer
+        trainer.check_trainable()  # before anything changes
+        before = (trainer.loss, trainer.optimizer, list(trainer.metrics), trainer.combined, self.feature_names,
+                  trainer.shuffle_rng.bit_generator.state)
+
+        def undo():  # a refused fit leaves the model as it was
+            (trainer.loss, trainer.optimizer, trainer.metrics, trainer.combined, self.feature_names,
+             trainer.shuffle_rng.bit_generator.state) = before
+
+        if parallel is not None:
+            parallel.sync_generators()  # (validation_split may draw from the shuffling generator: the same rows)
         loss = losses_mod.get(loss if loss is not None else self.loss or "mse")
         optimizer = optim_mod.get(optimizer if optimizer is not None else self.optimizer or "sgd")
         epochs = validation.positive_int("epochs", epochs)
@@ -350,20 +444,32 @@ class Sequential:
             raise TypeError(f"shuffle must be True or False; received {shuffle!r}")
         if verbose not in (0, 1, 2) or isinstance(verbose, bool):
             raise ValueError(f"verbose must be 0, 1 or 2; received verbose={verbose!r}")
-        callbacks = self._callbacks(callbacks, verbose)
+        if not (graph is True or graph is False or graph == "auto"):
+            raise ValueError(f"graph must be 'auto', True or False; received graph={graph!r}")
+        from . import precision as precision_mod
+
+        if precision is not None:
+            precision_mod.check(precision)
+        callbacks = self._callbacks(callbacks, verbose if parallel is None or parallel.world.rank == 0 else 0)
         metric_objs = self._metrics(metrics, loss)
         stream = sources.as_stream(X, y, sample_weight)
         if stream is not None:
+            if parallel is not None:
+                raise ValueError("distributed training reads in-memory arrays; streamed data (a memmap, "
+                                 "gpunet.sources, batches) is not sharded across ranks yet")
             return self._fit_stream(stream, loss, optimizer, metric_objs, callbacks, epochs=epochs,
                                     initial_epoch=initial_epoch, batch_size=batch_size, shuffle=shuffle,
                                     validation_data=validation_data, validation_split=validation_split,
-                                    class_weight=class_weight)
+                                    class_weight=class_weight, undo=undo, graph=graph, precision=precision)
         if y is None:
             raise TypeError("fit needs y, the targets of X (or X as a streamed data set or an iterable of (x, y) "
                             "batches: see gpunet.sources)")
         X, names = validation.table_features("X", X, self.feature_names)
-        X, Y = self._data("X", X, "y", y, loss)
-        W = self._row_weights(sample_weight, class_weight, Y, loss)
+        if parallel is not None and parallel.sharded and validation.rows(X) == 0:  # a rank with no rows of its own
+            X, Y = self._empty_shard(X, y)
+        else:
+            X, Y = self._data("X", X, "y", y, loss)
+        W = self._row_weights(sample_weight, class_weight, Y, loss) if X.shape[0] else None
         if validation_data is not None and validation_split is not None:
             raise ValueError("give validation_data or validation_split, not both")
         val = None
@@ -386,14 +492,27 @@ class Sequential:
         n = X.shape[0]
         batch = n if batch_size is None else min(batch_size, n)
         self.trainer.configure(loss, optimizer, metric_objs)
+        precision_mod.attach(self, precision)
         with self.backend.activate():
-            return training.run(self, sources.ArraySource(X, Y, W, batch, shuffle), val, epochs=epochs,
-                                initial_epoch=initial_epoch, callbacks=callbacks)
+            if parallel is None:
+                return training.run(self, sources.ArraySource(X, Y, W, batch, shuffle), val, epochs=epochs,
+                                    initial_epoch=initial_epoch, callbacks=callbacks, undo=undo, graph=graph)
+            parallel.start(X.shape[0], (epochs, initial_epoch, batch_size, shuffle, val is not None,
+                                        [type(cb).__name__ for cb in callbacks]))
+            try:
+                return training.run(self, parallel.source(X, Y, W, batch_size, shuffle), val, epochs=epochs,
+                                    initial_epoch=initial_epoch, callbacks=callbacks, parallel=parallel, undo=undo,
+                                    graph=graph)
+            finally:
+                parallel.finish()
 
     def _fit_stream(self, stream, loss, optimizer, metric_objs, callbacks, *, epochs, initial_epoch, batch_size,
-                    shuffle, validation_data, validation_split, class_weight) -> History:
+                    shuffle, validation_data, validation_split, class_weight, undo, graph, precision) -> History:
         """``fit`` on a streamed data set (:mod:`gpunet.sources`): checked in one pass before training (a refused
-        call changes nothing), then read batch by batch every epoch."""
+        call changes nothing), then read batch by batch every epoch. Its steps run eagerly: captured CUDA graphs
+        gather their batches on the device (``graph=True`` says so; ``"auto"`` does not warn about it)."""
+        from . import precision as precision_mod
+
         if validation_data is not None and validation_split is not None:
             raise ValueError("give validation_data or validation_split, not both")
         if stream.single_use and epochs - initial_epoch > 1:
@@ -419,8 +538,10 @@ class Sequential:
         if names is not None:
             self.feature_names = names
         self.trainer.configure(loss, optimizer, metric_objs)
+        precision_mod.attach(self, precision)
         with self.backend.activate():
-            return training.run(self, source, val, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks)
+            return training.run(self, source, val, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+                                undo=undo, graph=False if graph == "auto" else graph)
 
     def _validation(self, validation_data, loss, names):
         """Device ``(X_val, Y_val)``, or a :class:`gpunet.sources.Evaluation` of streamed validation data (checked
@@ -445,11 +566,20 @@ class Sequential:
             return sources.Evaluation(self, stream, loss, names=val_names)
 
     def train_on_batch(self, x, y, loss, optimizer) -> float:
-        """One gradient step on one batch (checked like ``fit``); returns the batch loss before the step."""
+        """One gradient step on one batch (checked like ``fit``); returns the batch loss before the step.
+        ``optimizer`` as for ``fit``; a name equal to the last call's optimizer's continues it (Keras's
+        ``train_on_batch`` keeps the compiled optimizer), so a loop may pass ``"adam"`` every time."""
         loss = losses_mod.get(loss)
+        current = self.optimizer
+        if isinstance(optimizer, str) and current is not None and optim_mod.OPTIMIZERS.get(
+                optimizer.strip().lower()) is type(current):
+            optimizer = current  # the same name as the last call's: its state goes on (a loop passes the name)
         optimizer = optim_mod.get(optimizer)
         X, Y = self._data("x", x, "y", y, loss)
         self.trainer.configure(loss, optimizer, self.metrics if loss is self.loss else [])
+        from . import precision as precision_mod
+
+        precision_mod.attach(self, None)
         with self.backend.activate(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             _, value = self.trainer._step(X, Y)
         return float(value)
@@ -596,6 +726,15 @@ class Sequential:
             if Y.shape[0] != X.shape[0]:
                 raise ValueError(f"{x_name} has {X.shape[0]} samples but {y_name} has {Y.shape[0]}")
             return self._on_device(X), self._on_device(Y)
+
+    def _empty_shard(self, X, y):
+        """Device arrays ``(0, n_inputs)`` and ``(0, n_outputs)`` for a data-parallel rank whose shard is empty
+        (checked for its shapes: there is nothing else to check)."""
+        X, y = np.asarray(to_numpy(X)), np.asarray(to_numpy(y))
+        if X.ndim != 2 or X.shape[1] != self.n_inputs or y.shape[:1] != (0,):
+            raise ValueError(f"an empty shard must be X of shape (0, {self.n_inputs}) and y with 0 rows; received "
+                             f"{X.shape} and {y.shape}")
+        return (self._on_device(np.zeros((0, self.n_inputs))), self._on_device(np.zeros((0, self.n_outputs))))
 
     def _on_device(self, a):
         if isinstance(a, np.ndarray) and not self.backend.is_numpy:

@@ -41,6 +41,33 @@ from .backend import flat, to_numpy
 CLIPPING = ("clipnorm", "clipvalue", "global_clipnorm")
 
 
+class DeviceScalars:
+    """An optimizer's learning rate and step count on the device, for ops that declare ``device_scalars`` (CuPy):
+    a captured (CUDA graph) step reads them at every replay instead of the values frozen at capture.
+
+    ``s`` (float64): ``[lr, completed steps, step size, sqrt(1 - beta2^t), 1 - lr wd, 0, 0, 0]``: the host writes
+    ``lr`` and the step count (schedules, loading, roll-back); the ``gn_step_prepare`` kernel advances the count and
+    computes the bias corrections of each step on the device. ``amp``: the loss scaler's state
+    ``[scale, growth tracker, found_inf, 1 / scale]`` (:class:`gpunet.precision.GradScaler`), or a constant "no
+    scaler" one; a step with ``found_inf`` set is skipped by the update kernels and not counted.
+    """
+
+    def __init__(self, xp, lr: float, steps: int):
+        import numpy as _np
+
+        self.s = xp.asarray(_np.array([lr, steps, 0, 0, 0, 0, 0, 0], dtype=_np.float64))
+        self.no_scaler = xp.asarray(_np.array([1.0, 0.0, 0.0, 1.0], dtype=_np.float64))
+        self.amp = self.no_scaler
+        self.xp = xp
+
+    def write(self, index: int, value: float) -> None:
+        self.s[index] = value
+
+    def steps(self) -> int:
+        """The device's step count (one device read)."""
+        return int(to_numpy(self.s[1:2])[0])
+
+
 class Optimizer:
     """Base class. Subclasses define ``_new_state(p)`` and ``_update(ops, p, g, state, ws)`` (``ws``: a workspace
     for scratch arrays of the parameters' shapes, or None), and pass the clipping keywords (``clipnorm``,
@@ -51,6 +78,7 @@ class Optimizer:
 
     def __init__(self, lr: float, *, clipnorm: float | None = None, clipvalue: float | None = None,
                  global_clipnorm: float | None = None):
+        self._dev = None  # DeviceScalars, made by the first update on ops with device scalars (CuPy)
         self.lr = validation.number_in("lr", lr, 0.0, float("inf"))
         for key, value in zip(CLIPPING, (clipnorm, clipvalue, global_clipnorm)):
             setattr(self, key, None if value is None else validation.positive_number(key, value))
@@ -58,9 +86,53 @@ class Optimizer:
         if len(chosen) > 1:
             raise ValueError(f"set at most one of clipnorm, clipvalue and global_clipnorm; received {chosen}")
         self.steps = 0  # completed steps (torch's per-parameter "step", shared by all parameters here)
+        # the rate a closed-form schedule (StepLR, CosineAnnealingLR...) started from: torch's param_group
+        # "initial_lr", saved with the optimizer so that a resumed fit continues the schedule
+        self.initial_lr = None
         self.state = None
         self._backend = None
         self._model = None  # weak reference to the model the state belongs to
+
+    # the learning rate and the step count: plain numbers, mirrored into the device scalars when those exist, so a
+    # schedule that sets ``optimizer.lr`` between epochs reaches a captured step too
+    @property
+    def lr(self) -> float:
+        return self._lr
+
+    @lr.setter
+    def lr(self, value) -> None:
+        self._lr = value
+        if getattr(self, "_dev", None) is not None:
+            self._dev.write(0, float(value))
+
+    @property
+    def steps(self) -> int:
+        """Completed steps. On the device-scalar path the device counts them (a skipped fp16 step does not count);
+        :meth:`sync_steps` reads that count back."""
+        return self._steps
+
+    @steps.setter
+    def steps(self, value: int) -> None:
+        self._steps = value
+        if getattr(self, "_dev", None) is not None:
+            self._dev.write(1, float(value))
+
+    def sync_steps(self) -> None:
+        """Take the step count from the device scalars (after captured or loss-scaled steps; one device read)."""
+        if self._dev is not None:
+            self._steps = self._dev.steps()
+
+    def device_scalars(self, model) -> "DeviceScalars":
+        """The device scalars on ``model``'s device (made on first request, moved with the model)."""
+        if self._dev is None or self._dev_backend != model.backend:
+            with model.backend.activate():
+                self._dev = DeviceScalars(model.xp, float(self._lr), int(self._steps))
+            self._dev_backend = model.backend
+        return self._dev
+
+    def _prepare_args(self) -> tuple:
+        """``(beta1, beta2, weight decay for AdamW's decay term)`` of :func:`gn_step_prepare` (Adam overrides)."""
+        return 0.0, 0.0, 0.0
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
@@ -69,8 +141,9 @@ class Optimizer:
     def hyperparameters(self) -> dict:
         """The constructor arguments, as the optimizer holds them now (``lr`` may have been changed); clipping
         keywords only when set."""
-        own = {k: v for k, v in vars(self).items() if not k.startswith("_") and k not in ("steps", "state", *CLIPPING)}
-        return own | {k: getattr(self, k) for k in CLIPPING if getattr(self, k) is not None}
+        own = {k: v for k, v in vars(self).items()
+               if not k.startswith("_") and k not in ("steps", "state", "initial_lr", *CLIPPING)}
+        return {"lr": self.lr} | own | {k: getattr(self, k) for k in CLIPPING if getattr(self, k) is not None}
 
     def step(self, model) -> None:
         """Apply one update to every parameter of ``model`` from its current gradients (:meth:`gpunet.Sequential.
@@ -90,13 +163,17 @@ class Optimizer:
     def state(self, value) -> None:
         self._state, self._flat = value, None
 
-    def apply(self, model, grads, ws=None, flat_grads=None) -> None:
+    def apply(self, model, grads, ws=None, flat_grads=None, *, amp=None, low=None) -> None:
         """Clip ``grads`` (in place) and update ``model.parameters()`` from them; ``ws``: scratch space for the
         update (the trainer's shared workspace). The state is made on the first step, moved when the model moved,
         and started afresh for another model.
 
         ``flat_grads``: the flat array ``grads`` are views of, laid out as the model's flat parameters (the
-        trainer's, on NumPy): then the state is kept flat too and one update covers every parameter."""
+        trainer's, on NumPy): then the state is kept flat too and one update covers every parameter.
+
+        Mixed precision (:mod:`gpunet.precision`): ``low``, the flat low-precision copy of the parameters that the
+        update rewrites in the same pass; ``amp``, the loss scaler's device state, whose found_inf flag makes the
+        device-scalar kernels skip the step (the NumPy path skips the call itself)."""
         params = model.parameters()
         if self.state is None or self._model is None or self._model() is not model:  # first step, or another model
             self.steps = 0
@@ -105,18 +182,29 @@ class Optimizer:
             self._backend, self._model = model.backend, weakref.ref(model)
         elif self._backend is not model.backend and self._backend != model.backend:  # the model moved: follow it
             self.attach(model)
-        self.steps += 1
         ops = model.ops
         with model.backend.activate():  # new state lands on the model's GPU
+            dev = None
+            if ops.device_scalars:  # made with the count of completed steps, which gn_step_prepare advances
+                dev = self.device_scalars(model)
+                dev.amp = dev.no_scaler if amp is None else amp
+                ops.step_prepare(dev, *self._prepare_args())
+            self._steps += 1
             if self.clipnorm is not None or self.clipvalue is not None or self.global_clipnorm is not None:
                 self._clip(grads, model.xp)
-            if flat_grads is not None and model._flat_params is not None:
+            flat_path = flat_grads is not None and model._flat_params is not None
+            if flat_path:
                 state = self._flat_state(model)
-                self._update(ops, model._flat_params, flat_grads, state, ws)
+                self._update(ops, model._flat_params, flat_grads, state, ws, dev=dev,
+                             **({"low": low} if self._writes_low and low is not None else {}))
                 self._slice_new_state(model)
-                return
-            for p, g, state in zip(params, grads, self.state):
-                self._update(ops, p, g, state, ws)
+            else:
+                for p, g, state in zip(params, grads, self.state):
+                    self._update(ops, p, g, state, ws, dev=dev)
+            if low is not None and not (flat_path and self._writes_low):  # a separate pass for the other rules
+                ops.cast_into(model._flat_params, low)
+
+    _writes_low = False  # True where the update kernels write the low-precision copy in their own pass
 
     def _flat_state(self, model) -> dict:
         """``{name: flat array or None}`` behind the per-parameter state, gathered (one copy) when the state was
@@ -154,7 +242,8 @@ class Optimizer:
     def __getstate__(self) -> dict:
         """Pickle with the state on the host (unbound: :meth:`attach` binds it to the unpickled model)."""
         state = dict(vars(self))
-        state.update(_backend=None, _model=None, _flat=None, _state=None if self.state is None else
+        state.update(_backend=None, _model=None, _flat=None, _dev=None, _dev_backend=None,
+                     _state=None if self.state is None else
                      [{k: None if v is None else to_numpy(v) for k, v in s.items()} for s in self.state])
         return state
 
@@ -179,14 +268,23 @@ class Optimizer:
         """Forget all state (momentum, moments, step count)."""
         self.steps, self.state, self._backend, self._model = 0, None, None, None
 
-    def state_dict(self) -> dict:
-        """Host copies ``{"class", "hyperparameters", "steps", "state"}``; ``state`` is ``None`` before the first
-        step, else one ``{name: NumPy array or None}`` per parameter (``model.parameters()`` order). Used by
-        :mod:`gpunet.io`."""
+    def owns_state(self, model) -> bool:
+        """Whether the state (if any) belongs to ``model``: its next step continues it (an optimizer that last
+        stepped another model, or whose state was unbound by pickling, starts afresh)."""
+        return self.state is not None and self._model is not None and self._model() is model
+
+    def state_dict(self, model=None) -> dict:
+        """Host copies ``{"class", "hyperparameters", "steps", "state", "initial_lr"}``; ``state`` is ``None``
+        before the first step, else one ``{name: NumPy array or None}`` per parameter (``model.parameters()``
+        order). With ``model``: the state only if it belongs to that model (else ``None`` and 0 steps: what its next
+        step would start from). Used by :mod:`gpunet.io` and data-parallel training."""
         state = None if self.state is None else [
             {k: None if v is None else np.array(to_numpy(v), copy=True) for k, v in s.items()} for s in self.state]
-        return {"class": type(self).__name__, "hyperparameters": self.hyperparameters(), "steps": self.steps,
-                "state": state}
+        steps = self.steps
+        if model is not None and not self.owns_state(model):
+            state, steps = None, 0
+        return {"class": type(self).__name__, "hyperparameters": self.hyperparameters(), "steps": steps,
+                "state": state, "initial_lr": self.initial_lr}
 
     def load_state_dict(self, state_dict: dict, model) -> None:
         """Adopt a :meth:`state_dict` (hyperparameters re-checked by the constructor): the state is copied onto
@@ -213,8 +311,12 @@ class Optimizer:
                 state = [{k: None if v is None else model.backend.from_host(np.array(to_numpy(v), copy=True),
                                                                             model.dtype)
                           for k, v in s.items()} for s in state]
-        vars(self).update({k: getattr(fresh, k) for k in [*fresh.hyperparameters(), *CLIPPING]})
-        self.state, self.steps = state, steps
+        initial_lr = state_dict.get("initial_lr")
+        if initial_lr is not None:
+            initial_lr = validation.number_in("initial_lr", initial_lr, 0.0, float("inf"))
+        for k in [*fresh.hyperparameters(), *CLIPPING]:
+            setattr(self, k, getattr(fresh, k))
+        self.state, self.steps, self.initial_lr = state, steps, initial_lr
         self._backend, self._model = (None, None) if state is None else (model.backend, weakref.ref(model))
 
     @staticmethod
@@ -225,7 +327,7 @@ class Optimizer:
     def _new_state(self, p) -> dict:
         raise NotImplementedError
 
-    def _update(self, ops, p, g, state: dict, ws=None) -> None:
+    def _update(self, ops, p, g, state: dict, ws=None, dev=None) -> None:
         raise NotImplementedError
 
 
@@ -260,10 +362,12 @@ class SGD(Optimizer):
     def _new_state(self, p):
         return {"momentum_buffer": None}
 
-    def _update(self, ops, p, g, state, ws=None):
+    _writes_low = True
+
+    def _update(self, ops, p, g, state, ws=None, dev=None, low=None):
         state["momentum_buffer"] = ops.sgd_update(
             p, g, state["momentum_buffer"], lr=self.lr, momentum=self.momentum, dampening=self.dampening,
-            nesterov=self.nesterov, weight_decay=self.weight_decay, ws=ws)
+            nesterov=self.nesterov, weight_decay=self.weight_decay, ws=ws, dev=dev, low=low)
 
 
 class Adam(Optimizer):
@@ -290,10 +394,15 @@ class Adam(Optimizer):
         return {"exp_avg": _zeros_like(p), "exp_avg_sq": _zeros_like(p),
                 "max_exp_avg_sq": _zeros_like(p) if self.amsgrad else None}
 
-    def _update(self, ops, p, g, state, ws=None):
+    _writes_low = True
+
+    def _prepare_args(self) -> tuple:
+        return self.betas[0], self.betas[1], self.weight_decay if self._decoupled else 0.0
+
+    def _update(self, ops, p, g, state, ws=None, dev=None, low=None):
         ops.adam_update(p, g, state["exp_avg"], state["exp_avg_sq"], state["max_exp_avg_sq"], step=self.steps,
                         lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
-                        weight_decay=self.weight_decay, decoupled=self._decoupled, ws=ws)
+                        weight_decay=self.weight_decay, decoupled=self._decoupled, ws=ws, dev=dev, low=low)
 
 
 class AdamW(Adam):
@@ -327,7 +436,7 @@ class RMSprop(Optimizer):
         return {"square_avg": _zeros_like(p), "grad_avg": _zeros_like(p) if self.centered else None,
                 "momentum_buffer": _zeros_like(p) if self.momentum > 0 else None}
 
-    def _update(self, ops, p, g, state, ws=None):
+    def _update(self, ops, p, g, state, ws=None, dev=None):
         ops.rmsprop_update(p, g, state["square_avg"], state["grad_avg"], state["momentum_buffer"], lr=self.lr,
                            alpha=self.alpha, eps=self.eps, momentum=self.momentum, weight_decay=self.weight_decay,
                            ws=ws)
@@ -350,7 +459,7 @@ class Adagrad(Optimizer):
     def _new_state(self, p):
         return {"sum": _zeros_like(p) + self.initial_accumulator_value}
 
-    def _update(self, ops, p, g, state, ws=None):
+    def _update(self, ops, p, g, state, ws=None, dev=None):
         ops.adagrad_update(p, g, state["sum"], step=self.steps, lr=self.lr, lr_decay=self.lr_decay, eps=self.eps,
                            weight_decay=self.weight_decay, ws=ws)
 

@@ -88,7 +88,7 @@ class TableModel:
     @classmethod
     def train(cls, table, target: str, task: str | None = None, *, recipe: Recipe | None = None, loss=None,
               categorical=(), ignore=(), test_split: float = 0.0, device="cpu", dtype: str = "float32",
-              seed: int = 0, verbose: int = 0, announce=None, option_names: dict | None = None):
+              seed: int = 0, verbose: int = 0, announce=None, option_names: dict | None = None, distributed=None):
         """Fit the transforms on the training rows and train a network with ``recipe``.
 
         Rows whose target is missing are dropped (noted). With ``test_split`` > 0 that share of the rows is held
@@ -96,6 +96,7 @@ class TableModel:
         History, test_frame or None)``; ``table_model.notes`` says what was done. ``announce(table_model, n_train, n_val, n_test)`` is
         called once the network is built, before training (the command line prints its report there);
         ``option_names`` maps ``"val_split"``/``"test_split"``/``"loss"`` to the names used in error messages.
+        ``distributed``: a :class:`gpunet.distributed.World` to train every network data-parallel over.
         """
         recipe = recipe or Recipe()
         names = {"val_split": "val_split", "test_split": "test_split", "loss": "loss", **(option_names or {})}
@@ -131,12 +132,12 @@ class TableModel:
             X, Y = X[fit_rows], Y[fit_rows]
         tm = cls._train_members(columns, target_t, notes, X, Y, val, 0 if test is None else len(test), recipe=recipe,
                                 loss=loss, device=device, dtype=dtype, seed=seed, verbose=verbose, announce=announce,
-                                names=names)
+                                names=names, distributed=distributed)
         return tm, tm.histories[0], test
 
     @classmethod
     def _train_members(cls, columns, target_t, notes, X, Y, val, n_test, *, recipe, loss, device, dtype, seed, verbose,
-                       announce, names):
+                       announce, names, distributed=None):
         """Build and train the ensemble on ``(X, Y)`` (arrays, or an ArrayStream with ``Y`` None), early stopping on
         ``val``; returns the TableModel (its ``histories``, ``best_epochs``, ``interrupted``)."""
         out_act, default_loss = OUTPUT[target_t.task]
@@ -151,7 +152,7 @@ class TableModel:
         if announce is not None:
             announce(tm, len(X), 0 if val is None else len(val[0]) if isinstance(val, tuple) else len(val), n_test)
         for k, member in enumerate(members):
-            history, stop = fit(member, X, Y, val, loss, recipe, target_t.task, verbose)
+            history, stop = fit(member, X, Y, val, loss, recipe, target_t.task, verbose, distributed)
             tm.histories.append(history)
             tm.best_epochs.append(None if stop is None or stop.best_epoch is None else stop.best_epoch + 1)
             if history.interrupted:  # Ctrl-C: keep the networks trained so far (this one up to its last step)
@@ -166,7 +167,7 @@ class TableModel:
     def train_file(cls, file, target: str, task: str | None = None, *, recipe: Recipe | None = None, loss=None,
                    categorical=(), ignore=(), test_split: float = 0.0, device="cpu", dtype: str = "float32",
                    seed: int = 0, verbose: int = 0, announce=None, option_names: dict | None = None, workdir=None,
-                   sample_rows: int | None = None):
+                   sample_rows: int | None = None, distributed=None):
         """:meth:`train` for a table too big to load: a :class:`gpunet.data.TableFile` read chunk by chunk.
 
         1. The target column alone: which rows have a target, and the distinct labels.
@@ -180,12 +181,18 @@ class TableModel:
         4. The ensemble trains from that file (:class:`gpunet.sources.ArrayStream`: the in-memory fit's exact
            permutation); the test rows are scored from it, in batches.
 
-        For a file of at most ``sample_rows`` rows the result is what :meth:`train` gives for the loaded table.
+        For a file of at most ``sample_rows`` rows the result is what :meth:`train` gives for the loaded table. It
+        trains in one process: a ``distributed`` world of more than one rank is refused (streamed data is not
+        sharded across ranks yet).
         Returns ``(table_model, the first network's History, the test scores as from :meth:`score`, or None)``.
         """
         from . import sources
 
         sample_rows = sample_rows or SAMPLE_ROWS
+        if distributed is not None and distributed.size > 1:
+            raise TableError(f"a table read in chunks (over {data_mod.STREAM_BYTES >> 20} MiB, or --stream on) trains "
+                             f"in one process; this job has {distributed.size} ranks (load it with --stream off, or "
+                             f"run one process)")
         recipe = recipe or Recipe()
         names = {"val_split": "val_split", "test_split": "test_split", "loss": "loss", **(option_names or {})}
         if target not in file.columns:
@@ -390,6 +397,12 @@ class TableModel:
         if len(columns.feature_names) != model.n_inputs:
             raise TableError(f"the saved column transform gives {len(columns.feature_names)} features but the network "
                              f"takes {model.n_inputs}")
+        if target.n_outputs != model.n_outputs:  # (a first-version file with several regression targets)
+            what = {"regression": "one value", "binary": "one probability"}.get(target.task,
+                                                                                 f"{target.n_outputs} probabilities")
+            raise TableError(f"the network gives {model.n_outputs} outputs, but its {target.task} target "
+                             f"{target.name!r} decodes {what}: `gpunet predict` and `gpunet export` cannot use it "
+                             f"(gpunet.load and the bare network can)")
         return cls(model, columns, target)
 
     @classmethod
@@ -456,7 +469,7 @@ def make_optimizer(recipe: Recipe):
     return cls(**kwargs)
 
 
-def fit(model, X, Y, val, loss: str, recipe: Recipe, task: str, verbose: int = 0):
+def fit(model, X, Y, val, loss: str, recipe: Recipe, task: str, verbose: int = 0, distributed=None):
     """Train ``model`` on ``(X, Y)`` with ``recipe`` (early stopping on ``val`` when given); returns ``(History,
     the EarlyStopping callback or None)``."""
     import gpunet as gn
@@ -472,7 +485,7 @@ def fit(model, X, Y, val, loss: str, recipe: Recipe, task: str, verbose: int = 0
     # X: arrays, or a gpunet.sources.ArrayStream that carries the targets (Y is then None)
     history = model.fit(X, Y, loss=loss, optimizer=make_optimizer(recipe), epochs=recipe.epochs,
                         batch_size=min(recipe.batch_size, len(X)), validation_data=val, metrics=[metric],
-                        verbose=verbose, callbacks=callbacks)
+                        verbose=verbose, callbacks=callbacks, distributed=distributed)
     return history, stop
 
 

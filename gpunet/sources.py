@@ -711,6 +711,7 @@ class _ItemSource:
         self.names = names
         self.transfer = transfer_mod.for_backend(model.backend, model.dtype)
         self.sizes, self.n = stream.sizes, stream.n
+        self.batch = None  # the batches are the iterable's own
         self.steps = len(stream.batches) if stream.sequence else None
         self.replayable = stream.sequence
         # a list is checked whole before training (BatchStream._check); anything else batch by batch as it comes

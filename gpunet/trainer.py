@@ -14,9 +14,11 @@ One step on a batch ``(x, y)`` of device arrays::
     record = inside an epoch: the batch loss and the metrics' statistics, added up on the device
 
 Nothing in a step reads the device from the host: ``fit`` reads the epoch's sums once, at its end
-(:meth:`Trainer.end_epoch`). Every array a step writes lives in the trainer's workspaces
-(:mod:`gpunet.backend.workspaces`): fixed per batch size, so a captured step could be replayed, and bounded, so
-they die with the model. What the step returns (predictions, gradients) is only valid until the next step.
+(:meth:`Trainer.end_epoch`). The arrays a step keeps (pre-activations, dropout masks, gradients, optimizer scratch)
+live in the trainer's workspaces (:mod:`gpunet.backend.workspaces`): fixed per batch size and bounded, so they die
+with the model; the NumPy ops write relu/tanh/linear/softmax and their gradients in place there, while other
+activations' formulas still allocate temporaries. What the step returns (predictions, gradients) is only valid until
+the next step.
 
 The trainer also owns the generators (the shuffling order of every epoch, the dropout masks) and the snapshots
 ``fit`` rolls back to when an epoch diverges or is interrupted. ``model.save`` stores the generators' states, so a
@@ -38,11 +40,13 @@ from .backend.workspaces import Workspaces
 @dataclass
 class EpochTotals:
     """What an epoch's steps added up, read from the device once: the loss of every recorded batch (float64, in
-    order), the batches' row counts, and each metric's value over all recorded rows."""
+    order), the batches' row counts, each metric's value over all recorded rows, and the metrics' statistics on the
+    host (``None`` for a metric that saw no row), which data-parallel training merges across ranks."""
 
     batch_losses: np.ndarray
     sizes: np.ndarray
     metrics: dict
+    stats: list
 
     @property
     def finite(self) -> bool:
@@ -67,6 +71,7 @@ class Snapshot:
     params: list
     optimizer_state: list | None
     optimizer_steps: int
+    optimizer_owner: tuple  # the optimizer's (backend, weak model reference): whom its state belongs to
     shuffle_state: dict
     dropout_state: dict | None
 
@@ -86,7 +91,8 @@ class Trainer:
         dropout_rng: the generator of the dropout masks (CuPy's on a GPU, NumPy's elsewhere; ``None`` without
             dropout).
         workspaces: the arrays the steps reuse (:class:`gpunet.backend.workspaces.Workspaces`).
-        batch_rows: the rows of the batch the current (or last) step runs on, for hooks.
+        batch_rows: the rows of the batch the current (or last) step runs on, for hooks (in data-parallel training
+            the whole global batch's, the same on every rank: a penalty divided by it counts once).
     """
 
     def __init__(self, model, shuffle_seed: np.random.SeedSequence, dropout_seed: np.random.SeedSequence):
@@ -97,7 +103,10 @@ class Trainer:
         self.metrics: list = []
         self.combined = False
         self.gradient_hooks: list = []
+        self.mixed = None  # gpunet.precision.MixedPrecision while training in tf32/bf16/fp16 (precision.attach)
         self.batch_rows = 0
+        # (start, stop, total): the rows this process trains of a data-parallel batch of ``total`` rows, or None
+        self.batch_share = None
         self._epoch = None
         self.attach()
 
@@ -109,12 +118,19 @@ class Trainer:
         return model
 
     def attach(self) -> None:
-        """(Re)build what depends on the model's device: fresh workspaces, and the dropout generator restarted from
-        its seed on that device (the model calls this when it is built or moved)."""
+        """(Re)build what depends on the model's device: fresh workspaces, and the dropout generator (it goes on
+        where NumPy draws the masks both before and after; a move to or from CuPy restarts it from its seed on the
+        new device). The model calls this when it is built or moved."""
         model = self.model
+        if getattr(self, "mixed", None) is not None:  # its low-precision copy lived on the old device
+            self.mixed.detach(model)
+            self.mixed = None
         self.workspaces = Workspaces(model.xp)
+        old = getattr(self, "dropout_rng", None)
         self.dropout_rng = (model.backend.random_generator(self.seeds[1])
                             if any(layer.dropout for layer in model.layers) else None)
+        if isinstance(old, np.random.Generator) and isinstance(self.dropout_rng, np.random.Generator):
+            self.dropout_rng = old  # NumPy draws the masks before and after (a move between host namespaces)
         # the gradients as views of one flat array laid out as the flat parameters: one update call per step
         self.flat_grads, self._grad_views = None, None
         if model._flat_params is not None and model.ops.reuses_buffers:
@@ -130,12 +146,16 @@ class Trainer:
         """Train with ``loss`` (a Loss), ``optimizer`` (an Optimizer, whose state carries over) and ``metrics``
         (Metric objects, recorded per epoch). Warns (at the user's call) when the output layer and the loss look
         mismatched."""
+        self.check_trainable()
+        self.loss, self.optimizer, self.metrics = loss, optimizer, list(metrics)
+        self.combined = self._pairing(loss)
+
+    def check_trainable(self) -> None:
+        """Refuse a model that packs an ensemble of networks for prediction (``model.ensemble_members > 1``)."""
         members = self.model.ensemble_members
         if members > 1:
             raise ValueError(f"this model packs an ensemble of {members} networks for prediction (block-diagonal "
                              f"weights): training it further would couple them; train the member networks instead")
-        self.loss, self.optimizer, self.metrics = loss, optimizer, list(metrics)
-        self.combined = self._pairing(loss)
 
     def _pairing(self, loss) -> bool:
         """True when the output activation and the loss combine into ``(p - y) / n``; warns on likely mistakes."""
@@ -167,9 +187,9 @@ class Trainer:
             if a is None and name == "w":
                 continue
             if not (backend.owns(a) and a.ndim == 2 and a.dtype == dtype and tuple(a.shape)[1] == cols
-                    and (n is None or a.shape[0] == n)) or n is None:
+                    and (n is None or a.shape[0] == n)) or not n:
                 raise ValueError(f"{name} must be a 2-D {model.dtype} array of the model's namespace "
-                                 f"({backend.name}) with shape ({'n' if n is None else n}, {cols}); received "
+                                 f"({backend.name}) with shape ({'n > 0' if not n else n}, {cols}); received "
                                  f"{type(a).__name__} of shape {tuple(getattr(a, 'shape', ()))} and dtype "
                                  f"{getattr(a, 'dtype', None)}; trainer.prepare(X, y) makes them")
         with model.backend.activate():
@@ -178,8 +198,13 @@ class Trainer:
     def _step(self, x, y, w=None):
         """:meth:`step` without its checks (``fit`` checked the whole data once)."""
         ws = self.workspaces.for_rows(x.shape[0])
-        pred = self.forward(x, ws)
-        value, grads = self.backward(pred, y, w, ws)
+        if x.shape[0] == 0:  # an empty share of a data-parallel batch: no loss, but the same masks and update
+            self.batch_rows = self.batch_share[2]
+            self.dropout_masks(0, ws)
+            pred, value, grads = None, self._model().xp.zeros((), dtype=x.dtype), self._zero_grads()
+        else:
+            pred = self.forward(x, ws)
+            value, grads = self.backward(pred, y, w, ws)
         penalty = self.update(grads)
         if penalty is not None:
             value = value + penalty
@@ -187,10 +212,23 @@ class Trainer:
             self._record(pred, y, value)
         return pred, value
 
+    def grads_are_flat(self, grads) -> bool:
+        """Whether ``grads`` are the views of :attr:`flat_grads` (a hook may have put other arrays in the list)."""
+        views = self._grad_views
+        return views is not None and all(g is v for g, v in zip(grads, views))
+
+    def _zero_grads(self) -> list:
+        model = self._model()
+        if self.flat_grads is not None:
+            self.flat_grads[...] = 0
+            return list(self._grad_views)
+        return [model.xp.zeros_like(p) for p in model.parameters()]
+
     def forward(self, x, ws=None):
         """Training forward (dropout on) of ``x``; ``ws``: the workspace to write into (default: the one of
         ``x``'s batch size)."""
-        rows = self.batch_rows = x.shape[0]
+        rows = x.shape[0]
+        self.batch_rows = rows if self.batch_share is None else self.batch_share[2]
         ws = self.workspaces.for_rows(rows) if ws is None else ws
         return self._model()._forward(x, self.dropout_masks(rows, ws) if self.dropout_rng is not None else None, ws)
 
@@ -199,13 +237,20 @@ class Trainer:
         ``[dW1, db1, ...]``; returns ``(loss, grads)``."""
         model, loss = self._model(), self.loss
         ws = self.workspaces.for_rows(pred.shape[0]) if ws is None else ws
-        if self.combined:
+        if w is None:  # (into the workspace on ops that reuse buffers: a captured step allocates nothing)
+            value, grad = model.ops.loss_and_grad(loss, pred, y, self.combined, ws)
+        elif self.combined:
             value, grad = loss.value_and_logits_grad(pred, y, model.ops)
         else:
             value, grad = loss.value_and_grad(pred, y, model.ops)
         if w is not None:  # Keras's convention: sum(w_i loss_i) / batch size, and so its gradient
             grad = grad * w
             value = model.xp.sum(loss.row_values(pred, y, model.ops) * w[:, 0]) / pred.shape[0]
+        if self.batch_share is not None:  # this process's part of a larger batch: its share of the batch's mean
+            start, stop, total = self.batch_share
+            grad = grad * ((stop - start) / total)
+        if self.mixed is not None and self.mixed.scaler is not None:  # fp16: backward from the scaled loss
+            self.mixed.scaler.scale_grad(model.ops, grad)
         _, grads = model._backprop(grad, ws, through_last_activation=not self.combined, input_grad=False)
         return value, grads
 
@@ -217,28 +262,44 @@ class Trainer:
             value = hook(self, grads)
             if value is not None:
                 penalty = value if penalty is None else penalty + value
-        views = self._grad_views
-        fused = views is not None and all(g is v for g, v in zip(grads, views))  # (a hook may swap arrays)
-        self.optimizer.apply(self._model(), grads, self.workspaces.shared, self.flat_grads if fused else None)
+        fused = self.grads_are_flat(grads)
+        model, mixed = self._model(), self.mixed
+        if mixed is None:
+            self.optimizer.apply(model, grads, self.workspaces.shared, self.flat_grads if fused else None)
+            return penalty
+        scaler = mixed.scaler  # mixed precision: gpunet.precision (unscale, skip on inf, the low copy, the scale)
+        if scaler is not None and scaler.unscale(model.ops, [self.flat_grads] if fused else grads):
+            scaler.update(model.ops)  # (NumPy: the host saw an inf/NaN gradient and skips the update)
+            return penalty
+        self.optimizer.apply(model, grads, self.workspaces.shared, self.flat_grads if fused else None,
+                             amp=mixed.amp, low=mixed.low_flat)
+        if scaler is not None:
+            scaler.update(model.ops)
         return penalty
 
     def dropout_masks(self, rows: int, ws=None) -> list:
         """One inverted-dropout mask ``(rows, out_features)`` per layer with dropout (``None`` for the others),
-        drawn from :attr:`dropout_rng` layer by layer; into ``ws`` when given."""
+        drawn from :attr:`dropout_rng` layer by layer; into ``ws`` when given. With :attr:`batch_share`, the whole
+        batch's masks are drawn and this process's rows returned."""
         model = self.model
+        share = self.batch_share  # a data-parallel batch: draw the whole batch's masks (as one process would)
+        drawn = rows if share is None else share[2]
         masks = []
         for layer in model.layers:
             if not layer.dropout:
                 masks.append(None)
                 continue
-            shape = (rows, layer.out_features)
-            masks.append(model.ops.dropout_mask(self.dropout_rng, layer.dropout, shape, layer.W,
-                                                layer._buffer(ws, "mask", shape)))
+            shape = (drawn, layer.out_features)
+            mask = model.ops.dropout_mask(self.dropout_rng, layer.dropout, shape, layer.W,
+                                          layer._buffer(ws, "mask", shape))
+            masks.append(mask if share is None else mask[share[0]:share[1], ...])
         return masks
 
     def prepare(self, X, y, sample_weight=None):
         """Host or device data -> the checked device arrays :meth:`step` takes: ``(x, y, w)``, ``w`` ``None``
         without ``sample_weight`` (see :meth:`gpunet.Sequential.fit` for what is accepted)."""
+        if self.loss is None:
+            raise RuntimeError("configure(loss, optimizer) the trainer before prepare(): the targets depend on the loss")
         model = self.model
         x, Y = model._data("X", X, "y", y, self.loss)
         return x, Y, model._row_weights(sample_weight, None, Y, self.loss)
@@ -263,8 +324,8 @@ class Trainer:
             epoch["losses"] = xp.concat([epoch["losses"], xp.zeros_like(epoch["losses"])])
             epoch["sizes"] = np.concatenate([epoch["sizes"], np.zeros_like(epoch["sizes"])])
         epoch["losses"][b] = value
-        epoch["sizes"][b] = pred.shape[0]
-        for j, metric in enumerate(self.metrics):
+        epoch["sizes"][b] = 0 if pred is None else pred.shape[0]
+        for j, metric in enumerate(self.metrics if pred is not None else ()):  # (no rows: nothing to count)
             stats = metric.stats(pred, y)
             epoch["stats"][j] = stats if epoch["stats"][j] is None else metric.combine(epoch["stats"][j], stats)
         epoch["done"] = b + 1
@@ -275,20 +336,20 @@ class Trainer:
         done = epoch["done"]
         if not done:
             return float("nan")
-        losses = to_numpy(epoch["losses"][:done]).astype(np.float64)
-        return float(losses @ epoch["sizes"][:done] / epoch["sizes"][:done].sum())
+        return EpochTotals(to_numpy(epoch["losses"][:done]).astype(np.float64), epoch["sizes"][:done], {}, []).loss
 
     def end_epoch(self) -> EpochTotals:
         """Stop recording; the totals of the batches recorded since :meth:`begin_epoch` (one read per device array:
         the losses, each metric's statistics)."""
         epoch, self._epoch = self._epoch, None
+        if self.mixed is not None and self.mixed.scaler is not None and self.optimizer is not None:
+            self.optimizer.sync_steps()  # skipped fp16 steps are not counted, on the device
         done = epoch["done"]
         losses = to_numpy(epoch["losses"]).astype(np.float64)[:done]
-        values = {}
-        for metric, stats in zip(self.metrics, epoch["stats"]):
-            if stats is not None:
-                values[metric.name] = metric.result([to_numpy(s) for s in stats])
-        return EpochTotals(losses, epoch["sizes"][:done], values)
+        stats = [None if st is None else [s if isinstance(s, (int, bool)) else to_numpy(s) for s in st]
+                 for st in epoch["stats"]]
+        values = {metric.name: metric.result(st) for metric, st in zip(self.metrics, stats) if st is not None}
+        return EpochTotals(losses, epoch["sizes"][:done], values, stats)
 
     def epoch_order(self, n: int):
         """The device index array of one epoch's shuffled row order, drawn from :attr:`shuffle_rng`."""
@@ -313,6 +374,7 @@ class Trainer:
             [{k: copy(v) for k, v in s.items()} for s in optimizer.state]
         rng = self.dropout_rng
         return Snapshot([copy(p) for p in model.parameters()], state, 0 if optimizer is None else optimizer.steps,
+                        (None, None) if optimizer is None else (optimizer._backend, optimizer._model),
                         self.shuffle_rng.bit_generator.state,
                         rng.bit_generator.state if isinstance(rng, np.random.Generator) else None)
 
@@ -330,9 +392,12 @@ class Trainer:
                 optimizer.state = [{k: None if v is None else xp.asarray(v, copy=True) for k, v in s.items()}
                                    for s in snapshot.optimizer_state]
                 optimizer.steps = snapshot.optimizer_steps
+                optimizer._backend, optimizer._model = snapshot.optimizer_owner  # (another model's: restarts)
         self.shuffle_rng.bit_generator.state = snapshot.shuffle_state
         if snapshot.dropout_state is not None:
             self.dropout_rng.bit_generator.state = snapshot.dropout_state
+        if self.mixed is not None:
+            self.mixed.refresh(model)  # the low-precision copy of the restored weights
 
     # -- persistence ----------------------------------------------------------------------------------------------
     def generator_states(self) -> dict:
@@ -345,12 +410,13 @@ class Trainer:
     def set_generator_states(self, states: dict) -> None:
         """Adopt :meth:`generator_states`: each state names its bit generator (``"PCG64"``...), which is rebuilt.
         A dropout state is ignored where the masks are not drawn by NumPy."""
-        self.shuffle_rng = _generator(states["shuffle"])
+        self.shuffle_rng = generator_from_state(states["shuffle"])
         if states.get("dropout") is not None and isinstance(self.dropout_rng, np.random.Generator):
-            self.dropout_rng = _generator(states["dropout"])
+            self.dropout_rng = generator_from_state(states["dropout"])
 
 
-def _generator(state: dict) -> np.random.Generator:
+def generator_from_state(state: dict) -> np.random.Generator:
+    """A ``numpy.random.Generator`` whose bit generator (named by ``state["bit_generator"]``) has ``state``."""
     bit_generator = getattr(np.random, state["bit_generator"])()
     bit_generator.state = state
     return np.random.Generator(bit_generator)

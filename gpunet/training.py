@@ -32,7 +32,10 @@ from .validation import warn_at_caller
 def run(model, source, val, **kwargs) -> History:
     """Train ``model`` (its trainer configured) on the batches of ``source`` (:mod:`gpunet.sources`); ``val`` is
     ``None``, device ``(X_val, Y_val)``, or an object evaluated in batches (``val.evaluate(model, loss, metrics)``:
-    :class:`gpunet.sources.Evaluation`). Returns the History (also in ``callbacks``).
+    :class:`gpunet.sources.Evaluation`); ``parallel`` a :class:`gpunet.distributed.DataParallel` (its epoch
+    totals, validation, interrupts and divergence agreed across ranks); ``graph``: run the epochs as replays of
+    captured CUDA graphs where they apply (:func:`gpunet.backend.graphs.plan`: ``"auto"``, True, False). Returns the
+    History (also in ``callbacks``).
 
     NumPy's overflow warnings are silenced: divergence is detected and reported by the loop itself.
     """
@@ -65,20 +68,48 @@ class _Interrupts:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts) -> History:
+def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts, parallel=None, undo=None,
+         graph="auto") -> History:
+    from .backend import graphs
+
     trainer = model.trainer
+    captured = graphs.plan(model, source, callbacks, graph)  # None: eager steps
     n, sizes = source.n, source.sizes
     steps = len(sizes) if sizes is not None else getattr(source, "steps", None)
     history = next(cb for cb in callbacks if isinstance(cb, History))
     history.interrupted = False
     model.stop_training = False
-    for cb in callbacks:
-        cb.model = model
-        cb.on_train_begin({"epochs": epochs, "initial_epoch": initial_epoch, "steps": steps, "samples": n,
-                           "batch_size": sizes[0] if sizes else None})
+    try:
+        for cb in callbacks:
+            cb.model = model
+            cb.on_train_begin({"epochs": epochs, "initial_epoch": initial_epoch, "steps": steps,
+                               "samples": n, "batch_size": source.batch, "validation": val is not None})
+    except BaseException:  # a callback refusing the fit (a monitor with no direction...): the model as it was
+        if undo is not None:
+            undo()
+        raise
+    try:
+        return _epochs(model, source, val, epochs, initial_epoch, callbacks, interrupts, parallel, history,
+                       captured)
+    finally:  # also after an exception: no epoch left open, no batch (and so no copy of the data) held
+        trainer._epoch = None
+        for layer in model.layers:
+            layer._cache = None
+
+
+def _epochs(model, source, val, epochs, initial_epoch, callbacks, interrupts, parallel, history,
+            captured) -> History:
+    trainer, sizes = model.trainer, source.sizes
+
+    def interrupted() -> bool:  # agreed across ranks: they stop at the same step
+        return interrupts.requested if parallel is None else parallel.world.any(interrupts.requested)
 
     def running_logs():
         return {"loss": trainer.running_loss()}
+
+    def weights_finite():  # (every rank's replica is the same, but the decision must be too)
+        finite = trainer.weights_finite()
+        return finite if parallel is None else parallel.world.all(finite)
 
     note, snapshot, epoch = None, None, initial_epoch
     try:
@@ -86,28 +117,38 @@ def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts) ->
             for cb in callbacks:
                 cb.on_epoch_begin(epoch)
             snapshot = trainer.snapshot()
-            batch = source.epoch(trainer)
+            if captured is None:
+                batch = source.epoch(trainer)
 
-            def step(b):
-                return trainer._step(*batch(b))
+                def step(b):
+                    return trainer._step(*batch(b))
 
-            trainer.begin_epoch(sizes)
+                trainer.begin_epoch(sizes)
+            else:  # CUDA graphs: the batch gathered, the step and its sums on the device, one launch per step
+                step = captured.begin_epoch()
+            stop = False
             for b in range(len(sizes)) if sizes is not None else itertools.count():
-                arrays = batch(b)
-                if arrays is None:  # the end of an epoch of unknown length
-                    break
-                trainer._step(*arrays)
+                if captured is None:
+                    arrays = batch(b)
+                    if arrays is None:  # the end of an epoch of unknown length (an iterable of batches)
+                        break
+                    trainer._step(*arrays)
+                else:
+                    step(b)
                 for cb in callbacks:
                     cb.on_batch_end(b, running_logs)
-                if interrupts.requested:
+                stop = interrupted()
+                if stop:
                     break
-            totals = trainer.end_epoch()
+            totals = trainer.end_epoch() if captured is None else captured.end_epoch()
+            if parallel is not None:
+                totals = parallel.merge(totals)
             done = len(totals.batch_losses)
-            if not (totals.finite and trainer.weights_finite()):
+            if not (totals.finite and weights_finite()):
                 bad = totals.first_nonfinite
                 bad = done if bad is None else bad
-                if source.replayable:
-                    kept = _roll_back(trainer, snapshot, step, max(bad - 1, 0))
+                if getattr(source, "replayable", True):
+                    kept = _roll_back(trainer, snapshot, step, max(bad - 1, 0), weights_finite)
                 else:  # its batches cannot be read again: back to where the epoch began
                     trainer.restore(snapshot)
                     kept = 0
@@ -116,22 +157,30 @@ def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts) ->
                 for cb in callbacks:  # TerminateOnNaN raises the error or stops quietly (like any exception in
                     cb.on_nonfinite(error)  # fit, a raised one skips the callbacks' on_train_end)
                 break
-            if interrupts.requested:
-                of = f" of {steps}" if steps is not None else ""
+            if stop:
+                of = f" of {len(sizes)}" if sizes is not None else ""
                 note = (f"in epoch {epoch + 1} after batch {done}{of}: the model keeps the weights of "
                         f"that last finished step")
                 break
             logs = {"loss": totals.loss, **totals.metrics}
             if val is not None:
-                scores = (model._evaluate(*val, trainer.loss, trainer.metrics) if isinstance(val, tuple) else
-                          val.evaluate(model, trainer.loss, trainer.metrics))
+                if isinstance(val, tuple):
+                    evaluate = model._evaluate if parallel is None else parallel.evaluate
+                    scores = evaluate(*val, trainer.loss, trainer.metrics)
+                else:  # streamed validation data, evaluated in batches
+                    scores = val.evaluate(model, trainer.loss, trainer.metrics)
                 logs.update({f"val_{k}": v for k, v in scores.items()})
             for cb in callbacks:
                 cb.on_epoch_end(epoch, logs)
+            if interrupted():  # Ctrl-C during validation or the epoch's callbacks
+                note = f"after epoch {epoch + 1}: the model keeps the weights of that finished epoch"
+                break
             if model.stop_training:
                 break
     except KeyboardInterrupt:  # as an exception, anywhere in the epoch: back to where the epoch started
         trainer._epoch = None
+        if captured is not None:  # the graphs' stream finishes before the restore writes on the legacy stream
+            captured.interrupted()
         if snapshot is not None:
             trainer.restore(snapshot)
         note = (f"in epoch {epoch + 1}: the model keeps the weights it had when that epoch began"
@@ -145,14 +194,14 @@ def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts) ->
     return history
 
 
-def _roll_back(trainer, snapshot, step, target: int) -> int:
+def _roll_back(trainer, snapshot, step, target: int, weights_finite) -> int:
     """Restore the epoch's start and replay up to ``target`` steps, stopping before any step that leaves a
     non-finite weight (a finite loss does not prove finite weights). Returns the number of steps replayed."""
     trainer.restore(snapshot)
     good = 0
     for b in range(target):
         step(b)
-        if not trainer.weights_finite():
+        if not weights_finite():
             break
         good = b + 1
     if good < target:
@@ -173,27 +222,34 @@ def _divergence_message(epoch, bad, batch_losses, keep, n_batches) -> str:
             f"check the targets.")
 
 
-def split_validation(n: int, fraction: float, labels, rng: np.random.Generator):
-    """Host index arrays ``(train, validation)`` holding out ``fraction`` of ``n`` rows; stratified by ``labels``
-    (host integer class per row) when given, else uniform. Raises ValueError when a side would be empty."""
+def split_validation(n: int, fraction: float, labels, rng: np.random.Generator, name: str = "validation_split",
+                     single_rows: str = "refuse"):
+    """Host index arrays ``(kept, held out)`` holding out ``fraction`` of ``n`` rows, drawn from ``rng``; stratified
+    by ``labels`` (host integer class per row) when given, else uniform. Stratified, each class gives
+    ``round(fraction * count)`` rows, at least 1 and leaving at least 1; a class of a single row is refused
+    (``single_rows="refuse"``, fit's ``validation_split``) or stays on the kept side (``"keep"``, the command line's
+    splits). Raises ValueError (naming the split ``name``) when a side would be empty."""
     if labels is None:
-        n_val = int(round(fraction * n))
-        if not 1 <= n_val <= n - 1:
-            raise ValueError(f"validation_split={fraction} of {n} samples leaves {n_val} for validation and "
-                             f"{n - n_val} for training; both need at least 1")
+        n_out = int(round(fraction * n))
+        if not 1 <= n_out <= n - 1:
+            raise ValueError(f"{name}={fraction} of {n} rows leaves {n_out} held out and {n - n_out} kept; both "
+                             f"need at least 1")
         order = rng.permutation(n)
-        return np.sort(order[n_val:]), np.sort(order[:n_val])
+        return np.sort(order[n_out:]), np.sort(order[:n_out])
     classes, counts = np.unique(labels, return_counts=True)
-    if counts.min() < 2:
-        raise ValueError(f"validation_split is stratified by class, but class {classes[np.argmin(counts)]} has only "
+    if single_rows == "refuse" and counts.min() < 2:
+        raise ValueError(f"{name} is stratified by class, but class {classes[np.argmin(counts)]} has only "
                          f"{counts.min()} sample; each class needs at least 2 (or pass validation_data)")
-    train, val = [], []
+    kept, held = [], []
     for c, count in zip(classes, counts):
         rows = rng.permutation(np.flatnonzero(labels == c))
-        n_val = min(max(int(round(fraction * count)), 1), count - 1)
-        val.append(rows[:n_val])
-        train.append(rows[n_val:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+        n_out = 0 if count < 2 else min(max(int(round(fraction * count)), 1), count - 1)
+        held.append(rows[:n_out])
+        kept.append(rows[n_out:])
+    kept, held = np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
+    if held.size == 0:
+        raise ValueError(f"{name}={fraction} holds out no rows: every class has a single row")
+    return kept, held
 
 
 def class_labels(Y, loss):

@@ -28,7 +28,12 @@ def positive_int(name: str, value) -> int:
 
 def warn_at_caller(message: str, category=UserWarning) -> None:
     """``warnings.warn`` pointing at the first frame outside the gpunet package: the user's call, however deep
-    inside gpunet the warning arises (``model.save``, ``gn.save`` and ``pickle`` reach the same code)."""
+    inside gpunet the warning arises (``model.save``, ``gn.save`` and ``pickle`` reach the same code). Only rank 0
+    of a data-parallel job warns."""
+    from . import distributed
+
+    if not distributed.is_leader():  # a data-parallel job warns once, from rank 0
+        return
     package = os.path.dirname(os.path.abspath(__file__))
     frame, level = sys._getframe(0), 1
     while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == package:
@@ -153,6 +158,17 @@ def finite(name: str, x, offset: int = 0):
         shown = (index[0] + offset,) + index[1:] if index else index
         raise ValueError(f"{name} must be finite; {name}[{', '.join(map(str, shown))}] = {value}")
     return x
+
+
+def rows(x) -> int | None:
+    """The number of rows of an array-like (None when it has no shape)."""
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        try:
+            shape = np.shape(x)
+        except (ValueError, TypeError):
+            return None
+    return int(shape[0]) if len(shape) else None
 
 
 def features(name: str, x, n_features: int, offset: int = 0):

@@ -17,9 +17,13 @@ using std::expm1;
 using std::fabs;
 using std::log;
 using std::log1p;
+using std::pow;
 using std::sqrt;
 using std::tanh;
 #endif
+
+// Row and element indices of the per-row kernels (CuPy's loop index `i` is a ptrdiff_t, which converts).
+typedef long long gn_index;
 
 // sign(r) with sign(0) = 0 and NaN passed through, as numpy.sign and torch.sign.
 template <typename T> GN_FN T gn_sign(T r) { return r > T(0) ? T(1) : (r < T(0) ? T(-1) : r); }
@@ -37,3 +41,6 @@ template <typename T> GN_FN T gn_clamped_log(T p) {
     T l = log(p);
     return l > T(-100) ? l : (l <= T(-100) ? T(-100) : l);
 }
+
+// Whether x is finite: x - x is 0 for every number and NaN for NaN and the infinities (no header needed).
+template <typename F> GN_FN bool gn_isfinite(F x) { return x - x == F(0); }

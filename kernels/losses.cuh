@@ -35,3 +35,17 @@ template <typename T> GN_FN void gn_cce_softmax(T p, T t, T scale, T& loss, T& g
     loss = -(t * gn_clamped_log(p));
     grad = scale * (p - t);
 }
+
+// Mean squared error (torch.nn.MSELoss): (p - t)^2, gradient 2 (p - t) scale.
+template <typename T> GN_FN void gn_mse(T p, T t, T scale, T& loss, T& grad) {
+    T r = p - t;
+    loss = r * r;
+    grad = (T(2) * scale) * r;
+}
+
+// Mean absolute error (torch.nn.L1Loss): |p - t|, gradient sign(p - t) scale (0 at 0, NaN passed through).
+template <typename T> GN_FN void gn_mae(T p, T t, T scale, T& loss, T& grad) {
+    T r = p - t;
+    loss = fabs(r);
+    grad = scale * gn_sign(r);
+}

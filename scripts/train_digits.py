@@ -40,7 +40,8 @@ def train_gpunet(data, args, verbose=0):
     model = build(args.device, args.seed)
     start = time.perf_counter()
     model.fit(Xtr, ytr, loss="cce", optimizer=gn.optim.SGD(lr=args.lr, momentum=args.momentum),
-              epochs=args.epochs, batch_size=args.batch_size, verbose=verbose)
+              epochs=args.epochs, batch_size=args.batch_size, verbose=verbose, precision=args.precision,
+              graph={"auto": "auto", "on": True, "off": False}[args.graph])
     proba = model.predict(Xte)
     accuracy = float(np.mean(np.argmax(gn.to_numpy(proba), axis=1) == yte))
     return time.perf_counter() - start, accuracy, model
@@ -94,6 +95,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for both libraries (default: all)")
     parser.add_argument("--repeats", type=int, default=3, help="timed trainings per library (median reported)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    parser.add_argument("--precision", default="float32", choices=["float32", "tf32", "bf16", "fp16"],
+                        help="gpunet's training precision (PyTorch stays float32)")
+    parser.add_argument("--graph", default="auto", choices=["auto", "on", "off"],
+                        help="fit(graph=...): CUDA-graph captured steps where they apply (GPU)")
     args = parser.parse_args(argv)
 
     limits = contextlib.nullcontext()
@@ -103,7 +108,7 @@ def main(argv=None) -> int:
         limits = threadpool_limits(args.threads)
     data = load(args.seed)
     with limits:
-        seconds, accuracy, model = train_gpunet(data, args, verbose=1)
+        seconds, accuracy, model = train_gpunet(data, args, verbose=2)
         print(f"\ngpunet on {model.device}: test accuracy {accuracy:.4f}, trained in {seconds:.2f} s\n")
         rows = [("gpunet", model.device, *median_time(lambda: train_gpunet(data, args)[:2], args.repeats))]
         if not args.no_torch:
@@ -120,7 +125,7 @@ def main(argv=None) -> int:
                              *median_time(lambda: train_torch(data, args, weights, torch_device), args.repeats)))
     threads = args.threads or "all"
     print(f"digits, {args.epochs} epochs, batch {args.batch_size}, SGD(lr={args.lr}, momentum={args.momentum}), "
-          f"threads={threads}, median of {args.repeats}")
+          f"threads={threads}, median of {args.repeats}, gpunet precision={args.precision}, graph={args.graph}")
     print("| library | device | fit + predict (s) | test accuracy | time / gpunet |")
     print("|---|---|---|---|---|")
     for name, device, sec, acc in rows:

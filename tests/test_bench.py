@@ -60,9 +60,10 @@ def test_kernel_cases_run_and_count_bytes(which):
     from gpunet.backend import Ops
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from host_kernel import HostElementwiseKernel
+    from host_kernel import HostElementwiseKernel, HostRawKernel
 
-    ops = CupyOps(anp, elementwise_kernel=HostElementwiseKernel) if which == "host_fused_kernels" else Ops(anp)
+    ops = CupyOps(anp, elementwise_kernel=HostElementwiseKernel, raw_kernel=HostRawKernel) \
+        if which == "host_fused_kernels" else Ops(anp)
     n = 1 << 12
     table = cases(ops, anp, n, "float32")
     # arrays each case must move at least: read z + write it (+ write y when z is kept); dy, y in, dz out;
@@ -70,7 +71,53 @@ def test_kernel_cases_run_and_count_bytes(which):
     arrays = {"relu_fwd (bias+act)": 2, "sigmoid_fwd (bias+act)": 2, "gelu_fwd (bias+act)": 3,
               "silu_fwd (bias+act)": 3, "relu_bwd": 3, "sigmoid_bwd": 3, "gelu_bwd": 3, "silu_bwd": 3,
               "relu_fwd, (rows, 1024) + (1024,)": 2, "huber (loss+grad)": 4, "bce_logits (loss+grad)": 4,
-              "cce_softmax (loss+grad)": 4, "sgd momentum": 5, "adam": 7}
+              "cce_softmax (loss+grad)": 4, "sgd momentum": 5, "adam": 7,
+              "relu_fwd vec4 RawKernel, (rows, 1024)": 2, "sigmoid_fwd vec4 RawKernel, (rows, 1024)": 2}
     assert {name: nbytes / (n * 4) for name, nbytes, _ in table} == arrays
     for _, _, call in table:
         call()
+
+
+def test_graph_benchmark_runs_on_the_fake_cuda():
+    """gpunet/bench_graphs.py's measurements, on the host: the CuPy ops over the kernel stand-in and the fake
+    capture (tests/fake_cuda.py), timed by perf_counter. Checks the code paths (the timings mean nothing here)."""
+    import sys
+    import time
+    from pathlib import Path
+
+    import array_api_compat.numpy as anp
+
+    from gpunet import bench_graphs
+    from gpunet.backend.cuda_ops import CupyOps
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fake_cuda import FakeCuda
+
+    fake = FakeCuda()
+    ops = CupyOps(anp, elementwise_kernel=fake.kernel, gemm=fake.gemm())
+
+    def clock(fn, stream=None):
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    def prepare(model):
+        for layer in model.layers:
+            layer.ops = ops
+
+    for precision in ("float32", "bf16", "fp16", "tf32"):
+        times = bench_graphs.graph_and_eager([8, 16, 4], 8, 5, precision, device="cpu", runtime=fake, clock=clock,
+                                             prepare=prepare)
+        assert times["captures"] == 1 and times["launches"] == 2 * 5 - 1 and times["graph"] > 0 < times["eager"]
+        assert bench_graphs.floor([8, 16, 4], 8, precision, reps=3, runtime=fake, clock=clock, ops=ops, xp=anp) > 0
+    assert "no GPU benchmark" in _run_main(bench_graphs.main)
+
+
+def _run_main(main):
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main([]) == 0
+    return out.getvalue()

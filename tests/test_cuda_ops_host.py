@@ -213,14 +213,17 @@ def test_adam_update(host_ops, case, dtype, rng):
 
 
 def test_steps_without_kernels_fall_back_to_the_reference(counting_ops, rng):
-    """Softmax couples a row, and RMSprop/Adagrad have no kernel: the inherited reference runs, bit for bit."""
+    """RMSprop/Adagrad have no kernel, nor softmax's backward outside a step: the inherited reference runs, bit for
+    bit. Softmax's forward is a row kernel (one thread per row), equal to the reference within rounding."""
     ops, declared = counting_ops
     softmax = activations.Softmax()
     z, b, dy = (random_inputs(rng, shape, "float64") for shape in [(9, 4), (4,), (9, 4)])
     _, y = ops.bias_act(z.copy(), b, softmax)
-    np.testing.assert_array_equal(y, REFERENCE.bias_act(z.copy(), b, softmax)[1])
+    np.testing.assert_allclose(y, REFERENCE.bias_act(z.copy(), b, softmax)[1], rtol=1e-15, atol=1e-17)
+    assert declared == ["gpunet_bias_softmax_rows"]
     np.testing.assert_array_equal(ops.act_grad(softmax, dy.copy(), None, y),
                                   REFERENCE.act_grad(softmax, dy.copy(), None, y))
+    declared.clear()
     params = []
     for impl in (ops, REFERENCE):
         p = z.copy()
@@ -237,17 +240,18 @@ def test_steps_without_kernels_fall_back_to_the_reference(counting_ops, rng):
 TRAINING_CASES = {
     "relu+tanh/softmax-cce/sgd-nesterov": (
         ("relu", "tanh"), "softmax", "cce", lambda: optim.SGD(lr=0.1, momentum=0.9, nesterov=True),
-        {"relu_fwd", "relu_bwd", "tanh_fwd", "tanh_bwd", "cce_softmax", "sgd_momentum"}),
+        {"relu_fwd", "relu_bwd", "tanh_fwd", "tanh_bwd", "bias_softmax_rows", "cce_softmax", "sgd_momentum_dev",
+         "step_prepare"}),
     "gelu+leaky_relu/sigmoid-bce/adam": (
         ("gelu", "leaky_relu"), "sigmoid", "bce", lambda: optim.Adam(lr=0.01, weight_decay=1e-3),
-        {"gelu_fwd_keep", "gelu_bwd", "leaky_relu_fwd", "sigmoid_fwd", "bce_sigmoid", "adam"}),
+        {"gelu_fwd_keep", "gelu_bwd", "leaky_relu_fwd", "sigmoid_fwd", "bce_sigmoid", "adam_dev"}),
     "silu+softplus/linear-huber/adamw-amsgrad": (
         ("silu", "softplus"), "linear", "huber", lambda: optim.AdamW(lr=0.01, amsgrad=True),
-        {"silu_fwd_keep", "silu_bwd", "softplus_fwd_keep", "linear_fwd", "linear_bwd", "huber", "adam_amsgrad"}),
+        {"silu_fwd_keep", "silu_bwd", "softplus_fwd_keep", "linear_fwd", "linear_bwd", "huber", "adam_amsgrad_dev_w"}),
     "elu+sigmoid/linear-bce_logits/sgd-dampening": (
         ("elu", "sigmoid"), "linear", losses.BinaryCrossEntropy(from_logits=True),
         lambda: optim.SGD(lr=0.2, momentum=0.5, dampening=0.2, weight_decay=1e-3),
-        {"elu_fwd", "elu_bwd", "sigmoid_bwd", "bce_logits", "sgd_momentum"}),
+        {"elu_fwd", "elu_bwd", "sigmoid_bwd", "bce_logits", "sgd_momentum_dev"}),
 }
 
 
@@ -361,8 +365,116 @@ def test_stand_in_checks_calls(args, error, match):
 
 
 @pytest.mark.parametrize("in_params, error", [
-    ("raw T x", NotImplementedError), ("T", ValueError), ("T x, T x", ValueError), ("T _x", ValueError),
+    ("T", ValueError), ("T x, T x", ValueError), ("T _x", ValueError),
 ])
 def test_stand_in_checks_declarations(in_params, error):
     with pytest.raises(error):
         HostElementwiseKernel(in_params, "T z", "z = 0", name="bad")
+
+
+def test_stand_in_raw_parameters_and_size():
+    """``raw`` parameters are whole arrays indexed by flat C-order index (CuPy's ``CArray::operator[]``); ``size=``
+    sets the loop when nothing is elementwise; raw outputs are read and written in place."""
+    rows = HostElementwiseKernel("raw T z, int64 k", "raw T total", "for (int j = 0; j < k; ++j) total[i] += z[i * k + j]",
+                                 name="row_sums")
+    total = np.array([1.0, 2.0])
+    rows(np.arange(6.0).reshape(2, 3), 3, total, size=2)
+    np.testing.assert_array_equal(total, [1 + 0 + 1 + 2, 2 + 3 + 4 + 5])
+    with pytest.raises(ValueError, match="loop size"):
+        rows(np.arange(6.0), 3, total)
+    with pytest.raises(ValueError, match="must be passed"):
+        rows(np.arange(6.0), 3, size=2)
+    gather = HostElementwiseKernel("raw T X, raw I order", "T x", "x = X[order[i]]", name="gather")
+    np.testing.assert_array_equal(gather(np.array([5.0, 6.0, 7.0]), np.array([2, 0], np.int32), np.empty(2)), [7, 5])
+
+
+def test_stand_in_half_types():
+    """float16 and ml_dtypes' bfloat16 arrays: converted from float with round-to-nearest-even, as NumPy and
+    ml_dtypes do (and CUDA's __float2half / __float2bfloat16)."""
+    import ml_dtypes
+
+    x = np.random.default_rng(0).standard_normal(1000).astype(np.float32) * 100
+    x[:4] = [1.00390625, 1.01171875, np.nan, np.inf]  # ties to even in bfloat16, NaN, inf
+    for dtype in (np.float16, ml_dtypes.bfloat16):
+        cast = HostElementwiseKernel("T x", "L y", "y = L(x)", name="cast")
+        got = cast(x, np.empty(x.shape, dtype))
+        np.testing.assert_array_equal(got.astype(np.float32), x.astype(dtype).astype(np.float32))
+        back = HostElementwiseKernel("L y", "T x", "x = (T)(float)y", name="widen")(got, np.empty_like(x))
+        np.testing.assert_array_equal(back, got.astype(np.float32))
+
+
+@pytest.mark.parametrize("name", CupyOps.VECTOR_ACTIVATIONS)
+def test_vectorised_bias_act_equals_the_elementwise_kernel(name):
+    """kernels/vectorized.cuh (float4 loads and stores, a grid-stride loop) through a host stand-in for
+    cupy.RawKernel: bit for bit the ElementwiseKernel's result, with fewer threads than vectors (the stride loop
+    runs), a bias at an odd offset of a flat array (scalar bias loads), and the fallback where it does not apply."""
+    from host_kernel import HostRawKernel
+
+    activation = activations.get(name)
+    vec = CupyOps(anp, elementwise_kernel=HostElementwiseKernel, raw_kernel=HostRawKernel)
+    vec.vectorized, vec._sm_count = True, 1  # 8 blocks of 256 threads: 2048 threads for 3000 vectors
+    plain = CupyOps(anp, elementwise_kernel=HostElementwiseKernel)
+    rng = np.random.default_rng(1)
+    flat = random_inputs(rng, (1 + 24,), "float32")
+    b = flat[1:]  # 4 bytes past a 16-byte boundary
+    z = random_inputs(rng, (500, 24), "float32")
+    assert vec.vec4_applies(z, name)
+    got, want = z.copy(), z.copy()
+    vec.bias_act(got, b, activation)
+    plain.bias_act(want, b, activation)
+    np.testing.assert_array_equal(got, want)
+    assert f"vec4_{name}" in vec._kernels
+    odd = random_inputs(rng, (7, 6), "float32")
+    assert not vec.vec4_applies(odd, name)
+    got, want = odd.copy(), odd.copy()
+    vec.bias_act(got, b[:6], activation)
+    plain.bias_act(want, b[:6], activation)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_step_ops_into_workspaces_match_the_reference(dtype, rng):
+    """What a step calls with a workspace (and a captured step must): each built-in loss with a kernel (value as
+    a product with ones, gradient into the workspace), the bias gradient as a product, softmax's backward row
+    kernel, accuracy's device counts: all equal the reference within rounding, written into the workspace."""
+    import sys as _sys
+    from pathlib import Path as _Path
+
+    from gpunet import metrics
+    from gpunet.backend.workspaces import Workspace
+
+    _sys.path.insert(0, str(_Path(__file__).resolve().parent))
+    from fake_cuda import FakeCuda
+
+    fake = FakeCuda()
+    ops = CupyOps(anp, elementwise_kernel=HostElementwiseKernel, gemm=fake.gemm())
+    ws = Workspace(anp)
+    tol = TRAIN_TOL[dtype]
+    logits = random_inputs(rng, (13, 4), dtype) / 10
+    probs = REFERENCE.bias_act(logits.copy(), np.zeros(4, dtype), activations.Softmax())[1]
+    onehot = np.eye(4, dtype=dtype)[rng.integers(0, 4, 13)]
+    cases = [(losses.CategoricalCrossEntropy(), probs, onehot, True), (losses.BinaryCrossEntropy(),
+             1 / (1 + np.exp(-logits)), (onehot > 0).astype(dtype), True), (losses.MSE(), logits, onehot, False),
+             (losses.MAE(), logits, onehot, False), (losses.Huber(0.3), logits, onehot, False),
+             (losses.BinaryCrossEntropy(from_logits=True), logits, onehot, False)]
+    for loss, pred, target, combined in cases:
+        value, grad = ops.loss_and_grad(loss, pred, target, combined, ws)
+        want_value, want_grad = REFERENCE.loss_and_grad(loss, pred, target, combined)
+        assert grad is ws.like(("loss", "grad"), pred) and value.shape == ()
+        np.testing.assert_allclose(value, want_value, **tol, err_msg=repr(loss))
+        np.testing.assert_allclose(grad, want_grad, **tol, err_msg=repr(loss))
+    out = np.empty(4, dtype)
+    assert ops.sum_rows(logits, out, ws) is out
+    np.testing.assert_allclose(out, logits.sum(axis=0), **tol)
+    dy = random_inputs(rng, (13, 4), dtype)
+    want = REFERENCE.act_grad(activations.Softmax(), dy.copy(), None, probs)
+    got = dy.copy()
+    assert ops.act_grad(activations.Softmax(), got, None, probs, ws) is got
+    np.testing.assert_allclose(got, want, **tol)
+    for pred, target, metric in [(probs, onehot, metrics.Accuracy()), (probs[:, :1], onehot[:, :1],
+                                                                       metrics.Accuracy())]:
+        total = np.zeros((1, 1))
+        columns = pred.shape[1] == 1
+        for _ in range(2):  # accumulated across batches
+            ops.accuracy_into(pred, target, 0.5, columns, ws, total)
+        assert total[0, 0] == 2 * metric.stats(pred, target)[0]

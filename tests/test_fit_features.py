@@ -285,7 +285,8 @@ def test_early_stopping_on_known_sequences(monitor, kwargs, values, n_epochs, st
     es = cbs.EarlyStopping(monitor=monitor, **kwargs)
     metric = monitor.removeprefix("val_")
     history = small_model().fit(X, y, epochs=len(values), callbacks=[FeedLogs(monitor, values), es],
-                                metrics=[metric] if metric in gn.metrics.METRICS else None)
+                                metrics=[metric] if metric in gn.metrics.METRICS else None,
+                                validation_data=(X, y) if monitor.startswith("val_") else None)
     assert history.epoch == list(range(n_epochs))
     assert (es.stopped_epoch, es.best_epoch, es.best) == (stopped, best, values[best])
 
@@ -451,7 +452,8 @@ def test_hooks_are_called_in_order_with_the_right_arguments():
     # the two callbacks are told of every event, in the order they were given
     assert log == [(name, *event) for event in expected for name in ("first", "second")]
     assert first.model is model and second.model is model
-    assert first.train_logs == {"epochs": 2, "initial_epoch": 0, "steps": steps, "samples": 10, "batch_size": 4}
+    assert first.train_logs == {"epochs": 2, "initial_epoch": 0, "steps": steps, "samples": 10, "batch_size": 4,
+                                "validation": False}
     assert [logs["loss"] for logs in first.epoch_logs] == history["loss"]
     # the running loss after an epoch's last batch is the epoch's loss
     np.testing.assert_allclose(first.running[steps - 1::steps], history["loss"], rtol=1e-12)
@@ -875,3 +877,72 @@ def test_initial_epoch_is_checked(initial_epoch, error):
     with pytest.raises(error, match="initial_epoch"):
         model.fit(X, y, epochs=5, initial_epoch=initial_epoch)
     assert_weights_equal(model.get_weights(), before)
+
+
+@pytest.mark.parametrize("make", [lambda: cbs.StepLR(step_size=1, gamma=0.5), lambda: cbs.ExponentialLR(gamma=0.5),
+                                  lambda: cbs.CosineAnnealingLR(T_max=4)], ids=["step", "exponential", "cosine"])
+def test_a_schedule_resumed_from_a_file_continues(tmp_path, make):
+    """The closed-form schedules start from the optimizer's initial_lr (torch's param_group "initial_lr"), saved
+    with it: 2 epochs, save, load, 2 more from initial_epoch=2 equal 4 epochs (the rate used to compound)."""
+    X, y = small_regression(n=32)
+    full = small_model()
+    expected = full.fit(X, y, loss="mse", optimizer=gn.optim.SGD(lr=0.1), epochs=4, batch_size=8,
+                        callbacks=[make()])
+    part = small_model()
+    part.fit(X, y, loss="mse", optimizer=gn.optim.SGD(lr=0.1), epochs=2, batch_size=8, callbacks=[make()])
+    part.save(tmp_path / "m.safetensors")
+    resumed = gn.load(tmp_path / "m.safetensors")
+    assert resumed.optimizer.initial_lr == 0.1
+    history = resumed.fit(X, y, epochs=4, initial_epoch=2, batch_size=8, callbacks=[make()])
+    assert history["lr"] == expected["lr"][2:]
+    assert_weights_equal(resumed.get_weights(), full.get_weights())
+
+
+def test_train_on_batch_with_an_optimizer_name_continues_it():
+    """A loop that passes "adam" every time trains with one Adam (its moments build up), as Keras's train_on_batch
+    keeps the compiled optimizer; torch.optim.Adam over the same batches is the reference."""
+    torch = pytest.importorskip("torch")
+    X, y = small_regression(n=12)
+    model = gn.Sequential([gn.Dense(2, 1)], dtype="float64", seed=0)
+    W, b = (torch.tensor(w, requires_grad=True) for w in model.get_weights())
+    opt = torch.optim.Adam([W, b], lr=1e-3)
+    for rows in (slice(0, 4), slice(4, 8), slice(8, 12)):
+        model.train_on_batch(X[rows], y[rows], "mse", "adam")
+        opt.zero_grad()
+        ((torch.tensor(X[rows]) @ W + b)[:, 0] - torch.tensor(y[rows])).pow(2).mean().backward()
+        opt.step()
+    assert model.optimizer.steps == 3
+    np.testing.assert_allclose(model.get_weights()[0], W.detach().numpy(), rtol=1e-12)
+
+
+class Refuses(cbs.Callback):
+    def on_train_begin(self, logs=None):
+        raise ValueError("refused by a callback")
+
+
+@pytest.mark.parametrize("refusal", ["callback", "direction", "no_validation"])
+def test_a_fit_its_callbacks_refuse_changes_nothing(refusal):
+    """A fit refused before its first epoch (a callback's on_train_begin, a monitor with no direction, a val_*
+    monitor without validation data) leaves the loss, optimizer, metrics, feature names and generators as they
+    were, with seed=None too (validation_split draws from the shuffling generator)."""
+    X, y = small_regression()
+    model = gn.Sequential([gn.Dense(2, 3, "tanh"), gn.Dense(3, 1)], dtype="float64", seed=None)
+    model.fit(X, y, loss="mse", optimizer=gn.optim.Adam(lr=0.05), metrics=["r2"], epochs=1)
+    before = (model.loss, model.optimizer, [m.name for m in model.metrics], model.optimizer.steps,
+              model.trainer.shuffle_rng.bit_generator.state, model.get_weights())
+    callback = {"callback": Refuses(), "direction": cbs.EarlyStopping("my_score"),
+                "no_validation": cbs.EarlyStopping("val_loss")}[refusal]
+    with pytest.raises(ValueError):
+        model.fit(X, y, loss="mae", optimizer=gn.optim.SGD(lr=0.5), metrics=["mae"], epochs=3,
+                  validation_split=0.25 if refusal != "no_validation" else None, callbacks=[callback])
+    assert (model.loss, model.optimizer, [m.name for m in model.metrics], model.optimizer.steps) == before[:4]
+    assert model.trainer.shuffle_rng.bit_generator.state == before[4]
+    assert_weights_equal(model.get_weights(), before[5])
+
+
+def test_early_stopping_with_patience_zero_stops_at_the_first_bad_epoch():
+    """Keras's default patience is 0: the first epoch without improvement stops training."""
+    X, y = small_regression()
+    es = cbs.EarlyStopping("score", patience=0, mode="min")
+    history = small_model().fit(X, y, epochs=6, callbacks=[FeedLogs("score", [5, 4, 4.5, 3, 2, 1]), es])
+    assert history.epoch == [0, 1, 2] and es.best_epoch == 1

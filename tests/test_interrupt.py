@@ -120,7 +120,7 @@ def test_sklearn_wrapper_keeps_the_model_on_ctrl_c():
     from gpunet.sklearn import MLPRegressor
 
     X, y = data(200)
-    reg = MLPRegressor((8,), max_iter=50, random_state=0)
+    reg = MLPRegressor(hidden_layer_sizes=(8,), batch_size=32, max_iter=50, random_state=0)
     original = gn.Sequential.fit
 
     def fit_then_interrupt(self, *args, callbacks=None, **kwargs):
@@ -161,3 +161,20 @@ def test_command_line_saves_what_it_has_on_ctrl_c(tmp_path):
     loaded = gn.load(target)
     assert loaded.metadata["cli"]["task"] == "multiclass"
     assert loaded.ensemble_members == 1  # the recipe's first network, interrupted: the others never started
+
+
+@pytest.mark.parametrize("epoch", [1, 2])
+def test_ctrl_c_during_an_epochs_callbacks_stops_there(epoch):
+    """A SIGINT during validation or the epoch's callbacks (a checkpoint...) ends the fit after that epoch,
+    without training into the next one, and the last epoch's too is reported as interrupted."""
+    class CtrlCAtEpochEnd(cbs.Callback):
+        def on_epoch_end(self, e, logs):
+            if e == epoch:
+                ctrl_c()
+
+    X, y = data()
+    net = model()
+    with pytest.warns(UserWarning, match=rf"after epoch {epoch + 1}: the model keeps the weights of that finished"):
+        history = net.fit(X, y, loss="mse", optimizer="sgd", epochs=3, batch_size=8, callbacks=[CtrlCAtEpochEnd()])
+    assert history.interrupted and history.epoch == list(range(epoch + 1))
+    assert net.optimizer.steps == 8 * (epoch + 1)

@@ -349,7 +349,7 @@ def test_metadata_contents(tmp_path):
     assert meta["optimizer"] == {
         "class": "SGD", "name": "sgd", "steps": 6,
         "hyperparameters": {"lr": 0.05, "momentum": 0.9, "dampening": 0.0, "nesterov": True, "weight_decay": 0.0},
-        "state": [{"momentum_buffer": True}] * 6,
+        "state": [{"momentum_buffer": True}] * 6, "initial_lr": None,
     }
     rng_state = meta["shuffle_rng"]
     assert rng_state["bit_generator"] == "PCG64"
@@ -660,3 +660,48 @@ def test_a_checkpoint_at_learning_rate_zero_loads(tmp_path):
     loaded.fit(X, y, epochs=1, batch_size=8)  # a zero rate changes nothing (Adam's moments still advance)
     for a, b in zip(before, loaded.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_copies_of_a_model_whose_optimizer_stepped_another_model_train_like_it():
+    """An optimizer that last stepped another model restarts on this one (its next step): a copy must too, not
+    bind the other model's moments to itself."""
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(24, 4)), rng.normal(size=(24, 2))
+    optimizer = gn.optim.Adam(lr=0.05)
+    model = regressor()
+    model.fit(X, y, loss="mse", optimizer=optimizer, epochs=1, batch_size=8)
+    regressor(seed=9).fit(X, y, loss="mse", optimizer=optimizer, epochs=2, batch_size=8)  # now the other model's
+    copies = [copy.deepcopy(model), pickle.loads(pickle.dumps(model))]
+    for m in [model, *copies]:
+        m.fit(X, y, epochs=1, batch_size=8)
+    for m in copies:
+        assert m.optimizer.steps == model.optimizer.steps == 3
+        for a, b in zip(model.get_weights(), m.get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_a_pickle_holds_each_weight_once():
+    model = gn.Sequential([gn.Dense(200, 300, "relu"), gn.Dense(300, 10)], seed=0)
+    weights = sum(w.nbytes for w in model.get_weights())
+    import pickle
+
+    assert len(pickle.dumps(model)) < 1.2 * weights
+
+
+def test_pickles_of_gpunet_0_1_load(rng):
+    """A pickle written by gpunet 0.1 (through the file format; tests/data/gpunet-0.1-model.pickle: 3-4-2 softmax,
+    2 epochs of Adam on default_rng(0)'s data) loads and trains on."""
+    import pickle
+
+    with open(Path(__file__).parent / "data" / "gpunet-0.1-model.pickle", "rb") as handle:
+        model = pickle.load(handle)
+    data = np.random.default_rng(0)
+    X, y = data.normal(size=(20, 3)), data.integers(0, 2, 20)
+    assert model.optimizer.steps == 8 and model.optimizer.owns_state(model)
+    probabilities = model.predict(X)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
+    model.fit(X, y, epochs=1, batch_size=5)
+    assert model.optimizer.steps == 12

@@ -219,7 +219,7 @@ def assert_close(actual, expected, dtype, what, *, terms=0.0):
 # -- coverage: every function in the sources has a test here ----------------------------------------------------------
 ELEMENTWISE = [name for name, cls in activations.ACTIVATIONS.items() if cls.elementwise]
 HELPERS = ["gn_sign", "gn_sigmoid", "gn_clamped_log", "gn_gelu_clamp"]
-LOSSES = ["gn_huber", "gn_bce_logits", "gn_bce_sigmoid", "gn_cce_softmax"]
+LOSSES = ["gn_huber", "gn_bce_logits", "gn_bce_sigmoid", "gn_cce_softmax", "gn_mse", "gn_mae"]
 OPTIMIZERS = ["gn_sgd", "gn_sgd_momentum", "gn_adam", "gn_adam_amsgrad"]
 
 
@@ -342,6 +342,28 @@ def test_huber(host, delta, dtype):
     host("gn_huber", dtype, p, t, delta, scale, loss, grad)
     assert_close(loss, loss_ref, dtype, "huber loss")
     assert_close(grad, grad_ref, dtype, "huber grad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["mse", "mae"])
+def test_mse_mae(host, name, dtype):
+    """The kernels of the losses a captured step computes on the device: the elementwise value of
+    ``gpunet.losses.MSE``/``MAE`` and the gradient of their mean."""
+    from gpunet import losses
+
+    r = values(dtype)
+    t = np.random.default_rng(6).normal(0.0, 3.0, r.size).astype(dtype)
+    p = (t + r).astype(dtype)
+    p[:3] = t[:3]  # r = 0 exactly: MAE's gradient 0
+    loss_cls = losses.MSE() if name == "mse" else losses.MAE()
+    scale = 1.0 / p.size
+    with np.errstate(all="ignore"):
+        loss_ref = loss_cls.elementwise(p, t)
+        grad_ref = loss_cls.gradient(p, t)
+    loss, grad = np.full_like(p, np.nan), np.full_like(p, np.nan)
+    host(f"gn_{name}", dtype, p, t, scale, loss, grad)
+    assert_close(loss, loss_ref, dtype, f"{name} loss")
+    assert_close(grad, grad_ref, dtype, f"{name} grad")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -1,9 +1,13 @@
 """gpunet.sklearn: scikit-learn's estimator checks, and the estimators in pipelines, searches and on real data.
 
+The comparisons with scikit-learn's own MLP code and with torch are in ``tests/test_sklearn_reference.py``.
+
 Estimator checks expected to fail, with why (``expected_failed_checks``; both estimators unless said):
 
-- ``check_sample_weight_equivalence_on_dense_data``: a weight of k equals k repeated rows only in full-batch
-  training and up to float32 rounding (the check wants 1e-7); with mini-batches the repeated rows change the batches.
+- ``check_sample_weight_equivalence_on_dense_data``: a weight of k equals k repeated rows only up to the ``alpha``
+  term, which gpunet divides by the batch's rows (the weights rescaled to mean 1) where scikit-learn divides by the
+  batch's weight sum (about 1e-4 relative in the check's predictions), and up to float32 rounding (the check wants
+  1e-7); with mini-batches the repeated rows also change the batches.
 - ``check_methods_subset_invariance`` (``dtype="float32"`` only): float32 matrix products of a 1-row batch and of a
   many-row batch round differently (BLAS picks other kernels), about 1e-7 apart; the check wants 1e-7 absolute.
   With ``dtype="float64"`` the check passes (``test_float64_predictions_do_not_depend_on_the_batch``).
@@ -13,6 +17,7 @@ import copy
 import pickle
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -34,8 +39,8 @@ from gpunet.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
-_WEIGHTS_REASON = ("a weight of k equals k repeated rows only in full-batch training and up to float32 rounding; "
-                   "mini-batches of repeated rows differ")
+_WEIGHTS_REASON = ("a weight of k equals k repeated rows only up to alpha's divisor (batch rows, weights rescaled "
+                   "to mean 1, against scikit-learn's weight sum) and float32 rounding; mini-batches differ too")
 _SUBSET_REASON = ("float32 products of a 1-row and a many-row batch round differently (other BLAS kernels), ~1e-7 "
                   "apart; the check wants 1e-7 absolute")
 
@@ -71,13 +76,13 @@ def blobs():
 
 
 def small_clf(**kw):
-    return MLPClassifier(**{"hidden_layer_sizes": (16,), "learning_rate": 1e-2, "max_iter": 40, "random_state": 0,
-                            **kw})
+    return MLPClassifier(**{"hidden_layer_sizes": (16,), "learning_rate_init": 1e-2, "batch_size": 32, "max_iter": 40,
+                            "random_state": 0, **kw})
 
 
 def small_reg(**kw):
-    return MLPRegressor(**{"hidden_layer_sizes": (16,), "learning_rate": 1e-2, "max_iter": 40, "random_state": 0,
-                           **kw})
+    return MLPRegressor(**{"hidden_layer_sizes": (16,), "learning_rate_init": 1e-2, "batch_size": 32, "max_iter": 40,
+                           "random_state": 0, **kw})
 
 
 # -- packaging -----------------------------------------------------------------------------------------------------
@@ -97,7 +102,7 @@ def test_clear_import_error_without_sklearn():
 def test_iris_accuracy(iris):
     X_train, X_test, y_train, y_test = iris
     pipe = Pipeline([("scale", StandardScaler()),
-                     ("mlp", MLPClassifier((32,), learning_rate=1e-2, max_iter=100, random_state=0))])
+                     ("mlp", MLPClassifier((32,), learning_rate_init=1e-2, max_iter=100, random_state=0))])
     assert pipe.fit(X_train, y_train).score(X_test, y_test) >= 0.95
     assert isinstance(pipe.named_steps["mlp"].model_, gn.Sequential)
 
@@ -211,13 +216,13 @@ def test_regressor_losses(loss):
 # -- training control ----------------------------------------------------------------------------------------------
 def test_partial_fit_improves_the_loss(blobs):
     X, y = blobs
-    clf = MLPClassifier((16,), learning_rate=1e-3, random_state=0)
+    clf = MLPClassifier((16,), learning_rate_init=1e-3, batch_size=32, random_state=0)
     with pytest.raises(ValueError, match="classes must be passed"):
         clf.partial_fit(X, y)
     for _ in range(8):
         clf.partial_fit(X, y, classes=np.unique(y))
-    assert clf.n_iter_ == 8 and len(clf.loss_curve_) == 8
-    assert clf.loss_curve_[-1] < 0.8 * clf.loss_curve_[0]
+    assert clf.n_iter_ == 1 and len(clf.loss_curve_) == 8 and clf.t_ == 8 * len(X)  # n_iter_: the last call's
+    assert clf.loss_curve_[-1] < 0.8 * clf.loss_curve_[0] and clf.loss_ == clf.loss_curve_[-1]
     assert clf.best_loss_ == min(clf.loss_curve_)
     with pytest.raises(ValueError, match="not in classes_"):
         clf.partial_fit(X[:3], np.array([0, 1, 9]))
@@ -225,14 +230,17 @@ def test_partial_fit_improves_the_loss(blobs):
         clf.partial_fit(X, y, classes=[0, 1, 2, 3])
     with pytest.raises(ValueError, match="features"):
         clf.partial_fit(X[:, :3], y)
+    clf.partial_fit(X[y == 0], y[y == 0])  # a call may hold only some of the classes
 
-    reg = MLPRegressor((16,), learning_rate=1e-2, random_state=0)
+    reg = MLPRegressor(hidden_layer_sizes=(16,), learning_rate_init=1e-2, batch_size=32, random_state=0)
     target = X[:, 0] - X[:, 1]
     for _ in range(6):
         reg.partial_fit(X, target)
     assert reg.loss_curve_[-1] < 0.5 * reg.loss_curve_[0]
     with pytest.raises(ValueError, match="target"):
         reg.partial_fit(X, np.c_[target, target])
+    with pytest.raises(ValueError, match="partial_fit does not support early_stopping"):
+        clone(reg).set_params(early_stopping=True).partial_fit(X, target)
 
 
 def test_partial_fit_continues_fit(blobs):
@@ -240,66 +248,133 @@ def test_partial_fit_continues_fit(blobs):
     clf = small_clf(max_iter=3).fit(X, y)
     optimizer = clf.model_.optimizer
     clf.partial_fit(X, y)  # no classes needed after fit
-    assert clf.n_iter_ == 4 and clf.model_.optimizer is optimizer and optimizer.steps == 4 * 8
+    assert clf.n_iter_ == 1 and clf.model_.optimizer is optimizer and optimizer.steps == 4 * 8
+    assert len(clf.loss_curve_) == 4 and clf.t_ == 4 * len(X)
+
+
+def test_warm_start_continues_the_network(blobs):
+    X, y = blobs
+    clf = small_clf(max_iter=3, warm_start=True).fit(X, y)
+    before = [w.copy() for w in clf.coefs_]
+    first_optimizer = clf.model_.optimizer
+    clf.set_params(max_iter=2).fit(X, y)
+    assert clf.n_iter_ == 2 and len(clf.loss_curve_) == 5 and clf.t_ == 5 * len(X)
+    assert clf.model_.optimizer is not first_optimizer and clf.model_.optimizer.steps == 2 * 8  # a fresh one
+    assert not np.array_equal(before[0], clf.coefs_[0])
+    with pytest.raises(ValueError, match="same classes"):
+        clf.fit(X[y < 2], y[y < 2])
+    with pytest.raises(ValueError, match="features"):
+        clf.fit(X[:, :4], y)
+    with pytest.raises(ValueError, match="hidden_layer_sizes"):
+        clone(clf).fit(X, y).set_params(hidden_layer_sizes=(8,)).fit(X, y)
+    cold = small_clf(max_iter=3).fit(X, y)
+    np.testing.assert_array_equal(clf.set_params(warm_start=False, max_iter=3).fit(X, y).coefs_[0], cold.coefs_[0])
+    assert len(clf.loss_curve_) == 3
 
 
 def test_early_stopping(blobs):
     X, y = blobs
-    clf = MLPClassifier((16,), learning_rate=0.05, max_iter=500, early_stopping=True, validation_fraction=0.25,
-                        n_iter_no_change=5, random_state=0).fit(X, y)
+    clf = MLPClassifier((16,), learning_rate_init=0.05, batch_size=32, max_iter=500, early_stopping=True,
+                        validation_fraction=0.25, n_iter_no_change=5, random_state=0).fit(X, y)
     assert clf.n_iter_ < 500
     assert len(clf.loss_curve_) == len(clf.validation_loss_curve_) == len(clf.validation_scores_) == clf.n_iter_
-    assert clf.best_loss_ == min(clf.validation_loss_curve_)
-    best = int(np.argmin(clf.validation_loss_curve_))
-    assert clf.best_validation_score_ == clf.validation_scores_[best]
+    assert clf.best_loss_ is None  # scikit-learn's: the validation score decides
+    assert clf.best_validation_score_ == max(clf.validation_scores_)
     assert 0.0 <= clf.best_validation_score_ <= 1.0
-    assert clf.n_iter_ - 1 - best >= 5  # stopped n_iter_no_change epochs after the best one
+    # stopped on the first epoch whose count of epochs not beating the best by tol exceeds n_iter_no_change
+    scores, best, count = clf.validation_scores_, -np.inf, 0
+    for epoch, score in enumerate(scores):
+        count = count + 1 if score < best + clf.tol else 0
+        best = max(best, score)
+        assert (count > 5) == (epoch == len(scores) - 1)
 
     reg = small_reg(early_stopping=True, max_iter=500, n_iter_no_change=3).fit(X, X[:, 0])
     assert reg.n_iter_ < 500 and reg.best_validation_score_ > 0.8
-    assert small_clf().fit(X, y).validation_scores_ is None
+    fitted = small_clf().fit(X, y)
+    assert fitted.validation_scores_ is None and fitted.best_validation_score_ is None
 
 
 def test_early_stopping_restores_the_best_weights(blobs):
     from gpunet.training import split_validation  # the split fit makes: stratified, seeded by random_state
 
     X, y = blobs
-    clf = small_clf(early_stopping=True, validation_fraction=0.25, max_iter=300, n_iter_no_change=4).fit(X, y)
+    w = np.random.default_rng(1).uniform(0.2, 2.0, len(X))
+    clf = small_clf(early_stopping=True, validation_fraction=0.25, max_iter=300, n_iter_no_change=4,
+                    tol=0.0).fit(X, y, sample_weight=w)
     _, val_rows = split_validation(len(X), 0.25, y, np.random.default_rng(0))
+    assert clf.score(X[val_rows], y[val_rows], sample_weight=w[val_rows]) == pytest.approx(clf.best_validation_score_)
+    assert clf.best_validation_score_ == max(clf.validation_scores_)
     val_loss = clf.model_.evaluate(X[val_rows], y[val_rows])["loss"]
-    assert val_loss == pytest.approx(clf.best_loss_, rel=1e-5)
-    assert val_loss < clf.validation_loss_curve_[-1]
+    assert val_loss == pytest.approx(clf.validation_loss_curve_[int(np.argmax(clf.validation_scores_))], rel=1e-5)
+
+
+def test_validation_set_too_small_is_refused(blobs):
+    X, y = blobs
+    with pytest.raises(ValueError, match="validation set is too small"):
+        small_reg(early_stopping=True, validation_fraction=0.01).fit(X[:60], X[:60, 0])
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy warns on the overflow we provoke
 def test_a_diverging_fit_leaves_no_model():
     X = np.random.default_rng(0).normal(size=(50, 3))
-    reg = MLPRegressor((8,), optimizer="sgd", learning_rate=10.0, max_iter=50, random_state=0)
+    reg = MLPRegressor(hidden_layer_sizes=(8,), solver="sgd", learning_rate_init=10.0, max_iter=50, random_state=0)
     with pytest.raises(gn.NonFiniteLossError):
         reg.fit(X, X @ [1e3, 2e3, 3e3])
     with pytest.raises(NotFittedError):
         reg.predict(X)
+    assert not [k for k in vars(reg) if k.endswith("_")]
 
 
 def test_stops_when_training_loss_stalls(blobs):
     X, y = blobs
     clf = small_clf(max_iter=1000, tol=1e-2, n_iter_no_change=3).fit(X, y)
     assert clf.n_iter_ < 1000 and clf.best_loss_ == min(clf.loss_curve_)
+    assert small_clf(max_iter=30, tol=10.0, n_iter_no_change=np.inf).fit(X, y).n_iter_ == 30  # inf: never stops
 
 
 def test_convergence_warning(blobs):
     X, y = blobs
-    with pytest.warns(ConvergenceWarning, match="max_iter=2"):
+    with pytest.warns(ConvergenceWarning, match=r"Maximum iterations \(2\) reached"):
         small_clf(max_iter=2).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        small_clf(max_iter=2).partial_fit(X, y, classes=[0, 1, 2])  # one epoch asked, one run
+        small_clf(max_iter=500, tol=1.0, n_iter_no_change=1).fit(X, y)  # stopped
 
 
-def test_optimizers_and_hyperparameters(blobs):
+def test_batch_size(blobs):
+    X, y = blobs  # 240 rows
+    assert small_clf(batch_size="auto", max_iter=1).fit(X, y).model_.optimizer.steps == 2  # min(200, 240) rows
+    assert small_clf(batch_size="auto", max_iter=1).fit(X[:150], y[:150]).model_.optimizer.steps == 1
+    assert small_clf(batch_size=None, max_iter=1).fit(X, y).model_.optimizer.steps == 1
+    with pytest.warns(UserWarning, match="It is going to be clipped"):
+        assert small_clf(batch_size=1000, max_iter=1).fit(X, y).model_.optimizer.steps == 1
+
+
+def test_verbose_prints_scikit_learns_lines(blobs, capsys):
+    X, y = blobs
+    small_clf(max_iter=50, tol=1.0, n_iter_no_change=1, verbose=True).fit(X, y)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("Iteration 1, loss = ") and out[-1] == (
+        "Training loss did not improve more than tol=1.000000 for 1 consecutive epochs. Stopping.")
+    small_clf(max_iter=2, early_stopping=True, verbose=1).fit(X, y)
+    assert capsys.readouterr().out.splitlines()[1].startswith("Validation score: ")
+    small_clf(max_iter=2).fit(X, y)
+    assert capsys.readouterr().out == ""
+
+
+def test_solvers_and_hyperparameters(blobs):
     X, y = blobs
     for name in ("sgd", "adam", "adamw", "rmsprop", "adagrad"):
-        clf = small_clf(optimizer=name, learning_rate=1e-2, weight_decay=1e-4, momentum=0.8, max_iter=3).fit(X, y)
+        clf = small_clf(solver=name, learning_rate_init=1e-2, weight_decay=1e-4, momentum=0.8, max_iter=3).fit(X, y)
         opt = clf.model_.optimizer
         assert opt.name == name and opt.lr == 1e-2 and opt.weight_decay == 1e-4
-        assert name != "sgd" or opt.momentum == 0.8
+        assert name != "sgd" or (opt.momentum == 0.8 and opt.nesterov)
+    opt = small_clf(solver="adam", beta_1=0.8, beta_2=0.99, epsilon=1e-6, max_iter=1).fit(X, y).model_.optimizer
+    assert opt.betas == (0.8, 0.99) and opt.eps == 1e-6
+    opt = small_clf(solver="sgd", nesterovs_momentum=False, max_iter=1).fit(X, y).model_.optimizer
+    assert opt.momentum == 0.9 and not opt.nesterov
+    assert not small_clf(solver="sgd", momentum=0.0, max_iter=1).fit(X, y).model_.optimizer.nesterov
     clf = small_clf(hidden_layer_sizes=(8, 4), activation="tanh", batch_size=None, dtype="float64", max_iter=2)
     model = clf.fit(X, y).model_
     assert [(d.in_features, d.out_features, d.activation.name) for d in model.layers] == [
@@ -307,15 +382,36 @@ def test_optimizers_and_hyperparameters(blobs):
     assert model.dtype == "float64" and clf.model_.optimizer.steps == 2  # full batch: one step per epoch
     assert small_clf(hidden_layer_sizes=(), max_iter=2).fit(X, y).model_.count_params() == 7 * 3
     assert small_clf(activation="logistic", max_iter=2).fit(X, y).model_.layers[0].activation.name == "sigmoid"
+    assert small_clf(max_fun=1, max_iter=2).fit(X, y).n_iter_ == 2  # L-BFGS's: no effect
+    assert small_clf(max_iter=2).fit(X, y).model_.trainer.gradient_hooks == []  # alpha's hook: only during fit
+
+
+def test_learning_rate_is_the_schedule_not_the_rate(blobs):
+    X, y = blobs
+    with pytest.raises(TypeError, match=r"learning_rate_init=0\.01"):
+        MLPClassifier(learning_rate=0.01).fit(X, y)
+    with pytest.raises(ValueError, match="'constant', 'invscaling', 'adaptive'"):
+        MLPClassifier(learning_rate="cosine").fit(X, y)
+    lrs = small_clf(solver="sgd", learning_rate="invscaling", power_t=0.5, learning_rate_init=0.1, max_iter=3,
+                    tol=0.0, batch_size=None).fit(X, y)
+    assert lrs.model_.optimizer.lr == pytest.approx(0.1 / (3 * len(X) + 1) ** 0.5)
+    adam = small_clf(learning_rate="invscaling", max_iter=3).fit(X, y)  # only solver="sgd" has a schedule
+    assert adam.model_.optimizer.lr == 1e-2
 
 
 @pytest.mark.parametrize("params, error", [
-    ({"optimizer": "lbfgs"}, ValueError), ({"hidden_layer_sizes": (10, 0)}, ValueError),
+    ({"solver": "lbfgs"}, ValueError), ({"solver": "newton"}, ValueError),
+    ({"hidden_layer_sizes": (10, 0)}, ValueError),
     ({"hidden_layer_sizes": "wide"}, TypeError), ({"activation": "softmax"}, ValueError),
-    ({"learning_rate": -1.0}, ValueError), ({"batch_size": 0}, ValueError), ({"max_iter": 0}, ValueError),
-    ({"validation_fraction": 1.0}, ValueError), ({"dtype": "float16"}, ValueError), ({"verbose": 3}, ValueError),
+    ({"learning_rate_init": -1.0}, ValueError), ({"learning_rate_init": 0.0}, ValueError),
+    ({"learning_rate": 0.1}, TypeError), ({"alpha": -1.0}, ValueError), ({"power_t": -0.5}, ValueError),
+    ({"batch_size": 0}, ValueError), ({"batch_size": "big"}, TypeError), ({"max_iter": 0}, ValueError),
+    ({"shuffle": "yes"}, TypeError), ({"warm_start": 1}, TypeError), ({"nesterovs_momentum": None}, TypeError),
+    ({"early_stopping": 1}, TypeError), ({"momentum": 1.5}, ValueError), ({"beta_1": 1.0}, ValueError),
+    ({"beta_2": -0.1}, ValueError), ({"epsilon": 0.0}, ValueError), ({"max_fun": 0}, ValueError),
+    ({"validation_fraction": 1.0}, ValueError), ({"dtype": "float16"}, ValueError), ({"verbose": -1}, ValueError),
     ({"device": "tpu"}, ValueError), ({"random_state": -1}, ValueError), ({"class_weight": "auto"}, ValueError),
-    ({"tol": -1.0}, ValueError), ({"n_iter_no_change": 0}, ValueError),
+    ({"tol": -1.0}, ValueError), ({"n_iter_no_change": 0}, ValueError), ({"weight_decay": -1.0}, ValueError),
 ])
 def test_parameters_are_checked_in_fit_not_init(blobs, params, error):
     X, y = blobs
@@ -325,10 +421,83 @@ def test_parameters_are_checked_in_fit_not_init(blobs, params, error):
         clf.fit(X, y)
 
 
-def test_regressor_loss_is_checked_in_fit():
-    reg = MLPRegressor(loss="hinge")
+def test_lbfgs_and_poisson_are_refused_clearly():
+    X, y = [[0.0], [1.0], [2.0]], [0.0, 1.0, 2.0]
+    with pytest.raises(ValueError, match="gradient descent"):
+        MLPRegressor(solver="lbfgs").fit(X, y)
+    with pytest.raises(ValueError, match="'poisson' is not supported"):
+        MLPRegressor(loss="poisson").fit(X, y)
     with pytest.raises(ValueError, match="loss must be"):
-        reg.fit([[0.0], [1.0]], [0.0, 1.0])
+        MLPRegressor(loss="hinge").fit(X, y)
+    with pytest.raises(ValueError, match="first positional parameter"):  # scikit-learn >= 1.7's order
+        MLPRegressor((8,)).fit(X, y)
+
+
+# -- fitted attributes --------------------------------------------------------------------------------------------
+def test_fitted_attributes_follow_the_network(blobs):
+    X, y = blobs
+    clf = small_clf(hidden_layer_sizes=(5, 4), max_iter=2).fit(X, y)
+    model = clf.model_
+    assert clf.n_layers_ == 4 and clf.out_activation_ == "softmax" and clf.n_outputs_ == 3
+    assert [c.shape for c in clf.coefs_] == [(6, 5), (5, 4), (4, 3)]
+    assert [b.shape for b in clf.intercepts_] == [(5,), (4,), (3,)]
+    for got, want in zip(clf.coefs_ + clf.intercepts_, model.get_weights()[0::2] + model.get_weights()[1::2]):
+        np.testing.assert_array_equal(got, want)
+    clf.coefs_[0][...] = 0.0  # on the CPU the network's own arrays, as scikit-learn's coefs_ are its parameters
+    np.testing.assert_array_equal(model.get_weights()[0], 0.0)
+    new = [np.full_like(b, 0.5) for b in clf.intercepts_]
+    clf.intercepts_ = new  # assigning a list writes it into the network
+    np.testing.assert_array_equal(model.get_weights()[5], 0.5)
+    with pytest.raises(ValueError, match="shape"):
+        clf.coefs_ = [np.zeros((2, 2))] * 3
+    with pytest.raises(ValueError, match="3 arrays"):
+        clf.intercepts_ = new[:2]
+
+    clf.partial_fit(X, y)
+    np.testing.assert_array_equal(clf.coefs_[1], clf.model_.get_weights()[2])
+    restored = pickle.loads(pickle.dumps(clf))
+    for a, b in zip(restored.coefs_ + restored.intercepts_, clf.coefs_ + clf.intercepts_):
+        np.testing.assert_array_equal(a, b)
+
+    binary = small_clf(max_iter=1).fit(X, y % 2)
+    assert binary.out_activation_ == "logistic" and binary.n_outputs_ == 1 and binary.coefs_[-1].shape == (16, 1)
+    reg = small_reg(max_iter=1).fit(X, X[:, :2])
+    assert reg.out_activation_ == "identity" and reg.n_outputs_ == 2 and reg.n_layers_ == 3
+    unfitted = MLPClassifier()
+    assert not hasattr(unfitted, "coefs_") and not hasattr(unfitted, "n_layers_")
+
+
+def test_ctrl_c_keeps_the_network_and_warns_once(blobs):
+    """fit returns normally with what the finished epochs made; one warning (gpunet's fit's, with scikit-learn's
+    words), no ConvergenceWarning, and the alpha hook is gone."""
+    import os
+    import signal
+
+    X, y = blobs
+    original = gn.Sequential.fit
+
+    class CtrlC(gn.callbacks.Callback):
+        def on_batch_end(self, batch, running_logs):
+            if self.trainer.optimizer.steps == 2 * 8 + 3:  # epoch 3, batch 3
+                os.kill(os.getpid(), signal.SIGINT)
+
+    def fit_then_interrupt(self, *args, callbacks=None, **kwargs):
+        return original(self, *args, callbacks=[*(callbacks or []), CtrlC()], **kwargs)
+
+    for early_stopping, batch in ((False, 30), (True, 24)):  # 8 batches of the 240 or the 192 training rows
+        clf = small_clf(max_iter=50, alpha=1e-2, early_stopping=early_stopping, validation_fraction=0.2,
+                        batch_size=batch)
+        gn.Sequential.fit = fit_then_interrupt
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                clf.fit(X, y)
+        finally:
+            gn.Sequential.fit = original
+        assert [str(w.message)[:29] for w in caught] == ["Training interrupted by user "]
+        assert clf.n_iter_ == 2 and len(clf.loss_curve_) == 2 and clf.t_ == 2 * 8 * batch
+        assert clf.model_.trainer.gradient_hooks == [] and clf.predict(X[:3]).shape == (3,)
+        assert clf.model_.optimizer.steps == 2 * 8 + 3  # the last finished step's weights, as fit warns
 
 
 # -- scikit-learn machinery ----------------------------------------------------------------------------------------
@@ -361,7 +530,7 @@ def test_clone_get_set_params(blobs):
     assert not hasattr(twin, "model_") and twin.get_params() == clf.get_params()
     with pytest.raises(NotFittedError):
         twin.predict(X)
-    twin.set_params(hidden_layer_sizes=(4, 4), learning_rate=0.1)
+    twin.set_params(hidden_layer_sizes=(4, 4), learning_rate_init=0.1)
     assert twin.hidden_layer_sizes == (4, 4) and clf.hidden_layer_sizes == (8,)
     assert [d.out_features for d in twin.fit(X, y).model_.layers] == [4, 4, 3]
     assert "hidden_layer_sizes=(4, 4)" in repr(twin)
@@ -402,10 +571,10 @@ def test_early_stopping_split_errors_name_validation_fraction():
 def test_pipeline_grid_search_and_cross_validation(iris):
     X_train, X_test, y_train, y_test = iris
     pipe = Pipeline([("scale", StandardScaler()), ("mlp", MLPClassifier(max_iter=60, random_state=0))])
-    search = GridSearchCV(pipe, {"mlp__hidden_layer_sizes": [(4,), (32,)], "mlp__learning_rate": [1e-3, 1e-2]},
+    search = GridSearchCV(pipe, {"mlp__hidden_layer_sizes": [(4,), (32,)], "mlp__learning_rate_init": [1e-3, 1e-2]},
                           cv=3)
     search.fit(X_train, y_train)
-    assert set(search.best_params_) == {"mlp__hidden_layer_sizes", "mlp__learning_rate"}
+    assert set(search.best_params_) == {"mlp__hidden_layer_sizes", "mlp__learning_rate_init"}
     assert search.score(X_test, y_test) >= 0.9
     scores = cross_val_score(make_pipeline(StandardScaler(), small_clf(max_iter=60)), X_train, y_train, cv=3)
     assert scores.shape == (3,) and scores.mean() > 0.85
@@ -436,7 +605,8 @@ def test_float64_predictions_do_not_depend_on_the_batch(blobs):
 def test_cuda_estimator(Estimator, blobs):
     X, y = blobs
     target = y if Estimator is MLPClassifier else X[:, 0] - X[:, 1]
-    params = {"hidden_layer_sizes": (32,), "learning_rate": 1e-2, "max_iter": 30, "random_state": 0}
+    params = {"hidden_layer_sizes": (32,), "learning_rate_init": 1e-2, "batch_size": 32, "max_iter": 30,
+              "random_state": 0}
     gpu_est = Estimator(device="cuda", **params).fit(X, target)
     cpu_est = Estimator(device="cpu", **params).fit(X, target)
     assert gpu_est.model_.device.startswith("cuda")

@@ -245,3 +245,77 @@ def test_a_packed_ensemble_refuses_training(tmp_path):
             net.train_on_batch(X, y, "cce", "sgd")
         for a, b in zip(before, net.get_weights()):
             np.testing.assert_array_equal(a, b)
+
+
+def test_a_roll_back_keeps_whom_the_optimizer_state_belongs_to():
+    """An optimizer whose state belongs to another model restarts on this one; after a divergence the replay must
+    restart it too (not replay with the other model's momentum): the kept weights equal a fresh optimizer's."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 3))
+    y = 50 * (X @ np.array([1.0, -2.0, 0.5]))
+
+    def build(seed):
+        return gn.Sequential([gn.Dense(3, 8, "relu"), gn.Dense(8, 1)], dtype="float64", seed=seed)
+
+    def diverge(model, optimizer):
+        with pytest.raises(gn.NonFiniteLossError) as caught:
+            model.fit(X, y, loss="mse", optimizer=optimizer, epochs=1, batch_size=8, shuffle=False)
+        return caught.value
+
+    fresh = build(0)
+    expected = diverge(fresh, gn.optim.SGD(lr=0.2, momentum=0.9))
+    shared = gn.optim.SGD(lr=1e-4, momentum=0.9)
+    build(1).fit(X, y, loss="mse", optimizer=shared, epochs=1, batch_size=8, shuffle=False)
+    shared.lr = 0.2
+    model = build(0)
+    error = diverge(model, shared)
+    assert (error.epoch, error.batch) == (expected.epoch, expected.batch)
+    for a, b in zip(model.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert shared.steps == expected.batch - 1
+
+
+def test_a_failed_fit_leaves_no_epoch_open():
+    """An exception inside the batch loop (a user callback) closes the trainer's epoch: the next step works."""
+    class Fails(gn.callbacks.Callback):
+        def on_batch_end(self, batch, running_logs):
+            raise RuntimeError("user callback failed")
+
+    X, y = problem()
+    net = model()
+    with pytest.raises(RuntimeError, match="user callback failed"):
+        net.fit(X, y, loss="cce", optimizer="sgd", epochs=1, batch_size=5, callbacks=[Fails()])
+    assert net.trainer._epoch is None and all(layer._cache is None for layer in net.layers)
+    assert np.isfinite(net.train_on_batch(X, y, "cce", "sgd"))
+
+
+def test_prepare_and_step_refuse_what_they_cannot_do():
+    net = model()
+    trainer = net.trainer
+    with pytest.raises(RuntimeError, match="configure"):
+        trainer.prepare(*problem())
+    trainer.configure(gn.losses.get("cce"), gn.optim.SGD())
+    before = net.get_weights()
+    with pytest.raises(ValueError, match="n > 0"):  # an empty batch outside data-parallel training
+        trainer.step(np.zeros((0, 4)), np.zeros((0, 3)))
+    for a, b in zip(before, net.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_moving_between_host_namespaces_keeps_the_dropout_stream():
+    """model.to(...) between backends whose masks NumPy draws goes on with the same dropout generator, as a save and
+    load does (a move to or from CuPy restarts it on the GPU)."""
+    X, y = problem()
+
+    def build():
+        return gn.Sequential([gn.Dense(4, 6, "tanh", dropout=0.4), gn.Dense(6, 3, "softmax")], dtype="float64",
+                             seed=0)
+
+    moved, control = build(), build()
+    for net in (moved, control):
+        net.fit(X, y, loss="cce", optimizer="sgd", epochs=1, batch_size=5)
+    moved.to("cpu")
+    for net in (moved, control):
+        net.fit(X, y, epochs=2, batch_size=5)
+    for a, b in zip(moved.get_weights(), control.get_weights()):
+        np.testing.assert_array_equal(a, b)

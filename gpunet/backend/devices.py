@@ -7,7 +7,8 @@ library's specialised steps).
 Device strings:
 
 - ``"cpu"``: NumPy (through ``array_api_compat.numpy``).
-- ``"cuda"`` / ``"cuda:N"``: CuPy on GPU ``N`` (imported lazily, on first use).
+- ``"cuda"`` / ``"cuda:N"``: CuPy on GPU ``N`` (imported lazily, on first use); ``"cuda"`` is GPU 0, or a
+  data-parallel rank's own GPU (see :func:`gpunet.distributed.init`).
 - ``"auto"``: CUDA if CuPy imports and sees a GPU, else the CPU.
 - an Array API namespace module (``array_api_strict``, ``torch``, ``numpy``, ...): that library's default device.
 
@@ -190,6 +191,16 @@ def cuda_available() -> tuple[bool, str]:
     return info["available"], info["reason"]
 
 
+_DEFAULT_CUDA_INDEX = 0  # the GPU "cuda" and "auto" mean; a data-parallel rank takes its own (set_default_cuda_index)
+
+
+def set_default_cuda_index(index: int) -> None:
+    """Make ``"cuda"`` (and ``"auto"``) mean GPU ``index`` in this process (:func:`gpunet.distributed.init` gives
+    each rank of a node its own GPU)."""
+    global _DEFAULT_CUDA_INDEX
+    _DEFAULT_CUDA_INDEX = int(index)
+
+
 def get_backend(device="cpu") -> Backend:
     """Resolve a device string or an Array API namespace module to a :class:`Backend`.
 
@@ -211,7 +222,7 @@ def get_backend(device="cpu") -> Backend:
     if spec == "cpu":
         return Backend(array_api_compat.numpy, "numpy")
     if spec == "cuda" or spec.startswith("cuda:"):
-        index_text = "0" if spec == "cuda" else spec[5:]
+        index_text = str(_DEFAULT_CUDA_INDEX) if spec == "cuda" else spec[5:]
         if not index_text.isdigit():
             raise ValueError(f"device must be 'cuda' or 'cuda:N' with N a GPU index; received device={device!r}")
         ok, why = cuda_available()

@@ -12,9 +12,10 @@ from .reference import Ops
 
 class NumpyOps(Ops):
     """NumPy specialisation: the same results as :class:`Ops` up to rounding, with in-place ``out=`` arithmetic into
-    the trainer's workspaces (see :mod:`gpunet.backend.workspaces`), so a steady-state training step allocates
-    (almost) nothing. Without a workspace (``ws=None``: public calls) every result is a new array. The object holds
-    no arrays: one serves every model, in any thread."""
+    the trainer's workspaces (see :mod:`gpunet.backend.workspaces`): a steady-state step of a relu/tanh/linear/
+    softmax network allocates nothing layer-sized (``tests/test_memory.py``); the other activations run the
+    reference formulas, which allocate their temporaries. Without a workspace (``ws=None``: public calls) every
+    result is a new array. The object holds no arrays: one serves every model, in any thread."""
 
     reuses_buffers = True
 
@@ -30,7 +31,7 @@ class NumpyOps(Ops):
             return np.multiply(a, b, out=out)
         return np.matmul(a, b, out=out)
 
-    def dense(self, x, W, b, activation, out=None):
+    def dense(self, x, W, b, activation, out=None, ws=None):
         if out is None:
             out = np.empty((x.shape[0], W.shape[1]), dtype=np.result_type(x, W))
         gemm = blas.matrix_blas(x, W, out)
@@ -40,7 +41,7 @@ class NumpyOps(Ops):
         gemm.gemm(x, W, out)
         return self._activate(out, activation)
 
-    def bias_act(self, z, b, activation):
+    def bias_act(self, z, b, activation, ws=None):
         np.add(z, b, out=z)
         return self._activate(z, activation)
 
@@ -123,7 +124,18 @@ class NumpyOps(Ops):
         out = np.multiply(p, weight_decay, out=_scratch(ws, p, 1))
         return np.add(out, g, out=out)
 
-    def sgd_update(self, p, g, buf, *, lr, momentum, dampening, nesterov, weight_decay, ws=None):
+    def cast_into(self, src, dst) -> None:
+        np.copyto(dst, src, casting="unsafe")
+
+    def sgd_update(self, p, g, buf, *, lr, momentum, dampening, nesterov, weight_decay, ws=None, dev=None,
+                   low=None):
+        buf = self._sgd(p, g, buf, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                        weight_decay=weight_decay, ws=ws)
+        if low is not None:
+            self.cast_into(p, low)
+        return buf
+
+    def _sgd(self, p, g, buf, *, lr, momentum, dampening, nesterov, weight_decay, ws=None):
         new_buffer = momentum and buf is None
         if new_buffer:
             buf = np.empty_like(p)
@@ -164,7 +176,14 @@ class NumpyOps(Ops):
                 direction += g
         p -= np.multiply(direction, lr, out=_scratch(ws, p))
 
-    def adam_update(self, p, g, m, v, vmax, *, step, lr, beta1, beta2, eps, weight_decay, decoupled, ws=None):
+    def adam_update(self, p, g, m, v, vmax, *, step, lr, beta1, beta2, eps, weight_decay, decoupled, ws=None,
+                    dev=None, low=None):
+        self._adam(p, g, m, v, vmax, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                   decoupled=decoupled, ws=ws)
+        if low is not None:
+            self.cast_into(p, low)
+
+    def _adam(self, p, g, m, v, vmax, *, step, lr, beta1, beta2, eps, weight_decay, decoupled, ws=None):
         vector = blas.vector_blas(p, g, m, v, vmax)
         if vector:  # 9 passes instead of 13, the scaled adds on the BLAS threads
             if weight_decay and decoupled:

@@ -40,6 +40,9 @@ class Ops:
     # True when layers should hand ``out=`` arrays from the trainer's workspaces to matmul/dense/sum_rows/dropout;
     # every method also takes the workspace itself (``ws``) where it needs scratch, and ignores it here
     reuses_buffers = False
+    # True when the optimizer updates read the learning rate and step count from device scalars (``dev``), so that
+    # a captured step sees the values of each replay (CupyOps)
+    device_scalars = False
 
     def __init__(self, xp):
         self.xp = xp
@@ -56,7 +59,7 @@ class Ops:
         """``sum(a, axis=0)``; specialisations write into ``out`` when given."""
         return self.xp.sum(a, axis=0)
 
-    def bias_act(self, z, b, activation):
+    def bias_act(self, z, b, activation, ws=None):
         """``y = activation(z + b)`` for ``z`` of shape ``(n, out)`` (owned by the caller, may be overwritten).
 
         Returns ``(z_saved, y)``: ``z_saved`` is the pre-activation when ``activation.uses_input`` (backward
@@ -65,10 +68,11 @@ class Ops:
         z = z + b
         return (z if activation.uses_input else None), activation.forward(z)
 
-    def dense(self, x, W, b, activation, out=None):
+    def dense(self, x, W, b, activation, out=None, ws=None):
         """A dense layer's forward: ``activation(x @ W + b)`` for ``x`` ``(n, in)``, ``W`` ``(in, out)``, ``b``
         ``(out,)``; returns ``(z_saved, y)`` as :meth:`bias_act` does. ``out`` ``(n, out)``, when given, receives
-        the pre-activation (and may be ``y`` itself)."""
+        the pre-activation (and may be ``y`` itself); ``ws``: the step's workspace (for ``y`` where it is kept
+        apart), or None."""
         return self.bias_act(self.matmul(x, W, out), b, activation)
 
     def dropout_mask(self, rng, p: float, shape: tuple, like, out=None):
@@ -91,6 +95,23 @@ class Ops:
         May overwrite ``dy`` (layers pass arrays they own); ``ws``: the step's workspace for scratch, if any.
         """
         return activation.backward(dy, z, y)
+
+    def cast_into(self, src, dst) -> None:
+        """``dst[...] = src`` converted to ``dst``'s dtype (round to nearest even): low-precision copies."""
+        dst[...] = self.xp.astype(src, dst.dtype)
+
+    # -- the step's loss and bookkeeping ---------------------------------------------------------------------------
+    def loss_and_grad(self, loss, pred, target, combined: bool, ws=None):
+        """``(batch loss (0-d), dL/dpred)`` of ``loss``; ``combined``: the combined softmax/sigmoid + cross-entropy
+        gradient with respect to the logits. Specialisations write into ``ws`` (the step's workspace)."""
+        if combined:
+            return loss.value_and_logits_grad(pred, target, self)
+        return loss.value_and_grad(pred, target, self)
+
+    def record(self, losses, counter, value, b: int) -> None:
+        """The batch loss ``value`` into ``losses[b]`` (specialisations: at the device counter ``counter``, which
+        they advance; here ``b``, the host's count, is the same number)."""
+        losses[b] = value
 
     # -- losses: elementwise loss and the gradient of the mean, in one pass --------------------------------------
     def huber(self, pred, target, delta: float, scale: float):
@@ -121,8 +142,13 @@ class Ops:
         return xent(p, target, binary), scale * (p - target)
 
     # -- optimizers (torch.optim update rules, in place on p and the state; ws: scratch of the parameters' shapes) --
-    def sgd_update(self, p, g, buf, *, lr, momentum, dampening, nesterov, weight_decay, ws=None):
+    def sgd_update(self, p, g, buf, *, lr, momentum, dampening, nesterov, weight_decay, ws=None, dev=None,
+                   low=None):
         """One ``torch.optim.SGD`` step on ``p``; returns the momentum buffer (``None`` without momentum).
+
+        ``dev``: the optimizer's device scalars (:class:`gpunet.optim.DeviceScalars`), which specialisations that
+        declare ``device_scalars`` read instead of ``lr``/``step`` (a captured step); ignored here. ``low``: a
+        low-precision copy of ``p`` written after the update (mixed precision), or None.
 
         ``g += wd p``; ``buf = g`` on the first step, else ``buf = momentum buf + (1 - dampening) g``;
         the step direction is ``g + momentum buf`` (Nesterov) or ``buf``; ``p -= lr direction``.
@@ -137,13 +163,16 @@ class Ops:
                 buf += (1 - dampening) * g
             g = g + momentum * buf if nesterov else buf
         p -= lr * g
+        if low is not None:
+            self.cast_into(p, low)
         return buf
 
-    def adam_update(self, p, g, m, v, vmax, *, step, lr, beta1, beta2, eps, weight_decay, decoupled, ws=None):
+    def adam_update(self, p, g, m, v, vmax, *, step, lr, beta1, beta2, eps, weight_decay, decoupled, ws=None,
+                    dev=None, low=None):
         """One ``torch.optim.Adam`` (``decoupled=False``) or ``AdamW`` (``decoupled=True``) step, in place.
 
         ``m``/``v`` are the first and second moment estimates, ``vmax`` the running maximum of ``v`` for AMSGrad
-        (``None`` without it); ``step`` counts from 1.
+        (``None`` without it); ``step`` counts from 1. ``dev``, ``low``: as in :meth:`sgd_update`.
         """
         if weight_decay:
             if decoupled:
@@ -159,6 +188,8 @@ class Ops:
         step_size = lr / (1 - beta1**step)
         denom = self.xp.sqrt(v) / math.sqrt(1 - beta2**step) + eps
         p -= step_size * (m / denom)
+        if low is not None:
+            self.cast_into(p, low)
 
     def rmsprop_update(self, p, g, square_avg, grad_avg, buf, *, lr, alpha, eps, momentum, weight_decay, ws=None):
         """One ``torch.optim.RMSprop`` step, in place; ``grad_avg`` is ``None`` unless centered, ``buf`` unless
