@@ -95,6 +95,17 @@ def test_streamed_fit_equals_the_in_memory_fit_on_every_namespace(device, data, 
                                np.concatenate([w.ravel() for w in reference.get_weights()]), rtol=0, atol=1e-12)
 
 
+def test_streamed_fit_in_mixed_precision_equals_the_in_memory_one(data, tmp_path):
+    pytest.importorskip("ml_dtypes")
+    X, labels, _, _ = data
+    reference = classifier(dropout=0.0)
+    reference.fit(X, labels, loss="cce", optimizer="adam", epochs=2, batch_size=64, precision="bf16")
+    model = classifier(dropout=0.0)
+    model.fit(memmap(tmp_path, "X", X), labels, loss="cce", optimizer="adam", epochs=2, batch_size=64,
+              precision="bf16")
+    assert same_weights(model, reference)
+
+
 def test_resuming_a_streamed_fit_from_a_file_equals_one_fit(data, tmp_path):
     X, labels, _, _ = data
     Xm = memmap(tmp_path, "X", X)
