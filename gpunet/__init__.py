@@ -6,7 +6,7 @@
 67
 """
 
-from . import activations, callbacks, distributed, losses, metrics, optim, precision, tabular
+from . import activations, callbacks, distributed, losses, metrics, optim, precision, sources, tabular
 from .backend import Backend, cuda_available, cuda_info, get_backend, to_numpy
 from .layers import Dense
 from .callbacks import History, NonFiniteLossError
@@ -38,6 +38,7 @@ __all__ = [
     "plot_history",
     "precision",
     "save",
+    "sources",
     "tabular",
     "to_numpy",
 ]

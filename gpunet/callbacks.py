@@ -357,8 +357,10 @@ class ProgressBar(Callback):
 
     def on_train_begin(self, logs=None):
         self.epochs, self.steps = logs["epochs"], logs["steps"]
-        print(f"Training on {self.model.device} ({self.model.backend.name}, {self.model.dtype}): {logs['samples']} "
-              f"samples, {self.steps} steps of batch {logs['batch_size']} per epoch", file=self.file)
+        shape = (f"{logs['samples']} samples, {self.steps} steps of batch {logs['batch_size']} per epoch"
+                 if logs["batch_size"] is not None else f"{self.steps or 'an unknown number of'} batches per epoch")
+        print(f"Training on {self.model.device} ({self.model.backend.name}, {self.model.dtype}): {shape}",
+              file=self.file)
 
     def on_epoch_begin(self, epoch):
         self._start = self._last = time.perf_counter()

@@ -9,7 +9,10 @@
 
 Raw tables work as they are: what each column becomes is decided on the training rows by
 :class:`gpunet.tabular.TableTransform` (listed in the report) and saved with the model, so ``evaluate`` and
-``predict`` match columns by name and apply the same transform. Wrong options, missing files and malformed data end
+``predict`` match columns by name and apply the same transform. CSV/Parquet files larger than 256 MiB
+(``gpunet.data.STREAM_BYTES``; ``--stream on|off`` decides instead) are never loaded whole: ``train`` fits the
+transforms on a sample and trains from a transformed memory-mapped copy (:meth:`gpunet.TableModel.train_file`),
+``evaluate`` and ``predict`` read them chunk by chunk. Wrong options, missing files and malformed data end
 with one line on stderr (``gpunet <command>: error: ...``) and exit status 2, never a traceback.
 """
 
@@ -86,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save", metavar="PATH", help="save the trained model with its column transform (safetensors)")
     train.add_argument("--plot", metavar="PNG", help="write training/validation curves (needs matplotlib)")
     train.add_argument("--quiet", action="store_true", help="no progress bar; only the report")
+    train.add_argument("--stream", choices=("auto", "on", "off"), default="auto",
+                       help="read CSV/Parquet files chunk by chunk instead of loading them (auto: files over "
+                            f"{data_mod.STREAM_BYTES >> 20} MiB)")
 
     evaluate = commands.add_parser(
         "evaluate", help="evaluate a saved model on a labelled data set (all rows)",
@@ -98,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "model's target column name)")
     evaluate.add_argument("--delimiter", help="CSV delimiter (default: detected)")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    evaluate.add_argument("--stream", choices=("auto", "on", "off"), default="auto",
+                       help="read CSV/Parquet files chunk by chunk instead of loading them (auto: files over "
+                            f"{data_mod.STREAM_BYTES >> 20} MiB)")
 
     predict = commands.add_parser(
         "predict", help="predict the rows of a CSV or Parquet file with a saved model",
@@ -112,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--delimiter", help="CSV delimiter (default: detected)")
     predict.add_argument("--output", help="write predictions here (default: standard output)")
     predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    predict.add_argument("--stream", choices=("auto", "on", "off"), default="auto",
+                       help="read CSV/Parquet files chunk by chunk instead of loading them (auto: files over "
+                            f"{data_mod.STREAM_BYTES >> 20} MiB)")
 
     _add_export_parser(commands)
 
@@ -245,6 +257,15 @@ def _columns_option(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
+def _train_file(file, target, args, recipe, quiet, announce):
+    return recipe_mod.TableModel.train_file(
+        file, target, args.task, recipe=recipe, loss=args.loss,
+        categorical=_columns_option(args.categorical), ignore=_columns_option(args.ignore),
+        test_split=args.test_split, device=args.device, dtype=args.dtype, seed=args.seed,
+        verbose=0 if quiet else 1, announce=announce, distributed=args.world,
+        option_names={"val_split": "--val-split", "test_split": "--test-split", "loss": "--loss"})
+
+
 def _train_table(table, target, args, recipe, quiet, announce):
     return recipe_mod.TableModel.train(
         table.frame, target, args.task, recipe=recipe, loss=args.loss,
@@ -254,18 +275,36 @@ def _train_table(table, target, args, recipe, quiet, announce):
         option_names={"val_split": "--val-split", "test_split": "--test-split", "loss": "--loss"})
 
 
+def _table_file(spec: str, args):
+    """A :class:`gpunet.data.TableFile` when ``spec`` names a CSV/Parquet file that streams (``--stream``), else
+    None."""
+    parsed = data_mod.table_spec(spec)
+    if parsed is None or not data_mod.should_stream(parsed[1], args.stream):
+        return None
+    kind, path, target = parsed
+    file = data_mod.TableFile(path, kind, _delimiter(args.delimiter))
+    file.target = target
+    return file
+
+
 def train(args) -> int:
     recipe = _recipe(args)
     _check_destinations(args)
-    table = data_mod.load(args.dataset, _delimiter(args.delimiter))
+    file = _table_file(args.dataset, args)
+    if file is not None:
+        table = data_mod.Table(file.name, None, file.target, file.notes)
+        rows, columns = file.n_rows, file.columns
+    else:
+        table = data_mod.load(args.dataset, _delimiter(args.delimiter))
+        rows, columns = len(table.frame), list(table.frame.columns)
     target = args.target or table.target
-    notes = list(table.notes)
+    notes = [] if file is not None else list(table.notes)  # a file's notes come with the model's (tm.notes)
     if target is None:
-        target = str(table.frame.columns[-1])
+        target = str(columns[-1])
         notes.append(f"target: the last column, {target!r} (name another with --target or csv:PATH:COLUMN)")
     quiet = args.quiet
     if not quiet:
-        _say(f"{table.name}: {len(table.frame)} rows, {table.frame.shape[1]} columns")
+        _say(f"{table.name}: {rows} rows, {len(columns)} columns" + (" (streamed from the file)" if file else ""))
 
     def announce(tm, n_train, n_val, n_test):
         model = tm.model
@@ -284,7 +323,11 @@ def train(args) -> int:
     start = time.perf_counter()
     with warnings.catch_warnings():  # an interrupt is reported below, in one line
         warnings.filterwarnings("ignore", message="Training interrupted by user")
-        tm, history, test = _train_table(table, target, args, recipe, quiet, announce)
+        if file is not None:  # (its test rows are scored from the transformed file before it is removed)
+            tm, history, test_scores = _train_file(file, target, args, recipe, quiet, announce)
+            test = None
+        else:
+            tm, history, test = _train_table(table, target, args, recipe, quiet, announce)
     seconds = time.perf_counter() - start
     epochs = ", ".join(str(len(h.epoch)) for h in tm.histories)
     best = ", ".join(str(b) for b in tm.best_epochs if b is not None)
@@ -295,8 +338,10 @@ def train(args) -> int:
         print(f"gpunet train: interrupted; the model keeps the {len(tm.histories)} network(s) trained so far, the "
               f"last one up to its last finished step" + (f", saving it to {args.save}" if args.save else ""),
               file=sys.stderr)
-    if test is not None and len(test):
-        _say(_report(tm, test, "test"))
+    if file is None:
+        test_scores = tm.score(test, "test") if test is not None and len(test) else None
+    if test_scores is not None:
+        _say(_report_scores(tm, test_scores, "test"))
     if args.save:
         tm.save(args.save)
         _say(f"saved {args.save}")
@@ -329,7 +374,11 @@ def _layer_sizes(text: str) -> list[int]:
 
 def _report(tm, frame, label: str) -> str:
     """The scores of ``tm`` on the rows of ``frame``, with the confusion matrix for classification."""
-    scores = tm.score(frame, label)
+    return _report_scores(tm, tm.score(frame, label), label)
+
+
+def _report_scores(tm, scores: dict, label: str) -> str:
+    """Lines of :meth:`gpunet.TableModel.score`'s ``scores``, with the confusion matrix for classification."""
     lines = [f"note: {n}" for n in _transform_notes(tm)]
     if scores["dropped"]:
         lines.append(f"note: {scores['dropped']} row(s) without a {tm.target.name!r} value left out")
@@ -359,6 +408,14 @@ def _load(path: str, device):
 
 def evaluate(args) -> int:
     tm = _load(args.model, args.device)
+    file = _table_file(args.dataset, args)
+    if file is not None:
+        scores = tm.score_file(file, file.target)
+        _say(f"{args.model} on {tm.model.device}")
+        for note in file.notes:
+            _say(f"note: {note}")
+        _say(_report_scores(tm, scores, file.name))
+        return 0
     table = data_mod.load(args.dataset, _delimiter(args.delimiter))
     frame = table.frame
     name = tm.target.name
@@ -381,36 +438,77 @@ def predict(args) -> int:
     if args.output:
         _check_writable("--output", args.output)
     path, kind = (args.csv, "csv") if args.csv else (args.parquet, "parquet")
-    frame, notes = data_mod.read_table(path, kind, _delimiter(args.delimiter))
-    pred, proba = tm.outputs(frame, path)
-    for note in notes + _transform_notes(tm):
-        _note(note)
-    ids = [c["name"] for c in tm.columns.columns if c["kind"] == "left out" and c["name"] in frame.columns
-           and c["reason"].startswith(("ID-like", "row number"))]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    if data_mod.should_stream(path, args.stream):  # chunk by chunk, each written as soon as it is predicted
+        file = data_mod.TableFile(path, kind, _delimiter(args.delimiter))
+        chunks = (frame for _, frame in file.chunks())
+    else:
+        file, (frame, notes) = None, data_mod.read_table(path, kind, _delimiter(args.delimiter))
+        chunks = iter([frame])
+    ids = None
     target = tm.target.name
-    if tm.target.task == "regression":
-        writer.writerow(ids + [target])
-        columns = [frame[c].tolist() for c in ids]
-        writer.writerows([*(col[i] for col in columns), repr(float(v))] for i, v in enumerate(pred))
-    else:
-        classes = tm.target.classes
-        writer.writerow(ids + [target] + [f"p_{c}" for c in classes])
-        columns = [frame[c].tolist() for c in ids]
-        for i, (label, p) in enumerate(zip(pred, proba)):
-            writer.writerow([*(col[i] for col in columns), classes[label], *(f"{v:.6g}" for v in p)])
+    count, seen = 0, []
+    with _predictions_out(args.output) as out:
+        for frame in chunks:
+            pred, proba = tm.outputs(frame, path)
+            seen += [note for note in _transform_notes(tm) if note not in seen]
+            if ids is None:
+                ids = [c["name"] for c in tm.columns.columns if c["kind"] == "left out" and c["name"] in frame.columns
+                       and c["reason"].startswith(("ID-like", "row number"))]
+                header = ids + [target] + ([] if tm.target.task == "regression" else
+                                           [f"p_{c}" for c in tm.target.classes])
+                out.write(_csv_rows([header]))
+            columns = [frame[c].tolist() for c in ids]
+            if tm.target.task == "regression":
+                rows = ([*(col[i] for col in columns), repr(float(v))] for i, v in enumerate(pred))
+            else:
+                classes = tm.target.classes
+                rows = ([*(col[i] for col in columns), classes[label], *(f"{v:.6g}" for v in p)]
+                        for i, (label, p) in enumerate(zip(pred, proba)))
+            out.write(_csv_rows(rows))
+            count += len(pred)
+    for note in (file.notes if file is not None else notes) + seen:  # a file's, once all of it is read
+        _note(note)
     if args.output:
-        with open(args.output, "w", newline="", encoding="utf-8") as handle:
-            handle.write(buffer.getvalue())
-        _say(f"wrote {len(pred)} predictions to {args.output}")
-    else:
+        _say(f"wrote {count} predictions to {args.output}")
+    return 0
+
+
+def _csv_rows(rows) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+class _predictions_out:
+    """Where ``predict`` writes: the ``--output`` file (written beside it and renamed when complete, so a failed
+    run leaves no half file) or standard output (a closed pipe ends the writing quietly)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        if self.path:
+            self._tmp = f"{self.path}.part"
+            self._handle = open(self._tmp, "w", newline="", encoding="utf-8")
+        return self
+
+    def write(self, text: str) -> None:
+        if self.path:
+            self._handle.write(text)
+            return
         try:
-            sys.stdout.write(buffer.getvalue())
+            sys.stdout.write(text)
             sys.stdout.flush()
         except BrokenPipeError:
             _silence_stdout()
-    return 0
+
+    def __exit__(self, kind, exc, tb):
+        if self.path:
+            self._handle.close()
+            if kind is None:
+                os.replace(self._tmp, self.path)
+            else:
+                os.unlink(self._tmp)
 
 
 # -- export ---------------------------------------------------------------------------------------------------------

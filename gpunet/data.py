@@ -4,6 +4,10 @@ Files are parsed by pandas (CSV: its C parser; Parquet: pyarrow), after checks t
 delimiter (given, or detected among ``, ; TAB |``), duplicate or missing column names, and rows whose number of fields
 differs from the header's (pandas would fill short rows with missing values). What the columns become is
 :mod:`gpunet.tabular`'s business; this module only reads.
+
+Files bigger than :data:`STREAM_BYTES` are not loaded whole by the command line: :class:`TableFile` reads them
+chunk by chunk (CSV: ``pandas.read_csv(chunksize=)``, after the same checks; Parquet: ``iter_batches``), and
+:meth:`gpunet.TableModel.train_file` trains from them with bounded memory.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import numpy as np
 from .tabular import TableError, as_frame
 
 BUNDLED = ("digits", "iris", "wine", "breast_cancer", "diabetes")
+STREAM_BYTES = 256 << 20  # the command line streams CSV/Parquet files larger than this (--stream on/off overrides)
+CHUNK_ROWS = 65536  # rows per chunk when a file is read in chunks
 DELIMITERS = (",", ";", "\t", "|")
 _SAMPLE_LINES = 50
 
@@ -40,22 +46,15 @@ class Table:
 def load(spec: str, delimiter: str | None = None) -> Table:
     """``"digits"``, ``"iris"``, ``"wine"``, ``"breast_cancer"``, ``"diabetes"``, ``"csv:PATH[:TARGET]"`` or
     ``"parquet:PATH[:TARGET]"`` (a bare ``PATH[:TARGET]`` ending in .csv, .tsv, .txt or .parquet works too)."""
-    kind, rest = None, spec
-    for prefix in ("csv", "parquet"):
-        if spec.startswith(prefix + ":"):
-            kind, rest = prefix, spec[len(prefix) + 1:]
-    if kind is None and spec in BUNDLED:
-        return _bundled(spec)
-    path, _, column = rest.partition(":")
-    if kind is None:
-        suffix = Path(path).suffix.lower()
-        if suffix in (".csv", ".tsv", ".txt", ".parquet", ".pq"):
-            kind = "parquet" if suffix in (".parquet", ".pq") else "csv"
-        else:
-            raise DataError(f"unknown dataset {spec!r}; expected one of {list(BUNDLED)}, csv:PATH[:TARGET_COLUMN] or "
-                            f"parquet:PATH[:TARGET_COLUMN]")
+    parsed = table_spec(spec)
+    if parsed is None:
+        if spec in BUNDLED:
+            return _bundled(spec)
+        raise DataError(f"unknown dataset {spec!r}; expected one of {list(BUNDLED)}, csv:PATH[:TARGET_COLUMN] or "
+                        f"parquet:PATH[:TARGET_COLUMN]")
+    kind, path, column = parsed
     frame, notes = read_table(path, kind, delimiter)
-    return Table(Path(path).stem, frame, column or None, notes)
+    return Table(Path(path).stem, frame, column, notes)
 
 
 def _bundled(name: str) -> Table:
@@ -95,17 +94,26 @@ def _pandas():
     return pandas
 
 
-def _read_parquet(file: Path):
+def _pyarrow_parquet():
     _pandas()
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise DataError("reading Parquet files needs pyarrow: pip install 'gpunet[data]'") from None
+    return pq
+
+
+def _unreadable(file, exc) -> DataError:
+    return DataError(f"{file} is not a readable Parquet file ({type(exc).__name__}: "
+                     f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})")
+
+
+def _read_parquet(file: Path):
+    pq = _pyarrow_parquet()
     try:
         table = pq.read_table(file)
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged file
-        raise DataError(f"{file} is not a readable Parquet file ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
+        raise _unreadable(file, exc) from None
     if table.num_rows == 0:
         raise DataError(f"{file} holds no rows")
     return as_frame(table, str(file))
@@ -124,6 +132,38 @@ def _no_field_limit():
 
 def _read_csv(file: Path, delimiter: str | None):
     pd = _pandas()
+    delimiter, notes, _, _ = _check_csv(file, delimiter)
+    try:
+        frame = pd.read_csv(file, sep=delimiter, encoding="utf-8-sig", skipinitialspace=True, low_memory=False)
+    except (pd.errors.ParserError, ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{file} is not a readable CSV file with delimiter {_show(delimiter)} ({exc}); "
+                        f"give another with --delimiter") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    if delimiter != ",":
+        frame, converted = _decimal_commas(frame)
+        notes += [f"{file.name}: column {name!r} has decimal commas: read as numbers" for name in converted]
+    return as_frame(frame, str(file)), notes
+
+
+def _decimal_commas(frame):
+    """``(frame, names)``: text columns holding "3,5"-style numbers (a decimal comma, in ';' or tab files) read as
+    numbers."""
+    pd = _pandas()
+    converted = []
+    for name in frame.columns:
+        column = frame[name]
+        if pd.api.types.is_numeric_dtype(column.dtype) or column.isna().all():
+            continue
+        text = column.dropna().astype(str).str.strip()
+        if text.str.fullmatch(r"[-+]?\d*,\d+|[-+]?\d+").all() and text.str.contains(",").any():
+            frame[name] = pd.to_numeric(column.astype(str).str.strip().str.replace(",", ".", regex=False)
+                                        .where(column.notna()))
+            converted.append(name)
+    return frame, converted
+
+
+def _check_csv(file: Path, delimiter: str | None):
+    """The checks pandas does not make: ``(delimiter, notes, rows with a header, header)``."""
     try:
         with file.open(newline="", encoding="utf-8-sig") as handle:
             sample = [line for _, line in zip(range(_SAMPLE_LINES), handle)]
@@ -149,23 +189,7 @@ def _read_csv(file: Path, delimiter: str | None):
     dupes = sorted({h for h in stripped if stripped.count(h) > 1 and h})
     if dupes:
         raise DataError(f"{file} has duplicate column names {dupes}: rename them so each column has its own name")
-    try:
-        frame = pd.read_csv(file, sep=delimiter, encoding="utf-8-sig", skipinitialspace=True, low_memory=False)
-    except (pd.errors.ParserError, ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"{file} is not a readable CSV file with delimiter {_show(delimiter)} ({exc}); "
-                        f"give another with --delimiter") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    if delimiter != ",":  # "3,5" in a ';' or tab file is a decimal comma
-        for name in frame.columns:
-            column = frame[name]
-            if pd.api.types.is_numeric_dtype(column.dtype) or column.isna().all():
-                continue
-            text = column.dropna().astype(str).str.strip()
-            if text.str.fullmatch(r"[-+]?\d*,\d+|[-+]?\d+").all() and text.str.contains(",").any():
-                frame[name] = pd.to_numeric(column.astype(str).str.strip().str.replace(",", ".", regex=False)
-                                            .where(column.notna()))
-                notes.append(f"{file.name}: column {name!r} has decimal commas: read as numbers")
-    return as_frame(frame, str(file)), notes
+    return delimiter, notes, lines, header
 
 
 def _detect_delimiter(sample: list[str]) -> str:
@@ -220,3 +244,126 @@ def split(n: int, fraction: float, labels, seed: int, option: str):
         return split_validation(n, fraction, labels, np.random.default_rng(seed), option, single_rows="keep")
     except ValueError as exc:
         raise DataError(str(exc).replace(f"{option}=", f"{option} ")) from None
+
+
+class TableFile:
+    """A CSV or Parquet file read chunk by chunk, for tables too big to load (the command line's streamed path).
+
+    The checks of :func:`read_table` run when it is opened (CSV: UTF-8, delimiter, header, the number of fields of
+    every row; Parquet: a readable file with rows); ``n_rows`` and ``columns`` are known then. :meth:`chunks` yields
+    ``(first row, pandas DataFrame)`` pieces of :data:`CHUNK_ROWS` rows with the column names and types
+    :func:`read_table` gives (CSV: pandas infers the types, and finds decimal commas, chunk by chunk, so a column's
+    type may differ between chunks where its text does). :meth:`rows` reads the given rows as one DataFrame.
+    ``notes``: what reading found (the delimiter, decimal-comma columns so far).
+    """
+
+    def __init__(self, path, kind: str | None = None, delimiter: str | None = None):
+        file = Path(path)
+        if not file.is_file():
+            raise DataError(f"{'Parquet' if kind == 'parquet' else 'CSV'} file not found: {path}")
+        self.file, self.name = file, file.stem
+        self.kind = kind or ("parquet" if file.suffix.lower() in (".parquet", ".pq") else "csv")
+        self._notes: list[str] = []
+        self._converted: set = set()  # CSV columns found with decimal commas
+        if self.kind == "parquet":
+            pq = _pyarrow_parquet()
+            try:
+                self._parquet = pq.ParquetFile(file)
+            except Exception as exc:
+                raise _unreadable(file, exc) from None
+            self.n_rows = self._parquet.metadata.num_rows
+            if self.n_rows == 0:
+                raise DataError(f"{file} holds no rows")
+            self.columns = [str(c) for c in self._parquet.schema_arrow.names]
+            self._delimiter = None
+        else:
+            self._delimiter, self._notes, lines, header = _check_csv(file, delimiter)
+            self.n_rows = lines - 1
+            self.columns = [h.strip() for h in header]
+        if len(set(self.columns)) != len(self.columns):
+            dupes = sorted({c for c in self.columns if self.columns.count(c) > 1})
+            raise DataError(f"{file} has duplicate column names {dupes}: rename them so each column has its own name")
+
+    def __repr__(self) -> str:
+        return f"TableFile({str(self.file)!r}, {self.kind}, {self.n_rows} rows)"
+
+    @property
+    def notes(self) -> list[str]:
+        return self._notes + [f"{self.file.name}: column {name!r} has decimal commas: read as numbers"
+                              for name in self.columns if name in self._converted]
+
+    def chunks(self, columns=None, rows: int | None = None):
+        """``(first row, DataFrame)`` for consecutive pieces of ``rows`` rows (default :data:`CHUNK_ROWS`) of the
+        file, with only ``columns`` when given."""
+        wanted = None if columns is None else [str(c) for c in columns]
+        rows = rows or CHUNK_ROWS
+        start = 0
+        for frame in (self._parquet_chunks(wanted, rows) if self.kind == "parquet" else self._csv_chunks(wanted, rows)):
+            yield start, frame
+            start += len(frame)
+
+    def rows(self, rows, columns=None):
+        """The file's rows ``rows`` (sorted 0-based indices) as one DataFrame with a fresh index."""
+        pd = _pandas()
+        rows = np.asarray(rows, dtype=np.int64)
+        parts = []
+        for start, frame in self.chunks(columns):
+            lo, hi = np.searchsorted(rows, [start, start + len(frame)])
+            if hi > lo:
+                parts.append(frame.iloc[rows[lo:hi] - start])
+        if not parts:
+            return pd.DataFrame(columns=self.columns if columns is None else list(columns))
+        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
+
+    def _parquet_chunks(self, wanted, rows):
+        import pyarrow as pa
+
+        try:
+            for batch in self._parquet.iter_batches(batch_size=rows, columns=wanted):
+                yield as_frame(pa.Table.from_batches([batch]), str(self.file))
+        except DataError:
+            raise
+        except Exception as exc:  # a damaged row group
+            raise _unreadable(self.file, exc) from None
+
+    def _csv_chunks(self, wanted, rows):
+        pd = _pandas()
+        usecols = None if wanted is None else (lambda c: str(c).strip() in wanted)
+        try:
+            reader = pd.read_csv(self.file, sep=self._delimiter, encoding="utf-8-sig", skipinitialspace=True,
+                                 low_memory=False, chunksize=rows, usecols=usecols)
+            for frame in reader:
+                frame.columns = [str(c).strip() for c in frame.columns]
+                if self._delimiter != ",":
+                    frame, converted = _decimal_commas(frame)
+                    self._converted.update(converted)
+                yield as_frame(frame, str(self.file))
+        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise DataError(f"{self.file} is not a readable CSV file with delimiter {_show(self._delimiter)} ({exc}); "
+                            f"give another with --delimiter") from None
+
+
+def should_stream(path, option: str = "auto") -> bool:
+    """Whether the command line streams a table file: ``option`` "on", "off", or "auto" (files larger than
+    :data:`STREAM_BYTES`)."""
+    if option == "auto":
+        return Path(path).is_file() and Path(path).stat().st_size > STREAM_BYTES
+    return option == "on"
+
+
+def table_spec(spec: str):
+    """``(kind, path, target or None)`` of a ``csv:``/``parquet:`` spec or a bare table path; None for a bundled
+    data set or anything else."""
+    kind, rest = None, spec
+    for prefix in ("csv", "parquet"):
+        if spec.startswith(prefix + ":"):
+            kind, rest = prefix, spec[len(prefix) + 1:]
+    if kind is None and spec in BUNDLED:
+        return None
+    path, _, column = rest.partition(":")
+    if kind is None:
+        suffix = Path(path).suffix.lower()
+        if suffix not in (".csv", ".tsv", ".txt", ".parquet", ".pq"):
+            return None
+        kind = "parquet" if suffix in (".parquet", ".pq") else "csv"
+    return kind, path, column or None

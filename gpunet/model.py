@@ -13,10 +13,9 @@ from . import layers as layers_mod
 from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import optim as optim_mod
-from . import training, validation
+from . import sources, training, validation
 from .backend import DTYPES, flat, fused_default, get_backend, ops_for, to_numpy
 from .callbacks import History
-from .sources import ArraySource
 from .trainer import Trainer
 
 logger = logging.getLogger("gpunet")
@@ -338,7 +337,7 @@ class Sequential:
         return g, grads
 
     # -- training -------------------------------------------------------------------------------------------------
-    def fit(self, X, y, loss=None, optimizer=None, epochs: int = 1, batch_size: int | None = 32,
+    def fit(self, X, y=None, loss=None, optimizer=None, epochs: int = 1, batch_size: int | None = 32,
             shuffle: bool = True, validation_data=None, validation_split: float | None = None, metrics=None,
             verbose: int = 0, callbacks=None, sample_weight=None, class_weight=None,
             initial_epoch: int = 0, distributed=None, sharded: bool = False, graph="auto",
@@ -351,7 +350,12 @@ class Sequential:
                 model's, once). Arrays of another library are refused. A pandas or polars DataFrame of numeric
                 columns is converted once; its column names become ``model.feature_names`` (saved with the model),
                 and later DataFrames (``predict``, ``evaluate``, ``validation_data``) are matched to them by name.
-            y: targets, see :meth:`gpunet.losses.Loss.prepare_target` (cce also takes class indices).
+                Data bigger than memory streams (:mod:`gpunet.sources`): a ``numpy.memmap`` (always streamed, never
+                copied whole), a :class:`~gpunet.sources.ArrayStream`, :class:`~gpunet.sources.ParquetStream` or
+                :class:`~gpunet.sources.BatchStream`, or an iterable of ``(x, y[, sample_weight])`` batches (a list
+                of such tuples, a generator function, a PyDataset-like object) given without ``y``.
+            y: targets, see :meth:`gpunet.losses.Loss.prepare_target` (cce also takes class indices); None when
+                ``X`` carries them (a streamed data set, batches).
             loss: a name (``"mse"``, ``"mae"``, ``"huber"``, ``"bce"``, ``"cce"``) or a Loss; ``None``: the last
                 fit's loss, else ``"mse"``.
             optimizer: a name (``"sgd"``, ``"adam"``, ...) or an Optimizer, whose state carries over between fits;
@@ -359,8 +363,10 @@ class Sequential:
             epochs: the index of the epoch to train up to (Keras's meaning): ``epochs - initial_epoch`` passes over
                 the data.
             batch_size: ``None`` = full-batch gradient descent, ``1`` = stochastic; the last, partial batch is used.
-            shuffle: reshuffle every epoch with the model's seeded generator; ``False`` keeps the order.
-            validation_data: ``(X_val, y_val)`` evaluated after each epoch (``val_loss``, ``val_<metric>``).
+            shuffle: reshuffle every epoch with the model's seeded generator; ``False`` keeps the order. Streamed
+                data shuffles as :mod:`gpunet.sources` says (memmaps: the same permutation as in memory).
+            validation_data: ``(X_val, y_val)`` evaluated after each epoch (``val_loss``, ``val_<metric>``); memmaps
+                and streamed data sets are evaluated in batches.
             validation_split: instead of ``validation_data``, hold out this fraction of ``(X, y)``: stratified by
                 class for cce and single-output bce, drawn from the model's seed.
             metrics: names or Metric objects (``"accuracy"``, ``"mse"``, ``"mae"``, ``"r2"``).
@@ -446,6 +452,18 @@ class Sequential:
             precision_mod.check(precision)
         callbacks = self._callbacks(callbacks, verbose if parallel is None or parallel.world.rank == 0 else 0)
         metric_objs = self._metrics(metrics, loss)
+        stream = sources.as_stream(X, y, sample_weight)
+        if stream is not None:
+            if parallel is not None:
+                raise ValueError("distributed training reads in-memory arrays; streamed data (a memmap, "
+                                 "gpunet.sources, batches) is not sharded across ranks yet")
+            return self._fit_stream(stream, loss, optimizer, metric_objs, callbacks, epochs=epochs,
+                                    initial_epoch=initial_epoch, batch_size=batch_size, shuffle=shuffle,
+                                    validation_data=validation_data, validation_split=validation_split,
+                                    class_weight=class_weight, undo=undo, graph=graph, precision=precision)
+        if y is None:
+            raise TypeError("fit needs y, the targets of X (or X as a streamed data set or an iterable of (x, y) "
+                            "batches: see gpunet.sources)")
         X, names = validation.table_features("X", X, self.feature_names)
         if parallel is not None and parallel.sharded and validation.rows(X) == 0:  # a rank with no rows of its own
             X, Y = self._empty_shard(X, y)
@@ -456,10 +474,7 @@ class Sequential:
             raise ValueError("give validation_data or validation_split, not both")
         val = None
         if validation_data is not None:
-            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
-                raise TypeError("validation_data must be a pair (X_val, y_val)")
-            val_X, _ = validation.table_features("validation_data[0]", validation_data[0], names or self.feature_names)
-            val = self._data("validation_data[0]", val_X, "validation_data[1]", validation_data[1], loss)
+            val = self._validation(validation_data, loss, names or self.feature_names)
         elif validation_split is not None:
             fraction = validation.number_in("validation_split", validation_split, 0.0, 1.0)
             if fraction == 0:
@@ -480,7 +495,7 @@ class Sequential:
         precision_mod.attach(self, precision)
         with self.backend.activate():
             if parallel is None:
-                return training.run(self, ArraySource(X, Y, W, batch, shuffle), val, epochs=epochs,
+                return training.run(self, sources.ArraySource(X, Y, W, batch, shuffle), val, epochs=epochs,
                                     initial_epoch=initial_epoch, callbacks=callbacks, undo=undo, graph=graph)
             parallel.start(X.shape[0], (epochs, initial_epoch, batch_size, shuffle, val is not None,
                                         [type(cb).__name__ for cb in callbacks]))
@@ -490,6 +505,65 @@ class Sequential:
                                     graph=graph)
             finally:
                 parallel.finish()
+
+    def _fit_stream(self, stream, loss, optimizer, metric_objs, callbacks, *, epochs, initial_epoch, batch_size,
+                    shuffle, validation_data, validation_split, class_weight, undo, graph, precision) -> History:
+        """``fit`` on a streamed data set (:mod:`gpunet.sources`): checked in one pass before training (a refused
+        call changes nothing), then read batch by batch every epoch. Its steps run eagerly: captured CUDA graphs
+        gather their batches on the device (``graph=True`` says so; ``"auto"`` does not warn about it)."""
+        from . import precision as precision_mod
+
+        if validation_data is not None and validation_split is not None:
+            raise ValueError("give validation_data or validation_split, not both")
+        if stream.single_use and epochs - initial_epoch > 1:
+            raise ValueError(f"X is an iterator, which can be read only once, but fit runs {epochs - initial_epoch} "
+                             f"epochs; pass a callable returning a fresh iterator (a generator function)")
+        table = self._class_table(class_weight, loss)
+        with self.backend.activate():
+            names = stream._feature_names(self)
+            labels = stream._check(self, loss, table, labels=validation_split is not None)
+            val = None
+            if validation_data is not None:
+                val = self._validation(validation_data, loss, names or self.feature_names)
+            elif validation_split is not None:
+                fraction = validation.number_in("validation_split", validation_split, 0.0, 1.0)
+                if fraction == 0:
+                    raise ValueError("validation_split must be in (0, 1); received validation_split=0.0")
+                split_rng = np.random.default_rng(self.seed) if self.seed is not None else self.trainer.shuffle_rng
+                stream, held = stream._split(fraction, labels, split_rng, loss)
+                val = sources.Evaluation(self, held, loss)
+            n = stream.n
+            batch = 1 if n is None else n if batch_size is None else min(batch_size, n)  # batches: their own sizes
+            source = stream._source(self, loss, batch=batch, shuffle=shuffle, class_table=table)
+        if names is not None:
+            self.feature_names = names
+        self.trainer.configure(loss, optimizer, metric_objs)
+        precision_mod.attach(self, precision)
+        with self.backend.activate():
+            return training.run(self, source, val, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+                                undo=undo, graph=False if graph == "auto" else graph)
+
+    def _validation(self, validation_data, loss, names):
+        """Device ``(X_val, Y_val)``, or a :class:`gpunet.sources.Evaluation` of streamed validation data (checked
+        here, evaluated in batches after each epoch)."""
+        stream = validation_data if isinstance(validation_data, sources._Stream) else None
+        if stream is None and not isinstance(validation_data, (tuple, list)) and sources.is_batches(validation_data):
+            stream = sources.BatchStream(validation_data)
+        if stream is None:
+            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+                raise TypeError("validation_data must be a pair (X_val, y_val), a streamed data set or batches "
+                                "(gpunet.sources)")
+            stream = sources.as_stream(*validation_data)
+        if stream is None:
+            val_X, _ = validation.table_features("validation_data[0]", validation_data[0], names)
+            return self._data("validation_data[0]", val_X, "validation_data[1]", validation_data[1], loss)
+        if stream.single_use:
+            raise ValueError("validation_data is an iterator, which can be read only once, but it is evaluated "
+                             "after every epoch; pass a callable returning a fresh iterator")
+        val_names = ("validation_data[0]", "validation_data[1]", "validation_data sample_weight")
+        with self.backend.activate():
+            stream._check(self, loss, None, val_names)
+            return sources.Evaluation(self, stream, loss, names=val_names)
 
     def train_on_batch(self, x, y, loss, optimizer) -> float:
         """One gradient step on one batch (checked like ``fit``); returns the batch loss before the step.
@@ -514,11 +588,18 @@ class Sequential:
     def predict(self, X, batch_size: int | None = None):
         """Outputs ``(n, n_outputs)`` for ``X`` ``(n, n_inputs)``, as an array of the model's namespace.
 
-        ``batch_size`` bounds memory by predicting in chunks (``None``: all rows at once).
+        ``batch_size`` bounds memory by predicting in chunks (``None``: all rows at once). Streamed data (a
+        ``numpy.memmap``, a data set of :mod:`gpunet.sources`, an iterable of batches) is read batch by batch
+        (``batch_size`` rows, default about 4 MiB of inputs; an iterable's own batches), checked as it comes; the
+        outputs are concatenated, so they must fit in memory (``n * n_outputs`` values).
         """
-        X = self._features("X", X)
         if batch_size is not None:
             batch_size = validation.positive_int("batch_size", batch_size)
+        stream = sources.as_stream(X, predict=True)
+        if stream is not None:
+            with self.backend.activate():
+                return sources.predict(self, stream, batch_size)
+        X = self._features("X", X)
         with self.backend.activate():
             return self._predict(X, batch_size)
 
@@ -530,14 +611,23 @@ class Sequential:
             layer._cache = None
         return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=0)
 
-    def evaluate(self, X, y, loss=None, metrics=None, batch_size: int | None = None) -> dict[str, float]:
-        """``{"loss": ..., <metric>: ...}`` on ``(X, y)``; ``loss``/``metrics`` default to those of the last fit."""
+    def evaluate(self, X, y=None, loss=None, metrics=None, batch_size: int | None = None) -> dict[str, float]:
+        """``{"loss": ..., <metric>: ...}`` on ``(X, y)``; ``loss``/``metrics`` default to those of the last fit.
+        Streamed data (as :meth:`predict` takes it, with its targets) is evaluated batch by batch: the loss is the
+        mean over all rows and the metrics are merged over the batches (equal to the in-memory result up to
+        rounding)."""
         loss = losses_mod.get(loss) if loss is not None else self.loss
         if loss is None:
             raise ValueError("evaluate() needs loss=... (no fit has set a default yet)")
         metric_objs = self._metrics(metrics, loss) if metrics is not None else self.metrics
         if batch_size is not None:
             batch_size = validation.positive_int("batch_size", batch_size)
+        stream = sources.as_stream(X, y)
+        if stream is not None:
+            with self.backend.activate():
+                return sources.Evaluation(self, stream, loss, batch_size, check=True).evaluate(self, loss, metric_objs)
+        if y is None:
+            raise TypeError("evaluate needs y, the targets of X (or X as a streamed data set or batches)")
         X, _ = validation.table_features("X", X, self.feature_names)
         X, Y = self._data("X", X, "y", y, loss)
         with self.backend.activate():
@@ -584,22 +674,27 @@ class Sequential:
                 raise ValueError("sample_weight must be non-negative with at least one positive weight")
             weights = weights * sw
         if class_weight is not None:
-            labels = training.class_labels(Y, loss)
-            if labels is None:
-                raise ValueError("class_weight needs a classification loss (cce, or bce with one output); "
-                                 f"received loss {loss!r} with {Y.shape[1]} output(s)")
-            if not isinstance(class_weight, dict):
-                raise TypeError(f"class_weight must be a dict {{class index: weight}}; received {class_weight!r}")
-            table = np.ones(max(int(labels.max()) + 1, self.n_outputs if loss.name == "cce" else 2))
-            for key, value in class_weight.items():
-                if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or not 0 <= key < len(table):
-                    raise ValueError(f"class_weight keys must be class indices in [0, {len(table) - 1}]; "
-                                     f"received {key!r}")
-                table[key] = validation.number_in(f"class_weight[{key}]", value, 0.0, float("inf"))
-            weights = weights * table[labels]
+            weights = weights * self._class_table(class_weight, loss)[training.class_labels(Y, loss)]
             if not np.any(weights > 0):
                 raise ValueError("class_weight (with sample_weight) gives every sample weight 0: nothing to learn")
         return self._on_device(weights[:, None])
+
+    def _class_table(self, class_weight, loss):
+        """The checked weight of each class index (a host array) for ``class_weight``, or None."""
+        if class_weight is None:
+            return None
+        if not (loss.name == "cce" or (loss.name == "bce" and self.n_outputs == 1)):
+            raise ValueError("class_weight needs a classification loss (cce, or bce with one output); "
+                             f"received loss {loss!r} with {self.n_outputs} output(s)")
+        if not isinstance(class_weight, dict):
+            raise TypeError(f"class_weight must be a dict {{class index: weight}}; received {class_weight!r}")
+        table = np.ones(self.n_outputs if loss.name == "cce" else 2)
+        for key, value in class_weight.items():
+            if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or not 0 <= key < len(table):
+                raise ValueError(f"class_weight keys must be class indices in [0, {len(table) - 1}]; "
+                                 f"received {key!r}")
+            table[key] = validation.number_in(f"class_weight[{key}]", value, 0.0, float("inf"))
+        return table
 
     def _metrics(self, metrics, loss) -> list:
         if metrics is None:

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
 from . import data as data_mod
-from .tabular import TableError, TableTransform, TargetTransform, as_frame
+from .tabular import TableError, TableTransform, TargetTransform, as_frame, canonical_label
 
 METADATA_VERSION = 2  # model.metadata["cli"]["version"]; version 1 (x_scaler/features) is still read
+SAMPLE_ROWS = 100_000  # train_file fits the column transform on at most this many training rows
 
 
 @dataclasses.dataclass
@@ -127,17 +130,27 @@ class TableModel:
             fit_rows, val_rows = data_mod.split(len(X), recipe.val_split, strata, seed + 1, names["val_split"])
             val = (X[val_rows], Y[val_rows])
             X, Y = X[fit_rows], Y[fit_rows]
+        tm = cls._train_members(columns, target_t, notes, X, Y, val, 0 if test is None else len(test), recipe=recipe,
+                                loss=loss, device=device, dtype=dtype, seed=seed, verbose=verbose, announce=announce,
+                                names=names, distributed=distributed)
+        return tm, tm.histories[0], test
+
+    @classmethod
+    def _train_members(cls, columns, target_t, notes, X, Y, val, n_test, *, recipe, loss, device, dtype, seed, verbose,
+                       announce, names, distributed=None):
+        """Build and train the ensemble on ``(X, Y)`` (arrays, or an ArrayStream with ``Y`` None), early stopping on
+        ``val``; returns the TableModel (its ``histories``, ``best_epochs``, ``interrupted``)."""
         out_act, default_loss = OUTPUT[target_t.task]
         loss = loss or default_loss
         if loss not in LOSSES_BY_TASK[target_t.task]:
             raise TableError(f"{names['loss']} {loss} does not fit a {target_t.task} task; use one of "
                              f"{list(LOSSES_BY_TASK[target_t.task])}")
-        members = [build_model(X.shape[1], target_t.n_outputs, out_act, recipe, device, dtype, seed + 1000 * k)
-                   for k in range(recipe.ensemble)]
+        members = [build_model(len(columns.feature_names), target_t.n_outputs, out_act, recipe, device, dtype,
+                               seed + 1000 * k) for k in range(recipe.ensemble)]
         tm = cls(members[0], columns, target_t)
         tm.notes = notes
         if announce is not None:
-            announce(tm, len(X), 0 if val is None else len(val[0]), 0 if test is None else len(test))
+            announce(tm, len(X), 0 if val is None else len(val[0]) if isinstance(val, tuple) else len(val), n_test)
         for k, member in enumerate(members):
             history, stop = fit(member, X, Y, val, loss, recipe, target_t.task, verbose, distributed)
             tm.histories.append(history)
@@ -148,7 +161,117 @@ class TableModel:
         if len(members) > 1:
             tm.model = pack(members)
         tm._attach_metadata()
-        return tm, tm.histories[0], test
+        return tm
+
+    @classmethod
+    def train_file(cls, file, target: str, task: str | None = None, *, recipe: Recipe | None = None, loss=None,
+                   categorical=(), ignore=(), test_split: float = 0.0, device="cpu", dtype: str = "float32",
+                   seed: int = 0, verbose: int = 0, announce=None, option_names: dict | None = None, workdir=None,
+                   sample_rows: int | None = None, distributed=None):
+        """:meth:`train` for a table too big to load: a :class:`gpunet.data.TableFile` read chunk by chunk.
+
+        1. The target column alone: which rows have a target, and the distinct labels.
+        2. A sample of at most ``sample_rows`` (default :data:`SAMPLE_ROWS`) of those rows (all of them for smaller
+           files; otherwise a random choice from ``seed``) is read; the target transform is fitted on it (plus one row of every label only
+           seen outside it) and the column transform on its training rows (the test rows held out).
+        3. The test and validation rows are split as :meth:`train` splits them (the labels of every row: 8 bytes a
+           row), and every row with a target is transformed, chunk by chunk, into a memory-mapped ``(rows,
+           features)`` matrix of ``dtype`` in a temporary folder (under ``workdir``, else the system's; removed
+           at the end: disk, ``rows * features * 4`` bytes in float32).
+        4. The ensemble trains from that file (:class:`gpunet.sources.ArrayStream`: the in-memory fit's exact
+           permutation); the test rows are scored from it, in batches.
+
+        For a file of at most ``sample_rows`` rows the result is what :meth:`train` gives for the loaded table. It
+        trains in one process: a ``distributed`` world of more than one rank is refused (streamed data is not
+        sharded across ranks yet).
+        Returns ``(table_model, the first network's History, the test scores as from :meth:`score`, or None)``.
+        """
+        from . import sources
+
+        sample_rows = sample_rows or SAMPLE_ROWS
+        if distributed is not None and distributed.size > 1:
+            raise TableError(f"a table read in chunks (over {data_mod.STREAM_BYTES >> 20} MiB, or --stream on) trains "
+                             f"in one process; this job has {distributed.size} ranks (load it with --stream off, or "
+                             f"run one process)")
+        recipe = recipe or Recipe()
+        names = {"val_split": "val_split", "test_split": "test_split", "loss": "loss", **(option_names or {})}
+        if target not in file.columns:
+            raise TableError(f"there is no target column {target!r}; columns: {list(file.columns)}")
+        what = file.file.name
+        present, distinct, overflow = [], set(), False
+        for _, chunk in file.chunks([target]):
+            column = chunk[target]
+            present.append(TargetTransform.present(column))
+            if not overflow:
+                distinct.update(v for v in map(canonical_label, column.dropna().unique()) if v is not None)
+                overflow = len(distinct) > 10_000  # a regression target: the sample tells enough
+        present = np.concatenate(present)
+        if not present.any():
+            raise TableError(f"the target column {target!r} is empty: no row has a target")
+        notes = []  # the file's own notes (delimiter, decimal commas) come first, once every column has been read
+        if not present.all():
+            notes.append(f"{int((~present).sum())} row(s) without a {target!r} value dropped")
+        rows = np.flatnonzero(present)  # the file rows that are trained on, in order
+        m = rows.size
+        sample = np.arange(m) if m <= sample_rows else np.sort(
+            np.random.default_rng(seed).choice(m, sample_rows, replace=False))
+        sampled = file.rows(rows[sample])
+        series = sampled[target]
+        unseen = [] if overflow else sorted(distinct - {canonical_label(v) for v in series.unique()})
+        if unseen:
+            import pandas as pd
+
+            series = pd.concat([series.astype(object), pd.Series(unseen, dtype=object)], ignore_index=True)
+            notes.append(f"the transforms are fitted on a sample of {len(sample)} rows; {len(unseen)} target "
+                         f"label(s) only seen outside it are known too")
+        elif len(sample) < m:
+            notes.append(f"the transforms are fitted on a random sample of {len(sample)} of the {m} rows")
+        target_t = TargetTransform(target).fit(series, task)
+        labels = np.concatenate([target_t.labels(chunk[target][present[start:start + len(chunk)]], what)
+                                 for start, chunk in file.chunks([target])])
+        strata = None if target_t.task == "regression" else labels
+        held = None
+        kept = np.arange(m)
+        if test_split:
+            kept, held = data_mod.split(m, test_split, strata, seed, names["test_split"])
+        if target_t.task == "regression":
+            target_t.mean, target_t.sd = float(labels[kept].mean()), float(labels[kept].std()) or 1.0
+        train_sample = np.flatnonzero(np.isin(sample, kept, assume_unique=True))
+        features = sampled.iloc[train_sample].drop(columns=[target]).reset_index(drop=True)
+        columns = TableTransform(categorical, ignore).fit(features)
+        Y = target_t.encode(labels)
+        with tempfile.TemporaryDirectory(prefix="gpunet-stream-", dir=workdir) as folder:
+            X = np.lib.format.open_memmap(Path(folder) / "features.npy", mode="w+", dtype=dtype,
+                                          shape=(m, len(columns.feature_names)))
+            done, seen = 0, []
+            for start, chunk in file.chunks(columns.inputs + [target]):
+                part = chunk[present[start:start + len(chunk)]]
+                X[done:done + len(part)] = columns.transform(part.drop(columns=[target]), what, expected=(target,))
+                seen += [n for n in columns.notes if n not in seen]
+                done += len(part)
+            X.flush()
+            if seen and len(sample) < m:
+                notes += [f"rows outside the sample: {n}" for n in seen[:5]]
+            notes = file.notes + notes
+            stream = sources.ArrayStream(X, Y)
+            val = None
+            fit_rows = kept
+            if recipe.patience and recipe.val_split:
+                train_rows, val_rows = data_mod.split(len(kept), recipe.val_split,
+                                                      None if strata is None else labels[kept], seed + 1,
+                                                      names["val_split"])
+                fit_rows, val = kept[train_rows], stream.subset(kept[val_rows])
+            tm = cls._train_members(columns, target_t, notes, stream.subset(fit_rows), None, val,
+                                    0 if held is None else len(held), recipe=recipe, loss=loss, device=device,
+                                    dtype=dtype, seed=seed, verbose=verbose, announce=announce, names=names)
+            scores = None
+            if held is not None and len(held) and not tm.interrupted:
+                from .backend import to_numpy
+
+                pred, _ = target_t.decode(to_numpy(tm.model.predict(sources.ArrayStream(X).subset(held))))
+                scores = tm._scores(labels[held], pred, 0)
+            del X, stream, val
+        return tm, tm.histories[0], scores
 
     # -- inference --------------------------------------------------------------------------------------------
     def outputs(self, table, what: str = "the table"):
@@ -184,7 +307,54 @@ class TableModel:
         frame = frame[present].reset_index(drop=True)
         y = self.target.labels(frame[name], what)
         pred, _ = self.outputs(frame, what)
-        result = {"rows": len(y), "dropped": int((~present).sum())}
+        return self._scores(y, pred, int((~present).sum()))
+
+    def score_file(self, file, target: str | None = None) -> dict:
+        """:meth:`score` for a :class:`gpunet.data.TableFile` read chunk by chunk (memory: a chunk; regression
+        sums merged with Chan's formula, classification counts in the confusion matrix); ``target``: the file's
+        name for the model's target column (default: the model's)."""
+        name, what = self.target.name, file.file.name
+        column = target or name
+        if column not in file.columns:
+            raise TableError(f"{what} has no target column {column!r} (the model's); columns: {list(file.columns)}")
+        k = len(self.target.classes)
+        confusion = np.zeros((k, k), dtype=np.int64)
+        n, mean, m2, ss_res, abs_res, dropped, notes = 0, 0.0, 0.0, 0.0, 0.0, 0, []
+        for _, chunk in file.chunks():
+            if column != name:
+                chunk = chunk.rename(columns={column: name})
+            present = TargetTransform.present(chunk[name])
+            dropped += int((~present).sum())
+            chunk = chunk[present].reset_index(drop=True)
+            if not len(chunk):
+                continue
+            y = self.target.labels(chunk[name], what)
+            pred, _ = self.outputs(chunk, what)
+            notes += [note for note in self.columns.notes if note not in notes]
+            if self.target.task == "regression":
+                count, chunk_mean = len(y), float(y.mean())
+                delta = chunk_mean - mean
+                total = n + count
+                m2 += float(((y - chunk_mean) ** 2).sum()) + delta * delta * n * count / total
+                mean += delta * count / total
+                n = total
+                ss_res += float(((y - pred) ** 2).sum())
+                abs_res += float(np.abs(y - pred).sum())
+            else:
+                np.add.at(confusion, (y, pred), 1)
+                n += len(y)
+        if n == 0:
+            raise TableError(f"{what}: the target column {column!r} is empty")
+        self.columns.notes = notes
+        result = {"rows": n, "dropped": dropped}
+        if self.target.task == "regression":
+            r2 = 1 - ss_res / m2 if m2 > 0 else (1.0 if ss_res == 0 else 0.0)
+            return result | {"r2": r2, "mae": abs_res / n, "rmse": math.sqrt(ss_res / n)}
+        return result | {"accuracy": float(np.trace(confusion) / n), "confusion": confusion}
+
+    def _scores(self, y, pred, dropped: int) -> dict:
+        """:meth:`score`'s dict from the true labels or values ``y`` and the predictions ``pred``."""
+        result = {"rows": len(y), "dropped": dropped}
         if self.target.task == "regression":
             return result | regression_scores(y, pred)
         k = len(self.target.classes)
@@ -312,6 +482,7 @@ def fit(model, X, Y, val, loss: str, recipe: Recipe, task: str, verbose: int = 0
     if recipe.lr_schedule == "cosine":
         callbacks.append(gn.callbacks.CosineAnnealingLR(T_max=recipe.epochs))
     metric = "r2" if task == "regression" else "accuracy"
+    # X: arrays, or a gpunet.sources.ArrayStream that carries the targets (Y is then None)
     history = model.fit(X, Y, loss=loss, optimizer=make_optimizer(recipe), epochs=recipe.epochs,
                         batch_size=min(recipe.batch_size, len(X)), validation_data=val, metrics=[metric],
                         verbose=verbose, callbacks=callbacks, distributed=distributed)

@@ -307,17 +307,24 @@ class Trainer:
     # -- the epoch's sums -----------------------------------------------------------------------------------------
     def begin_epoch(self, sizes) -> None:
         """Record the next ``len(sizes)`` steps (batches of ``sizes[b]`` rows): their losses and metric statistics
-        stay on the device until :meth:`end_epoch`."""
+        stay on the device until :meth:`end_epoch`. ``sizes=None``: an epoch whose number of batches is unknown (an
+        iterable of batches); the loss vector then grows as steps come."""
         model = self.model
+        count = 64 if sizes is None else len(sizes)
         with model.backend.activate():
-            losses = model.xp.zeros(len(sizes), dtype=model.backend.dtype(model.dtype))
-        self._epoch = {"losses": losses, "sizes": np.asarray(sizes, dtype=np.float64), "done": 0,
-                       "stats": [None] * len(self.metrics)}
+            losses = model.xp.zeros(count, dtype=model.backend.dtype(model.dtype))
+        self._epoch = {"losses": losses, "sizes": np.zeros(count) if sizes is None else
+                       np.asarray(sizes, dtype=np.float64), "done": 0, "stats": [None] * len(self.metrics)}
 
     def _record(self, pred, y, value) -> None:
         epoch = self._epoch
         b = epoch["done"]
+        if b == epoch["sizes"].shape[0]:  # an epoch of unknown length: twice the room (rare, off the step's path)
+            xp = self.model.xp
+            epoch["losses"] = xp.concat([epoch["losses"], xp.zeros_like(epoch["losses"])])
+            epoch["sizes"] = np.concatenate([epoch["sizes"], np.zeros_like(epoch["sizes"])])
         epoch["losses"][b] = value
+        epoch["sizes"][b] = 0 if pred is None else pred.shape[0]
         for j, metric in enumerate(self.metrics if pred is not None else ()):  # (no rows: nothing to count)
             stats = metric.stats(pred, y)
             epoch["stats"][j] = stats if epoch["stats"][j] is None else metric.combine(epoch["stats"][j], stats)

@@ -5,7 +5,10 @@ checks arguments: ``fit`` has done that once. Per batch nothing moves between ho
 calls its ``running_logs()`` (the progress bar does, at most every ``refresh`` seconds). Per epoch there is one
 host -> device copy of the shuffled row order (when shuffling), one read of the batch losses, one of a "weights
 finite" flag, one per device array of each metric's statistics (one for accuracy, mse and mae; three for r2), and
-the validation pass; rolling back a diverged epoch reads the flag once per replayed step.
+the validation pass; rolling back a diverged epoch reads the flag once per replayed step. A source whose batches can
+be read only once per epoch (``source.replayable`` False: an iterable of batches) rolls a diverged epoch back to its
+start instead of replaying its finite steps; a source of unknown length (``source.sizes`` None) ends its epoch when
+``batch(b)`` returns None.
 
 Ctrl-C: in the main thread, the first SIGINT during ``fit`` lets the current step finish and ends the fit there (a
 second one interrupts at once); elsewhere the KeyboardInterrupt arrives as an exception, and the fit restores the
@@ -15,6 +18,7 @@ keeps.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 
@@ -27,7 +31,8 @@ from .validation import warn_at_caller
 
 def run(model, source, val, **kwargs) -> History:
     """Train ``model`` (its trainer configured) on the batches of ``source`` (:mod:`gpunet.sources`); ``val`` is
-    ``None`` or device ``(X_val, Y_val)``; ``parallel`` a :class:`gpunet.distributed.DataParallel` (its epoch
+    ``None``, device ``(X_val, Y_val)``, or an object evaluated in batches (``val.evaluate(model, loss, metrics)``:
+    :class:`gpunet.sources.Evaluation`); ``parallel`` a :class:`gpunet.distributed.DataParallel` (its epoch
     totals, validation, interrupts and divergence agreed across ranks); ``graph``: run the epochs as replays of
     captured CUDA graphs where they apply (:func:`gpunet.backend.graphs.plan`: ``"auto"``, True, False). Returns the
     History (also in ``callbacks``).
@@ -70,13 +75,14 @@ def _run(model, source, val, *, epochs, initial_epoch, callbacks, interrupts, pa
     trainer = model.trainer
     captured = graphs.plan(model, source, callbacks, graph)  # None: eager steps
     n, sizes = source.n, source.sizes
+    steps = len(sizes) if sizes is not None else getattr(source, "steps", None)
     history = next(cb for cb in callbacks if isinstance(cb, History))
     history.interrupted = False
     model.stop_training = False
     try:
         for cb in callbacks:
             cb.model = model
-            cb.on_train_begin({"epochs": epochs, "initial_epoch": initial_epoch, "steps": len(sizes),
+            cb.on_train_begin({"epochs": epochs, "initial_epoch": initial_epoch, "steps": steps,
                                "samples": n, "batch_size": source.batch, "validation": val is not None})
     except BaseException:  # a callback refusing the fit (a monitor with no direction...): the model as it was
         if undo is not None:
@@ -121,8 +127,14 @@ def _epochs(model, source, val, epochs, initial_epoch, callbacks, interrupts, pa
             else:  # CUDA graphs: the batch gathered, the step and its sums on the device, one launch per step
                 step = captured.begin_epoch()
             stop = False
-            for b in range(len(sizes)):
-                step(b)
+            for b in range(len(sizes)) if sizes is not None else itertools.count():
+                if captured is None:
+                    arrays = batch(b)
+                    if arrays is None:  # the end of an epoch of unknown length (an iterable of batches)
+                        break
+                    trainer._step(*arrays)
+                else:
+                    step(b)
                 for cb in callbacks:
                     cb.on_batch_end(b, running_logs)
                 stop = interrupted()
@@ -135,20 +147,29 @@ def _epochs(model, source, val, epochs, initial_epoch, callbacks, interrupts, pa
             if not (totals.finite and weights_finite()):
                 bad = totals.first_nonfinite
                 bad = done if bad is None else bad
-                kept = _roll_back(trainer, snapshot, step, max(bad - 1, 0), weights_finite)
+                if getattr(source, "replayable", True):
+                    kept = _roll_back(trainer, snapshot, step, max(bad - 1, 0), weights_finite)
+                else:  # its batches cannot be read again: back to where the epoch began
+                    trainer.restore(snapshot)
+                    kept = 0
                 error = NonFiniteLossError(_divergence_message(epoch, bad, totals.batch_losses, kept, done), epoch,
                                            min(bad, done - 1), history)
                 for cb in callbacks:  # TerminateOnNaN raises the error or stops quietly (like any exception in
                     cb.on_nonfinite(error)  # fit, a raised one skips the callbacks' on_train_end)
                 break
             if stop:
-                note = (f"in epoch {epoch + 1} after batch {done} of {len(sizes)}: the model keeps the weights of "
+                of = f" of {len(sizes)}" if sizes is not None else ""
+                note = (f"in epoch {epoch + 1} after batch {done}{of}: the model keeps the weights of "
                         f"that last finished step")
                 break
             logs = {"loss": totals.loss, **totals.metrics}
             if val is not None:
-                evaluate = model._evaluate if parallel is None else parallel.evaluate
-                logs.update({f"val_{k}": v for k, v in evaluate(*val, trainer.loss, trainer.metrics).items()})
+                if isinstance(val, tuple):
+                    evaluate = model._evaluate if parallel is None else parallel.evaluate
+                    scores = evaluate(*val, trainer.loss, trainer.metrics)
+                else:  # streamed validation data, evaluated in batches
+                    scores = val.evaluate(model, trainer.loss, trainer.metrics)
+                logs.update({f"val_{k}": v for k, v in scores.items()})
             for cb in callbacks:
                 cb.on_epoch_end(epoch, logs)
             if interrupted():  # Ctrl-C during validation or the epoch's callbacks

@@ -145,8 +145,9 @@ def within_dtype(name: str, x, dtype: str):
     return x
 
 
-def finite(name: str, x):
-    """Refuse NaN and infinity, naming the first offending index."""
+def finite(name: str, x, offset: int = 0):
+    """Refuse NaN and infinity, naming the first offending index; ``offset``: the row of ``x[0]`` in the data it was
+    cut from (a chunk of a memory-mapped file), added to the row in the message."""
     if _dtype_kind(x) != "f":
         return x
     xp = array_namespace(x)
@@ -154,7 +155,8 @@ def finite(name: str, x):
         bad = np.argwhere(~np.isfinite(to_numpy(x)))[0]
         index = tuple(int(i) for i in bad)
         value = to_numpy(x)[index]
-        raise ValueError(f"{name} must be finite; {name}[{', '.join(map(str, index))}] = {value}")
+        shown = (index[0] + offset,) + index[1:] if index else index
+        raise ValueError(f"{name} must be finite; {name}[{', '.join(map(str, shown))}] = {value}")
     return x
 
 
@@ -169,8 +171,8 @@ def rows(x) -> int | None:
     return int(shape[0]) if len(shape) else None
 
 
-def features(name: str, x, n_features: int):
-    """A 2-D ``(n, n_features)`` numeric finite array."""
+def features(name: str, x, n_features: int, offset: int = 0):
+    """A 2-D ``(n, n_features)`` numeric finite array (``offset`` as in :func:`finite`)."""
     numeric(name, x)
     if x.ndim != 2:
         raise ValueError(
@@ -179,7 +181,7 @@ def features(name: str, x, n_features: int):
         )
     if x.shape[1] != n_features:
         raise ValueError(f"{name} has {x.shape[1]} features per sample but the model expects {n_features}")
-    return finite(name, x)
+    return finite(name, x, offset)
 
 
 # -- DataFrames (pandas, polars) and pyarrow Tables of numeric columns ----------------------------------------------

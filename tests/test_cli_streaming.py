@@ -1,0 +1,157 @@
+"""The command line on tables it does not load (issue 13 part 3): ``--stream on`` (or files over
+``gpunet.data.STREAM_BYTES``) reads CSV/Parquet chunk by chunk; for a file no bigger than the transform's sample the
+trained networks, the reports and the predictions are those of the loading path, bit for bit."""
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gpunet as gn
+from gpunet import cli, data, recipe
+
+pd = pytest.importorskip("pandas")
+pytest.importorskip("pyarrow")
+pytest.importorskip("sklearn")
+
+PENGUINS = Path(__file__).parent / "data" / "penguins.csv"
+FAST = ["--device", "cpu", "--quiet", "--ensemble", "2", "--epochs", "30"]
+
+
+def run(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(data, "CHUNK_ROWS", 37)  # many chunks, the last one partial
+
+
+def weights_of(path):
+    return gn.load(path).get_weights()
+
+
+def report(out):
+    """The output without the timing line and the saved path."""
+    return [line for line in out.splitlines() if not line.startswith(("trained ", "saved "))]
+
+
+@pytest.fixture
+def messy_table(tmp_path):
+    """A regression table with text categories, blanks, a date, an ID and rows without a target."""
+    rng = np.random.default_rng(3)
+    n = 600
+    a, b = rng.normal(0, 1, n), rng.uniform(0, 10, n)
+    shop = rng.choice(["north", "south", "east"], n)
+    value = 3 * a - 0.5 * b + (shop == "north") * 2 + rng.normal(0, 0.2, n)
+    frame = pd.DataFrame({"id": [f"row{i}" for i in range(n)], "a": a, "b": b, "shop": shop,
+                          "day": pd.date_range("2024-01-01", periods=n, freq="D").strftime("%Y-%m-%d"),
+                          "value": value})
+    frame.loc[rng.choice(n, 15, replace=False), "b"] = np.nan
+    frame.loc[rng.choice(n, 9, replace=False), "value"] = np.nan
+    return frame
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_streamed_training_equals_loading_the_file(kind, messy_table, tmp_path, capsys, small_chunks):
+    path = tmp_path / f"messy.{kind}"
+    if kind == "csv":
+        messy_table.to_csv(path, index=False, sep=";", decimal=",")  # decimal commas, decided on the first chunk
+    else:
+        messy_table.to_parquet(path, row_group_size=100)
+    runs = {}
+    for stream in ("off", "on"):
+        model = tmp_path / f"{stream}.safetensors"
+        code, out, err = run(capsys, "train", "--dataset", f"{kind}:{path}:value", *FAST, "--stream", stream,
+                             "--save", model)
+        assert code == 0, err
+        runs[stream] = (report(out), weights_of(model))
+    assert runs["on"][0] == runs["off"][0]
+    assert "9 row(s) without a 'value' value dropped" in "\n".join(runs["on"][0])
+    assert all(np.array_equal(x, y) for x, y in zip(runs["on"][1], runs["off"][1]))
+    outputs = {}
+    for stream in ("off", "on"):
+        code, out, err = run(capsys, "evaluate", tmp_path / "on.safetensors", "--dataset", f"{kind}:{path}",
+                             "--device", "cpu", "--stream", stream)
+        assert code == 0, err
+        code, predicted, perr = run(capsys, "predict", tmp_path / "on.safetensors", f"--{kind}", path, "--device",
+                                    "cpu", "--stream", stream)
+        assert code == 0, perr
+        outputs[stream] = (out, predicted, perr)
+    assert outputs["on"][0] == outputs["off"][0] and outputs["on"][2] == outputs["off"][2]  # report, notes
+    # predictions of 37-row chunks: float32 BLAS rounds a product of few rows differently (an ulp or so)
+    on, off = (list(csv.reader(io.StringIO(outputs[s][1]))) for s in ("on", "off"))
+    assert on[0] == off[0] == ["id", "value"] and len(on) == len(off) == 601
+    assert [r[0] for r in on] == [r[0] for r in off]
+    np.testing.assert_allclose([float(r[1]) for r in on[1:]], [float(r[1]) for r in off[1:]], rtol=1e-5, atol=1e-5)
+
+
+def test_streamed_classification_with_a_sample(tmp_path, capsys, small_chunks, monkeypatch):
+    """A sample smaller than the file: the transforms are fitted on it (noted), a class seen only outside it is
+    known, and the networks learn about as well as from the loaded file."""
+    monkeypatch.setattr(recipe, "SAMPLE_ROWS", 150)
+    table = pd.read_csv(PENGUINS)
+    rare = table.iloc[[0]].copy()
+    rare["species"] = "Emperor"  # one row of a fourth class, at the end of the file: outside a 150-row sample
+    big = pd.concat([table, table, rare], ignore_index=True)
+    path = tmp_path / "penguins.csv"
+    big.to_csv(path, index=False)
+    # a seed whose sample (a random choice of 150 of the 689 rows, from the seed) leaves out the last row
+    seed = next(s for s in range(20) if len(big) - 1 not in np.random.default_rng(s).choice(len(big), 150, False))
+    code, out, err = run(capsys, "train", "--dataset", f"csv:{path}:species", *FAST, "--epochs", "60",
+                         "--stream", "on", "--seed", seed, "--save", tmp_path / "p.safetensors")
+    assert code == 0, err
+    assert "4 classes" in out and "Emperor" in out
+    assert "the transforms are fitted on a sample of 150 rows; 1 target label(s) only seen outside it" in out
+    assert float(out.split("test: accuracy ")[1].split()[0]) > 0.9
+    model = gn.TableModel.load(tmp_path / "p.safetensors")
+    assert model.target.classes == ["Adelie", "Chinstrap", "Emperor", "Gentoo"]
+
+
+def test_files_over_the_threshold_stream_by_default(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "penguins.csv"
+    pd.read_csv(PENGUINS).to_csv(path, index=False)
+    monkeypatch.setattr(data, "STREAM_BYTES", path.stat().st_size - 1)
+    code, out, err = run(capsys, "train", "--dataset", f"csv:{path}:species", "--device", "cpu", "--ensemble", "1",
+                         "--epochs", "2")
+    assert code == 0, err
+    assert "penguins: 344 rows, 8 columns (streamed from the file)" in out
+    monkeypatch.setattr(data, "STREAM_BYTES", path.stat().st_size)
+    code, out, err = run(capsys, "train", "--dataset", f"csv:{path}:species", "--device", "cpu", "--ensemble", "1",
+                         "--epochs", "2")
+    assert code == 0 and "streamed" not in out
+
+
+def one_line_error(code, err, message):
+    assert code == 2, err
+    assert message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_malformed_files_give_one_line_and_status_2(tmp_path, capsys):
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 this is not parquet")
+    for command in (["train", "--dataset", f"parquet:{broken}:y", *FAST],
+                    ["evaluate", "model.safetensors", "--dataset", f"parquet:{broken}"]):
+        if command[0] == "evaluate":
+            code, _, _ = run(capsys, "train", "--dataset", f"csv:{PENGUINS}:species", *FAST, "--save",
+                             tmp_path / "model.safetensors")
+            command[1] = str(tmp_path / "model.safetensors")
+        code, out, err = run(capsys, *command, "--stream", "on")
+        one_line_error(code, err, "is not a readable Parquet file")
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("a,b,y\n1,2,0\n3,4\n5,6,1\n")
+    one_line_error(*run(capsys, "train", "--dataset", f"csv:{ragged}:y", *FAST, "--stream", "on")[::2],
+                   "line 3: 2 fields, but the header has 3")
+    table = pd.read_csv(PENGUINS)
+    path = tmp_path / "p.csv"
+    table.to_csv(path, index=False)
+    one_line_error(*run(capsys, "train", "--dataset", f"csv:{path}:nothing", *FAST, "--stream", "on")[::2],
+                   "there is no target column 'nothing'")
+    code, _, err = run(capsys, "predict", tmp_path / "model.safetensors", "--csv", ragged, "--stream", "on",
+                       "--output", tmp_path / "out.csv")
+    assert code == 2 and not (tmp_path / "out.csv").exists() and not (tmp_path / "out.csv.part").exists()
