@@ -107,6 +107,7 @@ class Trainer:
         self.batch_rows = 0
         # (start, stop, total): the rows this process trains of a data-parallel batch of ``total`` rows, or None
         self.batch_share = None
+        self._checked = None  # what step() last checked: the types, shapes and dtypes of its arrays
         self._epoch = None
         self.attach()
 
@@ -178,9 +179,19 @@ class Trainer:
         """One training step on device arrays ``x`` ``(n, n_inputs)``, ``y`` ``(n, n_outputs)`` (targets as
         :meth:`prepare` makes them) and optional row weights ``w`` ``(n, 1)``; returns ``(pred, loss)``, the
         predictions before the update and the batch loss (0-d), both valid until the next step."""
+        model = self._model()
+        spec = (type(x), getattr(x, "shape", None), getattr(x, "dtype", None), type(y), getattr(y, "shape", None),
+                getattr(y, "dtype", None), type(w), getattr(w, "shape", None), getattr(w, "dtype", None),
+                model.backend, self.loss)
+        if spec != self._checked:  # (arrays like the last step's were checked then: a tuple compare per step)
+            self._check_step(model, x, y, w)
+            self._checked = spec
+        with model.backend.activate():
+            return self._step(x, y, w)
+
+    def _check_step(self, model, x, y, w) -> None:
         if self.loss is None:
             raise RuntimeError("configure(loss, optimizer) the trainer before its first step (fit does)")
-        model = self.model
         backend, dtype = model.backend, model.backend.dtype(model.dtype)
         n = x.shape[0] if backend.owns(x) and x.ndim == 2 else None
         for name, a, cols in (("x", x, model.n_inputs), ("y", y, model.n_outputs), ("w", w, 1)):
@@ -192,8 +203,6 @@ class Trainer:
                                  f"({backend.name}) with shape ({'n > 0' if not n else n}, {cols}); received "
                                  f"{type(a).__name__} of shape {tuple(getattr(a, 'shape', ()))} and dtype "
                                  f"{getattr(a, 'dtype', None)}; trainer.prepare(X, y) makes them")
-        with model.backend.activate():
-            return self._step(x, y, w)
 
     def _step(self, x, y, w=None):
         """:meth:`step` without its checks (``fit`` checked the whole data once)."""
