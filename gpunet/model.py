@@ -476,10 +476,7 @@ class Sequential:
         if validation_data is not None:
             val = self._validation(validation_data, loss, names or self.feature_names)
         elif validation_split is not None:
-            fraction = validation.number_in("validation_split", validation_split, 0.0, 1.0)
-            if fraction == 0:
-                raise ValueError("validation_split must be in (0, 1); received validation_split=0.0")
-            split_rng = np.random.default_rng(self.seed) if self.seed is not None else self.trainer.shuffle_rng
+            fraction, split_rng = self._validation_split(validation_split)
             train_rows, val_rows = training.split_validation(X.shape[0], fraction, training.class_labels(Y, loss),
                                                              split_rng)
             with self.backend.activate():
@@ -506,6 +503,14 @@ class Sequential:
             finally:
                 parallel.finish()
 
+    def _validation_split(self, validation_split):
+        """``(fraction, generator)`` of a ``validation_split``: the split is drawn from ``default_rng(seed)``, or
+        from the shuffling generator when the model has no seed."""
+        fraction = validation.number_in("validation_split", validation_split, 0.0, 1.0)
+        if fraction == 0:
+            raise ValueError("validation_split must be in (0, 1); received validation_split=0.0")
+        return fraction, (np.random.default_rng(self.seed) if self.seed is not None else self.trainer.shuffle_rng)
+
     def _fit_stream(self, stream, loss, optimizer, metric_objs, callbacks, *, epochs, initial_epoch, batch_size,
                     shuffle, validation_data, validation_split, class_weight, undo, graph, precision) -> History:
         """``fit`` on a streamed data set (:mod:`gpunet.sources`): checked in one pass before training (a refused
@@ -526,10 +531,7 @@ class Sequential:
             if validation_data is not None:
                 val = self._validation(validation_data, loss, names or self.feature_names)
             elif validation_split is not None:
-                fraction = validation.number_in("validation_split", validation_split, 0.0, 1.0)
-                if fraction == 0:
-                    raise ValueError("validation_split must be in (0, 1); received validation_split=0.0")
-                split_rng = np.random.default_rng(self.seed) if self.seed is not None else self.trainer.shuffle_rng
+                fraction, split_rng = self._validation_split(validation_split)
                 stream, held = stream._split(fraction, labels, split_rng, loss)
                 val = sources.Evaluation(self, held, loss)
             n = stream.n
