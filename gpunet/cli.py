@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="predict the rows of a CSV or Parquet file with a saved model",
         description="Predict every row of a table with a model saved by `gpunet train --save`. Columns are matched "
                     "by name (extra columns are ignored, missing ones are an error); the output has one row per "
-                    "input row: the ID-like columns left out in training (when present), the prediction (the "
+                    "input row: the columns left out in training as IDs (a different value on every row) or row "
+                    "numbers (when present), the prediction (the "
                     "original class label, or the value), and for classification one probability per class.")
     predict.add_argument("model", help="a .safetensors file written by gpunet train --save")
     source = predict.add_mutually_exclusive_group(required=True)
@@ -155,7 +156,10 @@ def main(argv=None) -> int:
     except FloatingPointError as exc:  # gpunet.NonFiniteLossError: a diverging fit (every rank raises it)
         first = str(exc).split(". The model keeps")[0]
         return _fail(args, f"{first}; lower --lr (it was {_lr(args):g}) or set --global-clipnorm", 2)
-    except (ValueError, TypeError, OSError, ImportError) as exc:  # DataError and TableError are ValueErrors
+    except OSError as exc:  # "[Errno 2] No such file or directory: 'm.safetensors'" -> "m.safetensors: no such ..."
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(args, f"{where}{exc.strerror.lower()}" if exc.strerror else str(exc), 2)
+    except (ValueError, TypeError, ImportError) as exc:  # DataError and TableError are ValueErrors
         return _fail(args, str(exc), 2)
     except KeyboardInterrupt:
         return _fail(args, "interrupted", 130)
@@ -440,16 +444,16 @@ def predict(args) -> int:
     path, kind = (args.csv, "csv") if args.csv else (args.parquet, "parquet")
     if data_mod.should_stream(path, args.stream):  # chunk by chunk, each written as soon as it is predicted
         file = data_mod.TableFile(path, kind, _delimiter(args.delimiter))
-        chunks = (frame for _, frame in file.chunks())
+        chunks = file.chunks()
     else:
         file, (frame, notes) = None, data_mod.read_table(path, kind, _delimiter(args.delimiter))
-        chunks = iter([frame])
+        chunks = iter([(0, frame)])
     ids = None
     target = tm.target.name
     count, seen = 0, []
     with _predictions_out(args.output) as out:
-        for frame in chunks:
-            pred, proba = tm.outputs(frame, path)
+        for start, frame in chunks:
+            pred, proba = tm.outputs(frame, path, range(start, start + len(frame)))
             seen += [note for note in _transform_notes(tm) if note not in seen]
             if ids is None:
                 ids = [c["name"] for c in tm.columns.columns if c["kind"] == "left out" and c["name"] in frame.columns

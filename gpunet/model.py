@@ -131,17 +131,16 @@ class Sequential:
         inner = ", ".join(map(repr, self.layers))
         return f"Sequential([{inner}], device={self.device!r}, dtype={self.dtype!r})"
 
-    def summary(self) -> str:
-        """A table of layers, output shapes and parameter counts (also printed)."""
+    def summary(self, print_fn=None) -> None:
+        """Prints a table of layers, output shapes and parameter counts, as Keras's ``summary``: through
+        ``print_fn(text)`` when given (``lines.append``, a logger's ``info``), else ``print``."""
         lines = [f"{'layer':<28}{'output':<16}{'params':>10}"]
         for i, layer in enumerate(self.layers):
             drop = f", dropout={layer.dropout:g}" if layer.dropout else ""
             lines.append(f"{f'{i}: Dense({layer.activation.name}{drop})':<28}{f'(n, {layer.out_features})':<16}"
                          f"{layer.n_params:>10,}")
         lines.append(f"total parameters: {self.count_params():,} ({self.dtype}, on {self.device})")
-        text = "\n".join(lines)
-        print(text)
-        return text
+        (print_fn or print)("\n".join(lines))
 
     # -- parameters -----------------------------------------------------------------------------------------------
     def parameters(self) -> list:
@@ -432,7 +431,12 @@ class Sequential:
         if parallel is not None:
             parallel.sync_generators()  # (validation_split may draw from the shuffling generator: the same rows)
         loss = losses_mod.get(loss if loss is not None else self.loss or "mse")
-        optimizer = optim_mod.get(optimizer if optimizer is not None else self.optimizer or "sgd")
+        previous, named = self.optimizer, isinstance(optimizer, str)
+        optimizer = optim_mod.get(optimizer if optimizer is not None else previous or "sgd")
+        if named and previous is not None and previous.steps:  # resuming with a name is a fresh start: say so
+            validation.warn_at_caller(f"optimizer={optimizer.name!r} starts a new {type(optimizer).__name__} (step 0, "
+                                      f"no state); the last fit's {type(previous).__name__} at step {previous.steps} "
+                                      f"is not continued: pass optimizer=None (or model.optimizer) to continue it")
         epochs = validation.positive_int("epochs", epochs)
         initial_epoch = validation.non_negative_int("initial_epoch", initial_epoch)
         if initial_epoch > epochs:

@@ -92,7 +92,7 @@ class TableModel:
         """Fit the transforms on the training rows and train a network with ``recipe``.
 
         Rows whose target is missing are dropped (noted). With ``test_split`` > 0 that share of the rows is held
-        out (stratified by class) and returned for a report. Returns ``(table_model, the first network's
+        out (stratified by class) and returned for a report (a pandas ``table``'s rows keep their index). Returns ``(table_model, the first network's
         History, test_frame or None)``; ``table_model.notes`` says what was done. ``announce(table_model, n_train, n_val, n_test)`` is
         called once the network is built, before training (the command line prints its report there);
         ``option_names`` maps ``"val_split"``/``"test_split"``/``"loss"`` to the names used in error messages.
@@ -104,12 +104,15 @@ class TableModel:
         if target not in frame.columns:
             raise TableError(f"there is no target column {target!r}; columns: {list(frame.columns)}")
         notes = []
+        rows = len(frame)  # before any row is dropped or held out: a row-number column spans them all
+        index = getattr(table, "index", None)  # a pandas table's: the held-out rows keep theirs, to join back
+        source = np.arange(rows)  # each row's position in ``table``
         present = TargetTransform.present(frame[target])
         if not present.any():
             raise TableError(f"the target column {target!r} is empty: no row has a target")
         if not present.all():
             notes.append(f"{int((~present).sum())} row(s) without a {target!r} value dropped")
-            frame = frame[present].reset_index(drop=True)
+            frame, source = frame[present].reset_index(drop=True), source[present]
         target_t = TargetTransform(target).fit(frame[target], task)
         labels = target_t.labels(frame[target])
         strata = None if target_t.task == "regression" else labels
@@ -117,12 +120,14 @@ class TableModel:
         if test_split:
             kept, held = data_mod.split(len(frame), test_split, strata, seed, names["test_split"])
             test = frame.iloc[held].reset_index(drop=True)
+            if index is not None and len(index) == rows:
+                test.index = index[source[held]]
             frame, labels = frame.iloc[kept].reset_index(drop=True), labels[kept]
             strata = None if strata is None else labels
         if target_t.task == "regression":  # standardise with the training rows only
             target_t.mean, target_t.sd = float(labels.mean()), float(labels.std()) or 1.0
         features = frame.drop(columns=[target])
-        columns = TableTransform(categorical, ignore).fit(features)
+        columns = TableTransform(categorical, ignore).fit(features, rows=rows)
         X = columns.transform(features)
         Y = target_t.encode(labels)
         val = None
@@ -238,15 +243,17 @@ class TableModel:
             target_t.mean, target_t.sd = float(labels[kept].mean()), float(labels[kept].std()) or 1.0
         train_sample = np.flatnonzero(np.isin(sample, kept, assume_unique=True))
         features = sampled.iloc[train_sample].drop(columns=[target]).reset_index(drop=True)
-        columns = TableTransform(categorical, ignore).fit(features)
+        columns = TableTransform(categorical, ignore).fit(features, rows=present.size)
         Y = target_t.encode(labels)
         with tempfile.TemporaryDirectory(prefix="gpunet-stream-", dir=workdir) as folder:
             X = np.lib.format.open_memmap(Path(folder) / "features.npy", mode="w+", dtype=dtype,
                                           shape=(m, len(columns.feature_names)))
             done, seen = 0, []
             for start, chunk in file.chunks(columns.inputs + [target]):
-                part = chunk[present[start:start + len(chunk)]]
-                X[done:done + len(part)] = columns.transform(part.drop(columns=[target]), what, expected=(target,))
+                kept_rows = present[start:start + len(chunk)]
+                part = chunk[kept_rows]
+                X[done:done + len(part)] = columns.transform(part.drop(columns=[target]), what, expected=(target,),
+                                                             rows=start + np.flatnonzero(kept_rows))
                 seen += [n for n in columns.notes if n not in seen]
                 done += len(part)
             X.flush()
@@ -274,12 +281,12 @@ class TableModel:
         return tm, tm.histories[0], scores
 
     # -- inference --------------------------------------------------------------------------------------------
-    def outputs(self, table, what: str = "the table"):
+    def outputs(self, table, what: str = "the table", rows=None):
         """``(predictions, probabilities or None)`` for the rows of ``table``: values on the target's scale, or
-        class indices with ``(n, n_classes)`` probabilities."""
+        class indices with ``(n, n_classes)`` probabilities. ``rows``: as for :meth:`TableTransform.transform`."""
         from .backend import to_numpy
 
-        X = self.columns.transform(table, what, expected=(self.target.name,))
+        X = self.columns.transform(table, what, expected=(self.target.name,), rows=rows)
         return self.target.decode(to_numpy(self.model.predict(X)))
 
     def predict(self, table, what: str = "the table") -> np.ndarray:

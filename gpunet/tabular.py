@@ -184,9 +184,18 @@ class TableTransform:
         self.notes: list[str] = []
 
     # -- fit ----------------------------------------------------------------------------------------------------
-    def fit(self, table) -> "TableTransform":
-        """Decide and learn each column's transform from ``table`` (training rows only; at least 2 rows)."""
+    def fit(self, table, rows: int | None = None) -> "TableTransform":
+        """Decide and learn each column's transform from ``table`` (training rows only; at least 2 rows).
+
+        ``rows``: how many rows the table these were drawn from has (a train/test split, a sample of a file), so
+        that a row-number column is still recognised in a subset: unique integers spanning at most ``rows``
+        values (default: ``len(table)``, when the values are then ``a..a+n-1``).
+        """
         frame = as_frame(table)
+        if rows is not None and (isinstance(rows, bool) or not isinstance(rows, numbers.Integral)
+                                 or rows < len(frame)):
+            raise ValueError(f"rows must be an integer of at least the table's {len(frame)} rows; received {rows!r}")
+        self._source_rows = len(frame) if rows is None else int(rows)
         unknown = [c for c in self.categorical + self.ignore if c not in frame.columns]
         if unknown:
             raise TableError(f"no column(s) {unknown} to treat as asked; columns: {list(frame.columns)}")
@@ -247,10 +256,12 @@ class TableTransform:
         distinct = np.unique(observed)
         if distinct.size == 1 and not missing:
             return {"name": column["name"], "kind": "left out", "reason": f"constant ({_fmt(distinct[0])})"}
+        rows = self._source_rows
         if (column["kind"] == "numeric" and integer and not missing and distinct.size == x.size and x.size >= 3
-                and distinct[-1] - distinct[0] == x.size - 1):
+                and distinct[-1] - distinct[0] <= rows - 1):
+            each = "one per row" if x.size == rows else f"unique, within the span of the table's {rows} rows"
             return {"name": column["name"], "kind": "left out",
-                    "reason": f"row number ({_fmt(distinct[0])}..{_fmt(distinct[-1])}, one per row)"}
+                    "reason": f"row number ({_fmt(distinct[0])}..{_fmt(distinct[-1])}, {each})"}
         sd = float(observed.std())
         return column | {"integer": integer, "mean": float(observed.mean()), "sd": sd if sd > 0 else 1.0,
                          "fill": float(np.median(observed)), "indicator": bool(missing),
@@ -332,10 +343,11 @@ class TableTransform:
         self._check_fitted()
         return [c["name"] for c in self.columns if c["kind"] == "left out"]
 
-    def transform(self, table, what: str = "the table", expected=()) -> np.ndarray:
+    def transform(self, table, what: str = "the table", expected=(), rows=None) -> np.ndarray:
         """``(n, len(feature_names))`` float64 features of ``table``'s rows, matched to the training columns by
         name, in any order. A missing column is an error; columns unknown in training are ignored and listed in
-        ``notes`` (except those named in ``expected``, such as the target)."""
+        ``notes`` (except those named in ``expected``, such as the target). ``rows``: the 0-based rows of ``what``
+        that the table's rows are (a chunk of a file: ``range(start, stop)``), so that an error names its row."""
         self._check_fitted()
         frame = as_frame(table, what)
         missing = [name for name in self.inputs if name not in frame.columns]
@@ -349,15 +361,16 @@ class TableTransform:
         for c in self.columns:
             if c["kind"] == "left out":
                 continue
-            blocks.append(getattr(self, f"_transform_{c['kind'].replace(' ', '_')}")(c, frame[c["name"]], what))
+            blocks.append(getattr(self, f"_transform_{c['kind'].replace(' ', '_')}")(c, frame[c["name"]], what,
+                                                                                       rows))
         out = np.column_stack(blocks) if blocks else np.empty((len(frame), 0))
         return np.ascontiguousarray(out, dtype=np.float64)
 
     def fit_transform(self, table) -> np.ndarray:
         return self.fit(table).transform(table)
 
-    def _transform_numeric(self, c: dict, series, what: str) -> np.ndarray:
-        x = _numeric_values(c, series, what)
+    def _transform_numeric(self, c: dict, series, what: str, rows) -> np.ndarray:
+        x = _numeric_values(c, series, what, rows)
         return self._standardise(c, c, x)
 
     _transform_boolean = _transform_numeric
@@ -371,13 +384,20 @@ class TableTransform:
         z = (np.where(gaps, stats["fill"], x) - stats["mean"]) / stats["sd"]
         return np.column_stack([z, gaps.astype(np.float64)]) if c["indicator"] and indicator else z[:, None]
 
-    def _transform_date(self, c: dict, series, what: str) -> np.ndarray:
+    def _transform_date(self, c: dict, series, what: str, rows) -> np.ndarray:
         pd = _pandas()
+        given = _present(series)
+        cells = series
         if c["format"] is None and not pd.api.types.is_datetime64_any_dtype(series.dtype):
             series = pd.to_datetime(series, errors="coerce")
         parts = _date_parts(_parse_dates(series, c["format"]))
-        given = _present(series)
-        unparsed = int((given & np.isnan(parts["year"])).sum())
+        bad = given & np.isnan(parts["year"])
+        unparsed = int(bad.sum())
+        if unparsed > (1 - DATE_PARSE_SHARE) * given.sum():  # more than training tolerated: another format
+            row = int(np.flatnonzero(bad)[0])
+            raise TableError(f"{_cell(what, row, rows, c)}: {cells.iloc[row]!r} is not "
+                             f"a date in the training format {c['format'] or 'datetime'} ({unparsed} of "
+                             f"{int(given.sum())} cells are not)")
         if unparsed:
             self.notes.append(f"{c['name']}: {unparsed} cell(s) are not dates in the training format "
                               f"{c['format'] or 'datetime'}: treated as missing")
@@ -390,7 +410,7 @@ class TableTransform:
             blocks.append(gaps.astype(np.float64)[:, None])
         return np.column_stack(blocks)
 
-    def _transform_categorical(self, c: dict, series, what: str) -> np.ndarray:
+    def _transform_categorical(self, c: dict, series, what: str, rows) -> np.ndarray:
         index = {v: i for i, v in enumerate(c["categories"])}
         k = len(index)
         out = np.zeros((len(series), k + int(c["missing_category"])))
@@ -514,10 +534,16 @@ def _numbers(labels) -> list:
     return out
 
 
-def _numeric_values(c: dict, series, what: str | None = None) -> np.ndarray:
+def _cell(what: str | None, row: int, rows, c: dict) -> str:
+    """Names the cell of column ``c`` in the table's ``row``: its row in ``what`` (1 = the first data row)."""
+    return f"{what or 'the table'}, row {(row if rows is None else int(rows[row])) + 1}, column {c['name']!r}"
+
+
+def _numeric_values(c: dict, series, what: str | None = None, rows=None) -> np.ndarray:
     """A numeric/boolean column's values as float64 with NaN where missing; text that is no number (and not the
-    column's placeholder) is an error naming the row (1 = the first data row)."""
+    column's placeholder) is an error naming the cell (``rows``: as for :meth:`TableTransform.transform`)."""
     pd = _pandas()
+
     mapping = c.get("map")
     if mapping is not None:
         keys = {k.lower(): v for k, v in mapping.items()}
@@ -530,8 +556,8 @@ def _numeric_values(c: dict, series, what: str | None = None) -> np.ndarray:
             elif label in ("1", "0"):
                 values.append(float(label))
             else:
-                raise TableError(f"{what or 'the table'}, row {row + 1}, column {c['name']!r}: {label!r} is not one "
-                                 f"of the boolean values {sorted(mapping)} seen in training")
+                raise TableError(f"{_cell(what, row, rows, c)}: {label!r} is not one of the boolean values "
+                                 f"{sorted(mapping)} seen in training")
         return np.array(values, dtype=np.float64)
     if pd.api.types.is_bool_dtype(series.dtype) or (pd.api.types.is_numeric_dtype(series.dtype)
                                                     and not isinstance(series.dtype, pd.CategoricalDtype)):
@@ -545,11 +571,11 @@ def _numeric_values(c: dict, series, what: str | None = None) -> np.ndarray:
             try:
                 x[row] = float(label)
             except ValueError:
-                raise TableError(f"{what or 'the table'}, row {row + 1}, column {c['name']!r}: {label!r} is not a "
-                                 f"number (the column held numbers in training)") from None
+                raise TableError(f"{_cell(what, row, rows, c)}: {label!r} is not a number (the column held numbers in "
+                                 f"training)") from None
     if np.isinf(x).any():
         row = int(np.flatnonzero(np.isinf(x))[0])
-        raise TableError(f"{what or 'the table'}, row {row + 1}, column {c['name']!r}: {x[row]} is not finite")
+        raise TableError(f"{_cell(what, row, rows, c)}: {x[row]} is not finite")
     return x
 
 
@@ -561,14 +587,23 @@ def _date_format(labels) -> str | None:
     first = next((v for v in labels if v), None)
     if first is None or not re.search(r"\d", first) or not re.search(r"[-/:. T]", first):
         return None
-    try:
-        fmt = guess_datetime_format(first)
-    except (ValueError, TypeError):
-        fmt = None
-    if fmt is None:
-        return None
-    parsed = pd.to_datetime(pd.Series(labels, dtype=object), format=fmt, errors="coerce")
-    return fmt if parsed.notna().mean() >= DATE_PARSE_SHARE else None
+    formats = []
+    for dayfirst in (False, True):  # 01/02/2020 is read month first, then day first: whichever the column holds
+        try:
+            with warnings.catch_warnings():  # pandas warns when the text contradicts dayfirst: we try both
+                warnings.simplefilter("ignore")
+                fmt = guess_datetime_format(first, dayfirst=dayfirst)
+        except (ValueError, TypeError):
+            fmt = None
+        if fmt is not None and fmt not in formats:
+            formats.append(fmt)
+    cells = pd.Series(labels, dtype=object)
+    best, share = None, 0.0
+    for fmt in formats:
+        parsed = pd.to_datetime(cells, format=fmt, errors="coerce").notna().mean()
+        if parsed > share:  # a tie keeps the month-first reading, pandas' default
+            best, share = fmt, parsed
+    return best if share >= DATE_PARSE_SHARE else None
 
 
 def _parse_dates(series, fmt: str | None):

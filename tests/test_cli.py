@@ -142,7 +142,11 @@ def test_plot_writes_a_png(capsys, tmp_path):
     (["train", "--dataset", "iris", "--lr", "-1"], "--lr must be a finite number >= 0"),
     (["train", "--dataset", "iris", "--val-split", "1.5"], "--val-split must be in"),
     (["train", "--dataset", "iris", "--device", "tpu"], "device must be"),
-    (["evaluate", "/no/such/model.safetensors", "--dataset", "iris"], "model.safetensors"),
+    (["evaluate", "/no/such/model.safetensors", "--dataset", "iris"],
+     "evaluate: error: /no/such/model.safetensors: no such file or directory"),
+    (["predict", "/no/such/model.safetensors", "--csv", "x.csv"],
+     "predict: error: /no/such/model.safetensors: no such file or directory"),
+    (["predict", "/", "--csv", "x.csv"], "predict: error: /: is a directory"),
 ])
 def test_bad_options_end_with_one_line_and_status_2(capsys, argv, message):
     code, out, err = run(capsys, *argv, *(["--device", "cpu"] if argv[0] == "train" and "--device" not in argv

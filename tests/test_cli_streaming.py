@@ -155,3 +155,26 @@ def test_malformed_files_give_one_line_and_status_2(tmp_path, capsys):
     code, _, err = run(capsys, "predict", tmp_path / "model.safetensors", "--csv", ragged, "--stream", "on",
                        "--output", tmp_path / "out.csv")
     assert code == 2 and not (tmp_path / "out.csv").exists() and not (tmp_path / "out.csv.part").exists()
+
+
+def test_a_bad_cell_is_named_by_its_row_in_the_file_when_streamed(messy_table, tmp_path, capsys, small_chunks):
+    """Chunks of 37 rows: the row a prediction's error names is the file's (1 = the first data row), not the
+    chunk's, in the loading and the streaming path alike."""
+    good = tmp_path / "good.csv"
+    messy_table.to_csv(good, index=False)
+    code, _, err = run(capsys, "train", "--dataset", f"csv:{good}:value", *FAST, "--save", tmp_path / "m.safetensors")
+    assert code == 0, err
+    bad = messy_table.copy()
+    bad["a"] = bad["a"].astype(object)
+    bad.loc[100, "a"] = "n/a?"  # file row 101, in the third chunk
+    dated = messy_table.copy()
+    dated.loc[150:, "day"] = pd.to_datetime(messy_table["day"][150:]).dt.strftime("%d.%m.%Y")
+    path = tmp_path / "bad.csv"
+    for stream in ("off", "on"):
+        bad.to_csv(path, index=False)
+        one_line_error(*run(capsys, "predict", tmp_path / "m.safetensors", "--csv", path, "--stream", stream)[::2],
+                       "row 101, column 'a': 'n/a?' is not a number (the column held numbers in training)")
+        dated.to_csv(path, index=False)
+        # loaded: 450 of the 600 dates are in another format; streamed: all of the chunk from row 151 on
+        one_line_error(*run(capsys, "predict", tmp_path / "m.safetensors", "--csv", path, "--stream", stream)[::2],
+                       "row 151, column 'day': '30.05.2024' is not a date in the training format %Y-%m-%d")

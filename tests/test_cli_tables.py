@@ -178,10 +178,11 @@ def test_evaluate_reads_float_labels_and_a_single_class(capsys, tmp_path):
 
 def test_empty_target_cells_are_dropped_not_a_class(capsys, tmp_path):
     path = tmp_path / "t.csv"
-    path.write_text("x,y\n" + "".join(f"{i},{'' if i % 10 == 3 else i * 0.5}\n" for i in range(60)))
+    # x = 3i, not i: a column 0..59 in a file of 60 rows is a row number, left out even where targets are missing
+    path.write_text("x,y\n" + "".join(f"{3 * i},{'' if i % 10 == 3 else i * 0.5}\n" for i in range(60)))
     code, out, _ = run(capsys, "train", "--dataset", f"csv:{path}:y", *FAST, "--epochs", "3")
     assert code == 0 and "numbers -> regression" in out and "6 row(s) without a 'y' value dropped" in out
-    path.write_text("x,y\n" + "".join(f"{i},{'' if i % 10 == 3 else 'ab'[i % 2]}\n" for i in range(60)))
+    path.write_text("x,y\n" + "".join(f"{3 * i},{'' if i % 10 == 3 else 'ab'[i % 2]}\n" for i in range(60)))
     code, out, _ = run(capsys, "train", "--dataset", f"csv:{path}:y", *FAST, "--epochs", "3")
     assert code == 0 and "2 classes -> binary (a, b)" in out and "6 row(s) without" in out
 

@@ -110,7 +110,12 @@ def test_no_dropout_on_the_output_layer():
 def test_dropout_is_saved_and_shown(tmp_path, capsys):
     model = dropout_model()
     assert repr(model.layers[0]) == "Dense(4, 8, activation='relu', dropout=0.3)"
-    assert "Dense(relu, dropout=0.3)" in model.summary()
+    assert model.summary() is None and "0: Dense(relu, dropout=0.3)" in capsys.readouterr().out  # as Keras
+    shown = []
+    model.summary(print_fn=shown.append)
+    assert len(shown) == 1 and shown[0].splitlines()[1].startswith("0: Dense(relu, dropout=0.3)")
+    assert shown[0].splitlines()[-1] == f"total parameters: {model.count_params():,} (float64, on cpu)"
+    assert capsys.readouterr().out == ""
     model.save(tmp_path / "m.safetensors")
     loaded = gn.load(tmp_path / "m.safetensors")
     assert [layer.dropout for layer in loaded.layers] == [0.3, 0.5, 0.0]

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import stat
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +207,26 @@ def test_resumed_training_matches_uninterrupted_training_bitwise(tmp_path, make_
     no_state.optimizer.reset()
     no_state.fit(X, LABELS, epochs=2, batch_size=8)
     assert any(a.tobytes() != b.tobytes() for a, b in zip(straight.get_weights(), no_state.get_weights()))
+
+
+def test_resuming_with_an_optimizer_name_warns_that_it_starts_afresh(tmp_path):
+    first = classifier()
+    first.fit(X, LABELS, loss="cce", optimizer="adam", epochs=2, batch_size=8)
+    first.save(tmp_path / "ckpt.safetensors")
+    continued = gn.load(tmp_path / "ckpt.safetensors")
+    continued.fit(X, LABELS, epochs=1, batch_size=8)  # no warning: the saved Adam goes on
+    renamed = gn.load(tmp_path / "ckpt.safetensors")
+    with pytest.warns(UserWarning, match=r"optimizer='adam' starts a new Adam \(step 0, no state\); the last fit's "
+                                         r"Adam at step 10 is not continued") as record:
+        renamed.fit(X, LABELS, epochs=1, batch_size=8, optimizer="adam")
+    assert record[0].filename == __file__
+    assert renamed.optimizer.steps == 5 and continued.optimizer.steps == 15
+    assert any(a.tobytes() != b.tobytes() for a, b in zip(continued.get_weights(), renamed.get_weights()))
+    fresh = classifier()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fresh.fit(X, LABELS, loss="cce", optimizer="adam", epochs=1, batch_size=8)  # nothing to continue: silent
+        continued.fit(X, LABELS, epochs=1, batch_size=8, optimizer=gn.optim.Adam())  # an object: deliberate
 
 
 def test_resume_on_every_namespace(device, tmp_path):

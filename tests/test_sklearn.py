@@ -417,8 +417,11 @@ def test_parameters_are_checked_in_fit_not_init(blobs, params, error):
     X, y = blobs
     clf = MLPClassifier(**params)  # never raises: scikit-learn checks parameters in fit
     assert clf.get_params()[next(iter(params))] == next(iter(params.values()))
-    with pytest.raises(error):
+    with pytest.raises(error, match=next(iter(params))):  # the message names the parameter
         clf.fit(X, y)
+    if "batch_size" in params:
+        with pytest.raises(error, match=r"^batch_size must be 'auto', a positive integer or None; received "):
+            clf.fit(X, y)
 
 
 def test_lbfgs_and_poisson_are_refused_clearly():

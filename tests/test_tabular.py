@@ -2,6 +2,7 @@
 Sequential.fit/predict/evaluate; TableModel in Python."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -209,6 +210,7 @@ def test_table_model_in_python(tmp_path):
     predicted = tm.predict(test)
     assert set(predicted) <= set(tm.target.classes) and len(predicted) == len(test)
     assert np.mean(predicted == test["species"].to_numpy()) == pytest.approx(score["accuracy"])
+    pd.testing.assert_frame_equal(test, table.loc[test.index])  # the held-out rows keep their index in `table`
     tm.save(tmp_path / "p.safetensors")
     again = gn.TableModel.load(tmp_path / "p.safetensors")
     np.testing.assert_allclose(again.predict_proba(test), tm.predict_proba(test), rtol=1e-6)
@@ -221,3 +223,61 @@ def test_pack_is_the_mean_of_its_members():
     x = np.random.default_rng(0).normal(size=(7, 3))
     np.testing.assert_allclose(pack(members).predict(x), np.mean([m.predict(x) for m in members], axis=0),
                                rtol=1e-12, atol=1e-14)
+
+
+def test_a_row_number_is_left_out_after_the_test_split():
+    """A file sorted by class with a 0..n-1 id: the id predicts the class perfectly on held-out rows of that file
+    and nowhere else, so it must not become a feature even though the training rows are a subset of it."""
+    table = pd.read_csv(__file__.rsplit("/", 1)[0] + "/data/penguins.csv").sort_values("species")
+    table.insert(0, "rid", np.arange(len(table)))
+    table.loc[table.index[[5, 200]], "species"] = None  # dropped: the test rows still keep their index
+    tm, _, test = gn.TableModel.train(table, "species", recipe=gn.Recipe(ensemble=1, epochs=1), seed=0,
+                                      test_split=0.25)
+    pd.testing.assert_frame_equal(test, table.loc[test.index])
+    assert len(test) == 86 and not test.index.equals(pd.RangeIndex(86))
+    rid = next(c for c in tm.columns.columns if c["name"] == "rid")
+    assert rid["kind"] == "left out" and f"within the span of the table's {len(table)} rows" in rid["reason"]
+    assert "rid" not in tm.columns.inputs
+    subset = table.iloc[::3].reset_index(drop=True)  # a subset whose ids step by 3: a number unless rows says more
+    assert next(c for c in TableTransform().fit(subset).columns if c["name"] == "rid")["kind"] == "numeric"
+    fitted = TableTransform().fit(subset, rows=len(table))
+    assert next(c for c in fitted.columns if c["name"] == "rid")["kind"] == "left out"
+    for bad in (len(subset) - 1, 2.5, True, "all"):
+        with pytest.raises(ValueError, match="rows must be an integer of at least"):
+            TableTransform().fit(subset, rows=bad)
+
+
+def test_dates_in_another_format_are_refused_not_read_as_missing():
+    t = TableTransform().fit(messy())
+    other = messy(seed=1)
+    iso = other["day"].copy()
+    other["day"] = pd.to_datetime(iso).dt.strftime("%d/%m/%Y")
+    with pytest.raises(TableError, match=r"row 1, column 'day': '\d\d/\d\d/2021' is not a date in the training "
+                                         r"format %Y-%m-%d \(40 of 40 cells are not\)"):
+        t.transform(other)
+    other["day"] = iso
+    other.loc[5, "day"] = "soon"  # one stray cell in 40, as training tolerates: missing, and said
+    out = t.transform(other)
+    assert any("day: 1 cell(s) are not dates in the training format" in n for n in t.notes)
+    np.testing.assert_array_equal(out[:, t.feature_names.index("day.year")][[4, 6]],
+                                  t.transform(messy(seed=1))[:, t.feature_names.index("day.year")][[4, 6]])
+
+
+def test_day_first_dates_are_read_day_first_without_pandas_warnings():
+    """The first cell 01/02/2020 reads either way: the format is the reading under which the column parses
+    (month first when both do, as pandas); pandas' dayfirst warnings stay inside."""
+    days = pd.Timestamp("2020-01-01") + pd.to_timedelta(np.arange(0, 400, 7), unit="D")
+    table = pd.DataFrame({"dmy": days.strftime("%d/%m/%Y"), "mdy": days.strftime("%m/%d/%Y"),
+                          "dots": days.strftime("%d.%m.%Y"), "v": np.arange(len(days)) % 5})
+    table.loc[0, ["dmy", "mdy"]] = ["01/02/2020", "02/01/2020"]  # both 1 February
+    ambiguous = pd.DataFrame({"when": ["01/02/2020", "03/04/2020", "05/06/2020", "07/08/2020"], "v": [1, 2, 3, 5]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = TableTransform().fit(table)
+        both = TableTransform().fit(ambiguous)
+    formats = {c["name"]: c.get("format") for c in t.columns}
+    assert formats == {"dmy": "%d/%m/%Y", "mdy": "%m/%d/%Y", "dots": "%d.%m.%Y", "v": None}
+    out = t.transform(table)
+    names = t.feature_names
+    np.testing.assert_array_equal(out[:, names.index("dmy.year")], out[:, names.index("mdy.year")])
+    assert both.columns[0]["format"] == "%m/%d/%Y"
