@@ -8,8 +8,8 @@ The file is a plain `safetensors <https://huggingface.co/docs/safetensors>`_ fil
   is saved, its state ``optimizer.{j}.{name}`` (``j`` indexes ``model.parameters()``: ``2 i`` is ``W``, ``2 i + 1``
   is ``b`` of layer ``i``);
 - one metadata entry, ``"gpunet"``: a JSON object with the format name and version, the gpunet version, the
-  architecture (sizes, activations with their parameters, inits, dropout), dtype, seed, fused flag, the last fit's loss
-  and metrics, the optimizer (class, hyperparameters, step count), the state of the shuffling generator (and of the
+  architecture (sizes, activations with their parameters, inits, dropout), dtype, seed, fused flag, precision, the last
+  fit's loss and metrics, the optimizer (class, hyperparameters, step count), an fp16 fit's loss scale, the state of the shuffling generator (and of the
   dropout generator when NumPy draws the masks), a SHA-256 of
   every tensor, ``model.metadata`` when a model has one (any JSON value, e.g. the CLI's data transform), and
   ``model.feature_names`` when fit saw a DataFrame.
@@ -41,6 +41,7 @@ from . import activations as activations_mod
 from . import losses as losses_mod
 from . import metrics as metrics_mod
 from . import optim as optim_mod
+from . import precision as precision_mod
 from . import validation
 from .backend import DTYPES, get_backend
 
@@ -100,6 +101,7 @@ def to_bytes(model, optimizer=None, path: str = "<bytes>") -> bytes:
         "dtype": model.dtype,
         "seed": None if model.seed is None else _json_safe(int(model.seed)),
         "fused": bool(model.fused),
+        "precision": model.precision,
         "ensemble_members": int(model.ensemble_members),
         "layers": [{"in_features": layer.in_features, "out_features": layer.out_features,
                     "activation": _config(layer.activation, activations_mod.ACTIVATIONS, "activation", strict=True),
@@ -112,6 +114,9 @@ def to_bytes(model, optimizer=None, path: str = "<bytes>") -> bytes:
         "dropout_rng": None if generators["dropout"] is None else _json_safe(generators["dropout"]),
     }
     meta["metrics"] = [m for m in meta["metrics"] if m is not None]  # custom ones are left out (with a warning)
+    mixed = model.trainer.mixed
+    if mixed is not None and mixed.scaler is not None:  # the last fit's fp16 loss scale: a resumed fit goes on
+        meta["grad_scaler"] = mixed.scaler.state_dict()
     if optimizer is not None:
         sd = optimizer.state_dict(model)  # another model's state is left out: step(model) would start afresh
         meta["optimizer"] = {"class": type(optimizer).__name__, "name": optimizer.name,
@@ -315,8 +320,11 @@ def from_bytes(data: bytes, device="cpu", path: str = "<bytes>"):
             act = _rebuild(path, f"layer {i}'s activation", spec["activation"], activations_mod.ACTIVATIONS)
             layers.append(_checked(path, f"layer {i}", Dense, spec["in_features"], spec["out_features"], act,
                                    spec["init"], spec.get("dropout", 0.0)))
+        precision = meta.get("precision", "float32")  # files before 0.3 have none
+        if precision not in precision_mod.PRECISIONS:
+            raise bad(f"unknown precision {precision!r} in the metadata; expected one of {precision_mod.PRECISIONS}")
         model = _checked(path, "architecture", Sequential, layers, device=backend, dtype=dtype,
-                         seed=_from_json_safe(meta["seed"]), fused=meta["fused"])
+                         seed=_from_json_safe(meta["seed"]), fused=meta["fused"], precision=precision)
         loss = None if meta["loss"] is None else _rebuild(path, "loss", meta["loss"], losses_mod.LOSSES)
         metrics = [_rebuild(path, "metric", m, metrics_mod.METRICS) for m in meta["metrics"]]
         opt_meta = meta["optimizer"]
@@ -362,6 +370,10 @@ def from_bytes(data: bytes, device="cpu", path: str = "<bytes>"):
         model.trainer.set_generator_states({
             "shuffle": _generator(path, meta["shuffle_rng"]).bit_generator.state,
             "dropout": None if dropout is None else _generator(path, dropout).bit_generator.state})
+        if meta.get("grad_scaler") is not None:
+            scaler = precision_mod.GradScaler()
+            _checked(path, "loss scaler", precision_mod.attach, model, "fp16", scaler)
+            _checked(path, "loss scaler", scaler.load_state_dict, meta["grad_scaler"], model)
         if "metadata" in meta:
             model.metadata = meta["metadata"]
         if meta.get("feature_names") is not None:

@@ -28,6 +28,8 @@ products themselves: 11- or 8-bit mantissas multiply into float32 without roundi
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 PRECISIONS = ("float32", "tf32", "bf16", "fp16")
@@ -126,6 +128,25 @@ class GradScaler:
         host = np.array([self.init_scale, 0.0, 0.0, 1.0 / self.init_scale], dtype=np.float64)
         with model.backend.activate():
             self.amp = model.xp.asarray(host)
+
+    def state_dict(self) -> dict:
+        """``torch.amp.GradScaler.state_dict``'s entries (a device read on a GPU)."""
+        from .backend import to_numpy
+
+        amp = to_numpy(self.amp)
+        return {"scale": float(amp[0]), "growth_factor": self.growth_factor, "backoff_factor": self.backoff_factor,
+                "growth_interval": self.growth_interval, "_growth_tracker": int(amp[1])}
+
+    def load_state_dict(self, state: dict, model) -> None:
+        """Take ``state`` (from :meth:`state_dict`), its scale and growth tracker onto ``model``'s device."""
+        scale, tracker = float(state["scale"]), int(state["_growth_tracker"])
+        if not (0 < scale < math.inf) or not 0 <= tracker < int(state["growth_interval"]):
+            raise ValueError(f"a loss scaler's state needs a finite scale > 0 and a growth tracker in [0, "
+                             f"growth_interval); received scale={scale!r}, _growth_tracker={tracker!r}")
+        self.growth_factor, self.backoff_factor = float(state["growth_factor"]), float(state["backoff_factor"])
+        self.growth_interval = int(state["growth_interval"])
+        with model.backend.activate():
+            self.amp = model.xp.asarray(np.array([scale, tracker, 0.0, 1.0 / scale], dtype=np.float64))
 
     @property
     def scale(self) -> float:

@@ -484,6 +484,11 @@ def test_wrong_shapes_and_dtypes(saved):
     assert_load_fails(path, ValueError, "tensor 'layers.2.b' has dtype float64 but the model's dtype is float32")
     rewrite(path, tensors, dict(meta, dtype="float16"))
     assert_load_fails(path, ValueError, "unknown dtype 'float16'")
+    rewrite(path, tensors, dict(meta, precision="int8"))
+    assert_load_fails(path, ValueError, "unknown precision 'int8' in the metadata")
+    rewrite(path, tensors, dict(meta, grad_scaler={"scale": -1.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+                                                   "growth_interval": 2000, "_growth_tracker": 0}))
+    assert_load_fails(path, ValueError, "invalid loss scaler in the gpunet metadata")
 
 
 @pytest.mark.parametrize("name, value", [("layers.1.W", np.nan), ("layers.2.b", np.inf),

@@ -183,6 +183,40 @@ def test_fit_precision_overrides_the_model_and_checks():
         gn.Sequential([gn.Dense(8, 3, "softmax")], device=strict).fit(X, y, loss="cce", precision="fp16")
 
 
+@pytest.mark.parametrize("mode", ["bf16", "fp16"])
+def test_save_and_load_keep_the_precision_and_the_loss_scale(mode, tmp_path):
+    """A fit resumed from a file equals the uninterrupted fit bit for bit: the model's precision and (fp16) the
+    loss scaler's scale and growth tracker are saved. The scaler grows every 3 steps here, so the scale moves."""
+    X, y = problem()
+
+    def start():
+        model = net(precision=mode)
+        if mode == "fp16":
+            precision.attach(model, "fp16", precision.GradScaler(init_scale=2.0**8, growth_interval=3))
+        return model
+
+    straight = start()
+    straight.fit(X, y, loss="cce", optimizer=gn.optim.Adam(lr=1e-2), epochs=4, batch_size=32)
+    first = start()
+    first.fit(X, y, loss="cce", optimizer=gn.optim.Adam(lr=1e-2), epochs=2, batch_size=32)
+    first.save(tmp_path / "m.safetensors")
+    resumed = gn.load(tmp_path / "m.safetensors")
+    assert resumed.precision == mode
+    if mode == "fp16":
+        saved = resumed.trainer.mixed.scaler.state_dict()
+        assert saved == first.trainer.mixed.scaler.state_dict() and saved["scale"] == 2.0**10
+        assert saved["growth_interval"] == 3 and saved["_growth_tracker"] == 2  # 8 steps: grown twice, 2 since
+    resumed.fit(X, y, epochs=2, batch_size=32)
+    for a, b in zip(straight.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    if mode == "fp16":
+        assert resumed.trainer.mixed.scaler.scale == straight.trainer.mixed.scaler.scale == 2.0**13
+        fresh = gn.load(tmp_path / "m.safetensors")
+        fresh.trainer.mixed.scaler.attach(fresh)  # the control: the scale restarts at 2^16
+        fresh.fit(X, y, epochs=2, batch_size=32)
+        assert fresh.trainer.mixed.scaler.scale != straight.trainer.mixed.scaler.scale
+
+
 def test_an_overflowing_fp16_step_is_skipped_and_the_scale_backs_off():
     """A first scale of 2^127 overflows the scaled gradients: those steps change nothing (weights, optimizer
     state, step count) and halve the scale until the gradients are finite."""
