@@ -38,6 +38,14 @@ from .tabular import TASKS, TableError
 _DEFAULT = recipe_mod.Recipe()
 
 
+def _add_device_and_stream(command) -> None:
+    """The options train, evaluate and predict share: where to compute and whether to stream the file."""
+    command.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    command.add_argument("--stream", choices=("auto", "on", "off"), default="auto",
+                         help="read CSV/Parquet files chunk by chunk instead of loading them (auto: files over "
+                              f"{data_mod.STREAM_BYTES >> 20} MiB)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -76,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"learning-rate schedule over --epochs (default {_DEFAULT.lr_schedule})")
     train.add_argument("--epochs", type=int, help=f"the most epochs (default {_DEFAULT.epochs})")
     train.add_argument("--batch-size", type=int, help=f"rows per step (default {_DEFAULT.batch_size})")
-    train.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    _add_device_and_stream(train)
     train.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     train.add_argument("--seed", type=int, default=0, help="seeds the splits, the weights and the shuffling")
     train.add_argument("--test-split", type=float, default=0.25,
@@ -89,9 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save", metavar="PATH", help="save the trained model with its column transform (safetensors)")
     train.add_argument("--plot", metavar="PNG", help="write training/validation curves (needs matplotlib)")
     train.add_argument("--quiet", action="store_true", help="no progress bar; only the report")
-    train.add_argument("--stream", choices=("auto", "on", "off"), default="auto",
-                       help="read CSV/Parquet files chunk by chunk instead of loading them (auto: files over "
-                            f"{data_mod.STREAM_BYTES >> 20} MiB)")
 
     evaluate = commands.add_parser(
         "evaluate", help="evaluate a saved model on a labelled data set (all rows)",
@@ -103,10 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="a bundled name, csv:PATH[:TARGET] or parquet:PATH[:TARGET] (default TARGET: the "
                                "model's target column name)")
     evaluate.add_argument("--delimiter", help="CSV delimiter (default: detected)")
-    evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    evaluate.add_argument("--stream", choices=("auto", "on", "off"), default="auto",
-                       help="read CSV/Parquet files chunk by chunk instead of loading them (auto: files over "
-                            f"{data_mod.STREAM_BYTES >> 20} MiB)")
+    _add_device_and_stream(evaluate)
 
     predict = commands.add_parser(
         "predict", help="predict the rows of a CSV or Parquet file with a saved model",
@@ -121,10 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--parquet", metavar="PATH", help="Parquet file with the model's feature columns")
     predict.add_argument("--delimiter", help="CSV delimiter (default: detected)")
     predict.add_argument("--output", help="write predictions here (default: standard output)")
-    predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    predict.add_argument("--stream", choices=("auto", "on", "off"), default="auto",
-                       help="read CSV/Parquet files chunk by chunk instead of loading them (auto: files over "
-                            f"{data_mod.STREAM_BYTES >> 20} MiB)")
+    _add_device_and_stream(predict)
 
     _add_export_parser(commands)
 
