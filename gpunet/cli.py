@@ -156,7 +156,7 @@ def main(argv=None) -> int:
         first = str(exc).split(". The model keeps")[0]
         return _fail(args, f"{first}; lower --lr (it was {_lr(args):g}) or set --global-clipnorm", 2)
     except OSError as exc:  # "[Errno 2] No such file or directory: 'm.safetensors'" -> "m.safetensors: no such ..."
-        where = f"{exc.filename}: " if exc.filename else ""
+        where = "".join(f"{name}: " for name in (exc.filename, exc.filename2) if name)
         return _fail(args, f"{where}{exc.strerror.lower()}" if exc.strerror else str(exc), 2)
     except (ValueError, TypeError, ImportError) as exc:  # DataError and TableError are ValueErrors
         return _fail(args, str(exc), 2)

@@ -513,14 +513,17 @@ def _case_variants(word: str) -> list[str]:
 def _boolean_values(g: _Graph, name: str, c: dict, poison: list) -> str:
     """A boolean column's string cells as 1.0 (true), 0.0 (false) or NaN (missing, ``""``), as
     :func:`gpunet.tabular._numeric_values` reads them: the column's words in any case, ``"1"``/``"0"`` (and
-    ``"1.0"``/``"0.0"``, pandas' text of a float column); any other text makes its row's ``poison`` NaN."""
+    ``"1.0"``/``"0.0"``, pandas' text of a float column), ``true``/``false`` in any case (a column of booleans);
+    any other text makes its row's ``poison`` NaN."""
     keys, codes = [], []
     words = {k.lower(): int(v == 1.0) for k, v in c["map"].items()}
     for word, code in sorted(words.items()):
         for spelling in _case_variants(word):
             keys.append(spelling)
             codes.append(code)
-    for text, code in (("1", 1), ("0", 0), ("1.0", 1), ("0.0", 0), ("", _BOOLEAN_CODES["missing"])):
+    values = [("1", 1), ("0", 0), ("1.0", 1), ("0.0", 0), ("", _BOOLEAN_CODES["missing"])]
+    values += [(spelling, int(word == "true")) for word in ("true", "false") for spelling in _case_variants(word)]
+    for text, code in values:
         if text not in keys:
             keys.append(text)
             codes.append(code)

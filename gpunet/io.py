@@ -8,10 +8,10 @@ The file is a plain `safetensors <https://huggingface.co/docs/safetensors>`_ fil
   is saved, its state ``optimizer.{j}.{name}`` (``j`` indexes ``model.parameters()``: ``2 i`` is ``W``, ``2 i + 1``
   is ``b`` of layer ``i``);
 - one metadata entry, ``"gpunet"``: a JSON object with the format name and version, the gpunet version, the
-  architecture (sizes, activations with their parameters, inits, dropout), dtype, seed, fused flag, precision, the last
-  fit's loss and metrics, the optimizer (class, hyperparameters, step count), an fp16 fit's loss scale, the state of the shuffling generator (and of the
-  dropout generator when NumPy draws the masks), a SHA-256 of
-  every tensor, ``model.metadata`` when a model has one (any JSON value, e.g. the CLI's data transform), and
+  architecture (sizes, activations with their parameters, inits, dropout), dtype, seed, fused flag, precision, the
+  last fit's loss and metrics, the optimizer (class, hyperparameters, step count), an fp16 fit's loss scale, the
+  state of the shuffling generator (and of the dropout generator when NumPy draws the masks), a SHA-256 of every
+  tensor, ``model.metadata`` when a model has one (any JSON value, e.g. the CLI's data transform), and
   ``model.feature_names`` when fit saw a DataFrame.
 
 Loading parses JSON and raw tensors only: no pickle, so a file can never run code. Saving writes a temporary file in
@@ -114,9 +114,9 @@ def to_bytes(model, optimizer=None, path: str = "<bytes>") -> bytes:
         "dropout_rng": None if generators["dropout"] is None else _json_safe(generators["dropout"]),
     }
     meta["metrics"] = [m for m in meta["metrics"] if m is not None]  # custom ones are left out (with a warning)
-    mixed = model.trainer.mixed
-    if mixed is not None and mixed.scaler is not None:  # the last fit's fp16 loss scale: a resumed fit goes on
-        meta["grad_scaler"] = mixed.scaler.state_dict()
+    scaler = model.trainer.loss_scale_state()
+    if scaler is not None:  # the last fit's fp16 loss scale: a resumed fp16 fit goes on from it
+        meta["grad_scaler"] = scaler
     if optimizer is not None:
         sd = optimizer.state_dict(model)  # another model's state is left out: step(model) would start afresh
         meta["optimizer"] = {"class": type(optimizer).__name__, "name": optimizer.name,
@@ -370,10 +370,9 @@ def from_bytes(data: bytes, device="cpu", path: str = "<bytes>"):
         model.trainer.set_generator_states({
             "shuffle": _generator(path, meta["shuffle_rng"]).bit_generator.state,
             "dropout": None if dropout is None else _generator(path, dropout).bit_generator.state})
-        if meta.get("grad_scaler") is not None:
-            scaler = precision_mod.GradScaler()
-            _checked(path, "loss scaler", precision_mod.attach, model, "fp16", scaler)
-            _checked(path, "loss scaler", scaler.load_state_dict, meta["grad_scaler"], model)
+        if meta.get("grad_scaler") is not None:  # taken up by the next fp16 fit (on any device)
+            model.trainer.scaler_state = _checked(path, "loss scaler", precision_mod.GradScaler.check_state,
+                                                  meta["grad_scaler"])
         if "metadata" in meta:
             model.metadata = meta["metadata"]
         if meta.get("feature_names") is not None:

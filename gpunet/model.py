@@ -221,14 +221,16 @@ class Sequential:
     def __getstate__(self) -> dict:
         """Pickle (and ``copy.deepcopy``) the model as it is: its layers (custom activations included) with host
         copies of the weights, any values (NaN and infinity too), the last fit's loss, metrics and optimizer (its
-        state on the host), the generators' states, ``metadata``, and the device to rebuild it on."""
+        state on the host), the generators' states, an fp16 fit's loss scale, ``metadata``, and the device to
+        rebuild it on."""
         state = {k: v for k, v in vars(self).items() if k not in ("backend", "trainer")}
         trainer = self.trainer
         state["device"] = self.device if self.backend.name in ("numpy", "cupy") else self.backend.xp.__name__
         optimizer = trainer.optimizer
         state["trainer"] = {"loss": trainer.loss, "optimizer": optimizer, "metrics": trainer.metrics,
                             "generators": trainer.generator_states(), "seeds": trainer.seeds,
-                            "owns_state": optimizer is not None and optimizer.owns_state(self)}
+                            "owns_state": optimizer is not None and optimizer.owns_state(self),
+                            "scaler_state": trainer.loss_scale_state()}
         state.pop("_flat_params", None)  # the parameters' flat buffer: rebuilt from the layers' weights
         return state
 
@@ -252,6 +254,7 @@ class Sequential:
         trainer = self.trainer = Trainer(self, *saved["seeds"])
         trainer.set_generator_states(saved["generators"])
         trainer.loss, trainer.metrics, trainer.optimizer = saved["loss"], saved["metrics"], saved["optimizer"]
+        trainer.scaler_state = saved.get("scaler_state")  # (pickles before 0.3 have none)
         if trainer.optimizer is not None and saved["owns_state"]:
             trainer.optimizer.attach(self)  # its host state onto this model's device, bound to this model
         elif trainer.optimizer is not None:
@@ -357,8 +360,10 @@ class Sequential:
                 ``X`` carries them (a streamed data set, batches).
             loss: a name (``"mse"``, ``"mae"``, ``"huber"``, ``"bce"``, ``"cce"``) or a Loss; ``None``: the last
                 fit's loss, else ``"mse"``.
-            optimizer: a name (``"sgd"``, ``"adam"``, ...) or an Optimizer, whose state carries over between fits;
-                ``None``: the last fit's optimizer (also restored by :func:`gpunet.load`), else ``SGD()``.
+            optimizer: a name (``"sgd"``, ``"adam"``, ...: a new optimizer with torch's defaults, as a new
+                ``torch.optim`` object; it warns when it replaces one that has taken steps) or an Optimizer, whose
+                state carries over between fits; ``None``: the last fit's optimizer (also restored by
+                :func:`gpunet.load`), else ``SGD()``.
             epochs: the index of the epoch to train up to (Keras's meaning): ``epochs - initial_epoch`` passes over
                 the data.
             batch_size: ``None`` = full-batch gradient descent, ``1`` = stochastic; the last, partial batch is used.
@@ -433,10 +438,8 @@ class Sequential:
         loss = losses_mod.get(loss if loss is not None else self.loss or "mse")
         previous, named = self.optimizer, isinstance(optimizer, str)
         optimizer = optim_mod.get(optimizer if optimizer is not None else previous or "sgd")
-        if named and previous is not None and previous.steps:  # resuming with a name is a fresh start: say so
-            validation.warn_at_caller(f"optimizer={optimizer.name!r} starts a new {type(optimizer).__name__} (step 0, "
-                                      f"no state); the last fit's {type(previous).__name__} at step {previous.steps} "
-                                      f"is not continued: pass optimizer=None (or model.optimizer) to continue it")
+        # a name after a fit is a fresh optimizer, as a new torch.optim object is: said once the fit is accepted
+        replaced = previous if named and previous is not None and previous.steps else None
         epochs = validation.positive_int("epochs", epochs)
         initial_epoch = validation.non_negative_int("initial_epoch", initial_epoch)
         if initial_epoch > epochs:
@@ -464,7 +467,8 @@ class Sequential:
             return self._fit_stream(stream, loss, optimizer, metric_objs, callbacks, epochs=epochs,
                                     initial_epoch=initial_epoch, batch_size=batch_size, shuffle=shuffle,
                                     validation_data=validation_data, validation_split=validation_split,
-                                    class_weight=class_weight, undo=undo, graph=graph, precision=precision)
+                                    class_weight=class_weight, undo=undo, graph=graph, precision=precision,
+                                    replaced=replaced)
         if y is None:
             raise TypeError("fit needs y, the targets of X (or X as a streamed data set or an iterable of (x, y) "
                             "batches: see gpunet.sources)")
@@ -492,6 +496,7 @@ class Sequential:
             self.feature_names = names
         n = X.shape[0]
         batch = n if batch_size is None else min(batch_size, n)
+        _warn_replaced(replaced, optimizer)
         self.trainer.configure(loss, optimizer, metric_objs)
         precision_mod.attach(self, precision)
         with self.backend.activate():
@@ -516,7 +521,8 @@ class Sequential:
         return fraction, (np.random.default_rng(self.seed) if self.seed is not None else self.trainer.shuffle_rng)
 
     def _fit_stream(self, stream, loss, optimizer, metric_objs, callbacks, *, epochs, initial_epoch, batch_size,
-                    shuffle, validation_data, validation_split, class_weight, undo, graph, precision) -> History:
+                    shuffle, validation_data, validation_split, class_weight, undo, graph, precision,
+                    replaced) -> History:
         """``fit`` on a streamed data set (:mod:`gpunet.sources`): checked in one pass before training (a refused
         call changes nothing), then read batch by batch every epoch. Its steps run eagerly: captured CUDA graphs
         gather their batches on the device (``graph=True`` says so; ``"auto"`` does not warn about it)."""
@@ -543,6 +549,7 @@ class Sequential:
             source = stream._source(self, loss, batch=batch, shuffle=shuffle, class_table=table)
         if names is not None:
             self.feature_names = names
+        _warn_replaced(replaced, optimizer)
         self.trainer.configure(loss, optimizer, metric_objs)
         precision_mod.attach(self, precision)
         with self.backend.activate():
@@ -748,3 +755,11 @@ class Sequential:
         if isinstance(a, np.ndarray):
             return np.ascontiguousarray(a, dtype=self.dtype)
         return self.backend.cast(a, self.dtype)
+
+
+def _warn_replaced(previous, optimizer) -> None:
+    """Say that ``fit(optimizer=NAME)`` starts ``optimizer`` afresh where ``previous`` had taken steps."""
+    if previous is not None:
+        validation.warn_at_caller(f"optimizer={optimizer.name!r} starts a new {type(optimizer).__name__} (step 0, "
+                                  f"no state); the last fit's {type(previous).__name__} at step {previous.steps} is "
+                                  f"not continued: pass optimizer=None (or model.optimizer) to continue it")

@@ -137,12 +137,19 @@ class GradScaler:
         return {"scale": float(amp[0]), "growth_factor": self.growth_factor, "backoff_factor": self.backoff_factor,
                 "growth_interval": self.growth_interval, "_growth_tracker": int(amp[1])}
 
-    def load_state_dict(self, state: dict, model) -> None:
-        """Take ``state`` (from :meth:`state_dict`), its scale and growth tracker onto ``model``'s device."""
+    @staticmethod
+    def check_state(state: dict) -> dict:
+        """``state`` (a :meth:`state_dict`) if it can be loaded, else a ValueError saying why."""
         scale, tracker = float(state["scale"]), int(state["_growth_tracker"])
         if not (0 < scale < math.inf) or not 0 <= tracker < int(state["growth_interval"]):
             raise ValueError(f"a loss scaler's state needs a finite scale > 0 and a growth tracker in [0, "
                              f"growth_interval); received scale={scale!r}, _growth_tracker={tracker!r}")
+        return state
+
+    def load_state_dict(self, state: dict, model) -> None:
+        """Take ``state`` (from :meth:`state_dict`), its scale and growth tracker onto ``model``'s device."""
+        self.check_state(state)
+        scale, tracker = float(state["scale"]), int(state["_growth_tracker"])
         self.growth_factor, self.backoff_factor = float(state["growth_factor"]), float(state["backoff_factor"])
         self.growth_interval = int(state["growth_interval"])
         with model.backend.activate():
@@ -254,5 +261,9 @@ def attach(model, name: str | None, scaler: GradScaler | None = None) -> MixedPr
         return old
     if old is not None:
         old.detach(model)
+    pending = trainer.scaler_state
     trainer.mixed = None if name == "float32" else MixedPrecision(model, name, scaler)
+    trainer.scaler_state = None  # taken up by fp16, dropped by another precision (as a detach drops a scaler)
+    if name == "fp16" and scaler is None and pending is not None:
+        trainer.mixed.scaler.load_state_dict(pending, model)
     return trainer.mixed

@@ -92,9 +92,10 @@ class TableModel:
         """Fit the transforms on the training rows and train a network with ``recipe``.
 
         Rows whose target is missing are dropped (noted). With ``test_split`` > 0 that share of the rows is held
-        out (stratified by class) and returned for a report (a pandas ``table``'s rows keep their index). Returns ``(table_model, the first network's
-        History, test_frame or None)``; ``table_model.notes`` says what was done. ``announce(table_model, n_train, n_val, n_test)`` is
-        called once the network is built, before training (the command line prints its report there);
+        out (stratified by class) and returned for a report (a pandas ``table``'s rows keep their index). Returns
+        ``(table_model, the first network's History, test_frame or None)``; ``table_model.notes`` says what was
+        done. ``announce(table_model, n_train, n_val, n_test)`` is called once the network is built, before
+        training (the command line prints its report there);
         ``option_names`` maps ``"val_split"``/``"test_split"``/``"loss"`` to the names used in error messages.
         ``distributed``: a :class:`gpunet.distributed.World` to train every network data-parallel over.
         """
@@ -104,15 +105,15 @@ class TableModel:
         if target not in frame.columns:
             raise TableError(f"there is no target column {target!r}; columns: {list(frame.columns)}")
         notes = []
-        rows = len(frame)  # before any row is dropped or held out: a row-number column spans them all
+        whole = frame  # before any row is dropped or held out: the row numbers are decided on it
         index = getattr(table, "index", None)  # a pandas table's: the held-out rows keep theirs, to join back
-        source = np.arange(rows)  # each row's position in ``table``
+        positions = np.arange(len(frame))  # each row's in ``table``
         present = TargetTransform.present(frame[target])
         if not present.any():
             raise TableError(f"the target column {target!r} is empty: no row has a target")
         if not present.all():
             notes.append(f"{int((~present).sum())} row(s) without a {target!r} value dropped")
-            frame, source = frame[present].reset_index(drop=True), source[present]
+            frame, positions = frame[present].reset_index(drop=True), positions[present]
         target_t = TargetTransform(target).fit(frame[target], task)
         labels = target_t.labels(frame[target])
         strata = None if target_t.task == "regression" else labels
@@ -120,14 +121,14 @@ class TableModel:
         if test_split:
             kept, held = data_mod.split(len(frame), test_split, strata, seed, names["test_split"])
             test = frame.iloc[held].reset_index(drop=True)
-            if index is not None and len(index) == rows:
-                test.index = index[source[held]]
+            if index is not None and len(index) == len(whole):
+                test.index = index[positions[held]]
             frame, labels = frame.iloc[kept].reset_index(drop=True), labels[kept]
             strata = None if strata is None else labels
         if target_t.task == "regression":  # standardise with the training rows only
             target_t.mean, target_t.sd = float(labels.mean()), float(labels.std()) or 1.0
         features = frame.drop(columns=[target])
-        columns = TableTransform(categorical, ignore).fit(features, rows=rows)
+        columns = TableTransform(categorical, ignore).fit(features, source=whole)
         X = columns.transform(features)
         Y = target_t.encode(labels)
         val = None
@@ -243,7 +244,7 @@ class TableModel:
             target_t.mean, target_t.sd = float(labels[kept].mean()), float(labels[kept].std()) or 1.0
         train_sample = np.flatnonzero(np.isin(sample, kept, assume_unique=True))
         features = sampled.iloc[train_sample].drop(columns=[target]).reset_index(drop=True)
-        columns = TableTransform(categorical, ignore).fit(features, rows=present.size)
+        columns = TableTransform(categorical, ignore).fit(features, source=sampled.set_axis(rows[sample]))
         Y = target_t.encode(labels)
         with tempfile.TemporaryDirectory(prefix="gpunet-stream-", dir=workdir) as folder:
             X = np.lib.format.open_memmap(Path(folder) / "features.npy", mode="w+", dtype=dtype,
@@ -253,7 +254,7 @@ class TableModel:
                 kept_rows = present[start:start + len(chunk)]
                 part = chunk[kept_rows]
                 X[done:done + len(part)] = columns.transform(part.drop(columns=[target]), what, expected=(target,),
-                                                             rows=start + np.flatnonzero(kept_rows))
+                                                             rows=start + np.flatnonzero(kept_rows), training=True)
                 seen += [n for n in columns.notes if n not in seen]
                 done += len(part)
             X.flush()
@@ -313,7 +314,7 @@ class TableModel:
             raise TableError(f"{what}: the target column {name!r} is empty")
         frame = frame[present].reset_index(drop=True)
         y = self.target.labels(frame[name], what)
-        pred, _ = self.outputs(frame, what)
+        pred, _ = self.outputs(frame, what, rows=np.flatnonzero(present))
         return self._scores(y, pred, int((~present).sum()))
 
     def score_file(self, file, target: str | None = None) -> dict:
@@ -327,7 +328,7 @@ class TableModel:
         k = len(self.target.classes)
         confusion = np.zeros((k, k), dtype=np.int64)
         n, mean, m2, ss_res, abs_res, dropped, notes = 0, 0.0, 0.0, 0.0, 0.0, 0, []
-        for _, chunk in file.chunks():
+        for start, chunk in file.chunks():
             if column != name:
                 chunk = chunk.rename(columns={column: name})
             present = TargetTransform.present(chunk[name])
@@ -336,7 +337,7 @@ class TableModel:
             if not len(chunk):
                 continue
             y = self.target.labels(chunk[name], what)
-            pred, _ = self.outputs(chunk, what)
+            pred, _ = self.outputs(chunk, what, rows=start + np.flatnonzero(present))
             notes += [note for note in self.columns.notes if note not in notes]
             if self.target.task == "regression":
                 count, chunk_mean = len(y), float(y.mean())

@@ -541,10 +541,12 @@ class _BaseMLP(BaseEstimator):
 
         batch_size = self.batch_size
         if not (batch_size is None or (isinstance(batch_size, str) and batch_size == "auto")):
-            if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size <= 0:
-                error = TypeError if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) \
-                    else ValueError
-                raise error(f"batch_size must be 'auto', a positive integer or None; received {batch_size!r}")
+            message = f"batch_size must be 'auto', a positive integer or None; received {batch_size!r}"
+            if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+                raise TypeError(message)
+            if batch_size <= 0:
+                raise ValueError(message)
+            batch_size = int(batch_size)
         early_stopping = _boolean("early_stopping", self.early_stopping)
         fraction = validation.number_in("validation_fraction", self.validation_fraction, 0.0, 1.0)
         if early_stopping and fraction == 0:

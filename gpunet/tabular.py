@@ -184,18 +184,24 @@ class TableTransform:
         self.notes: list[str] = []
 
     # -- fit ----------------------------------------------------------------------------------------------------
-    def fit(self, table, rows: int | None = None) -> "TableTransform":
+    def fit(self, table, source=None) -> "TableTransform":
         """Decide and learn each column's transform from ``table`` (training rows only; at least 2 rows).
 
-        ``rows``: how many rows the table these were drawn from has (a train/test split, a sample of a file), so
-        that a row-number column is still recognised in a subset: unique integers spanning at most ``rows``
-        values (default: ``len(table)``, when the values are then ``a..a+n-1``).
+        ``source``: the table ``table``'s rows were drawn from (before a test split, a sample, or dropping the rows
+        without a target), with each row's 0-based position in the file as its integer index (a fresh table's
+        ``0..n-1``). Whether a column is a row number is decided on ``source``'s cells, so that it is still
+        recognised in a subset; nothing is learnt from them.
         """
         frame = as_frame(table)
-        if rows is not None and (isinstance(rows, bool) or not isinstance(rows, numbers.Integral)
-                                 or rows < len(frame)):
-            raise ValueError(f"rows must be an integer of at least the table's {len(frame)} rows; received {rows!r}")
-        self._source_rows = len(frame) if rows is None else int(rows)
+        self._source = (frame, np.arange(len(frame)))
+        if source is not None:
+            index = np.asarray(getattr(source, "index", []))
+            whole = as_frame(source, "source")
+            if len(whole) < len(frame):
+                raise ValueError(f"source must hold the table's rows and more; it has {len(whole)} rows, the table "
+                                 f"{len(frame)}")
+            integer = index.size == len(whole) and np.issubdtype(index.dtype, np.integer)
+            self._source = (whole, index if integer else np.arange(len(whole)))
         unknown = [c for c in self.categorical + self.ignore if c not in frame.columns]
         if unknown:
             raise TableError(f"no column(s) {unknown} to treat as asked; columns: {list(frame.columns)}")
@@ -256,16 +262,40 @@ class TableTransform:
         distinct = np.unique(observed)
         if distinct.size == 1 and not missing:
             return {"name": column["name"], "kind": "left out", "reason": f"constant ({_fmt(distinct[0])})"}
-        rows = self._source_rows
-        if (column["kind"] == "numeric" and integer and not missing and distinct.size == x.size and x.size >= 3
-                and distinct[-1] - distinct[0] <= rows - 1):
-            each = "one per row" if x.size == rows else f"unique, within the span of the table's {rows} rows"
-            return {"name": column["name"], "kind": "left out",
-                    "reason": f"row number ({_fmt(distinct[0])}..{_fmt(distinct[-1])}, {each})"}
+        if column["kind"] == "numeric" and integer and not missing and x.size >= 3:
+            order = self._row_number(column, x)
+            if order:
+                return {"name": column["name"], "kind": "left out", "reason": f"row number ({order})"}
+            if _named_like_an_id(column["name"]) and distinct.size == x.size:
+                return {"name": column["name"], "kind": "left out",
+                        "reason": f"ID-like integers ({x.size} distinct values, one per row, named like an ID)"}
         sd = float(observed.std())
         return column | {"integer": integer, "mean": float(observed.mean()), "sd": sd if sd > 0 else 1.0,
                          "fill": float(np.median(observed)), "indicator": bool(missing),
                          "n_missing": int(x.size - observed.size)}
+
+    def _row_number(self, column: dict, x: np.ndarray) -> str | None:
+        """How the integers ``x`` of a training column (or the source's cells of it) number the source's rows:
+        unique and consecutive in any order, or the row's position plus a constant; None when they do not."""
+        whole, positions = self._source
+        if len(whole) != x.size and column["name"] in whole.columns:  # the column before the split
+            try:
+                x = _numeric_values(column, whole[column["name"]])
+            except TableError:  # text in rows outside training: no row number
+                return None
+            if np.isnan(x).any() or not np.all(x == np.round(x)):
+                return None
+        elif len(whole) != x.size:
+            positions = np.arange(x.size)
+        distinct = np.unique(x)
+        if distinct.size != x.size:
+            return None
+        if distinct[-1] - distinct[0] == x.size - 1:
+            return f"{_fmt(distinct[0])}..{_fmt(distinct[-1])}, one per row"
+        offset = x - positions
+        if np.all(offset == offset[0]):
+            return f"{_fmt(distinct[0])}..{_fmt(distinct[-1])}: each row's position in the file + {_fmt(offset[0])}"
+        return None
 
     def _fit_date(self, column: dict, series) -> dict:
         values = _parse_dates(series, column["format"])
@@ -282,7 +312,13 @@ class TableTransform:
         if not stats:
             return {"name": column["name"], "kind": "left out", "reason": "constant date"}
         missing = int((~observed).sum())
-        return column | {"kind": "date", "parts": stats, "indicator": missing > 0, "n_missing": missing}
+        other = 0  # cells of the source in another date format: tolerated (as missing) later only if any
+        if column["format"] is not None:
+            whole = self._source[0]
+            cells = whole[column["name"]] if column["name"] in whole.columns else series
+            other = int(_dates_in_another_format(cells, _parse_dates(cells, column["format"])).sum())
+        return column | {"kind": "date", "parts": stats, "indicator": missing > 0, "n_missing": missing,
+                         "other_formats": other}
 
     def _fit_categorical(self, column: dict, series, forced: bool) -> dict:
         labels = _labels(series)
@@ -343,11 +379,15 @@ class TableTransform:
         self._check_fitted()
         return [c["name"] for c in self.columns if c["kind"] == "left out"]
 
-    def transform(self, table, what: str = "the table", expected=(), rows=None) -> np.ndarray:
+    def transform(self, table, what: str = "the table", expected=(), rows=None, training: bool = False) -> np.ndarray:
         """``(n, len(feature_names))`` float64 features of ``table``'s rows, matched to the training columns by
         name, in any order. A missing column is an error; columns unknown in training are ignored and listed in
         ``notes`` (except those named in ``expected``, such as the target). ``rows``: the 0-based rows of ``what``
-        that the table's rows are (a chunk of a file: ``range(start, stop)``), so that an error names its row."""
+        that the table's rows are (a chunk of a file: ``range(start, stop)``), so that an error names its row.
+
+        A date in another format than training's (``18/08/2021`` where training read ``%Y-%m-%d``) is an error,
+        unless training met such cells too or ``training`` is set (rows of the table training came from): those
+        are missing cells, as text that is no date at all is (noted)."""
         self._check_fitted()
         frame = as_frame(table, what)
         missing = [name for name in self.inputs if name not in frame.columns]
@@ -361,8 +401,11 @@ class TableTransform:
         for c in self.columns:
             if c["kind"] == "left out":
                 continue
-            blocks.append(getattr(self, f"_transform_{c['kind'].replace(' ', '_')}")(c, frame[c["name"]], what,
-                                                                                       rows))
+            series = frame[c["name"]]
+            if c["kind"] == "date":
+                blocks.append(self._transform_date(c, series, what, rows, training))
+            else:
+                blocks.append(getattr(self, f"_transform_{c['kind'].replace(' ', '_')}")(c, series, what, rows))
         out = np.column_stack(blocks) if blocks else np.empty((len(frame), 0))
         return np.ascontiguousarray(out, dtype=np.float64)
 
@@ -384,20 +427,22 @@ class TableTransform:
         z = (np.where(gaps, stats["fill"], x) - stats["mean"]) / stats["sd"]
         return np.column_stack([z, gaps.astype(np.float64)]) if c["indicator"] and indicator else z[:, None]
 
-    def _transform_date(self, c: dict, series, what: str, rows) -> np.ndarray:
+    def _transform_date(self, c: dict, series, what: str, rows, training: bool) -> np.ndarray:
         pd = _pandas()
         given = _present(series)
         cells = series
         if c["format"] is None and not pd.api.types.is_datetime64_any_dtype(series.dtype):
             series = pd.to_datetime(series, errors="coerce")
-        parts = _date_parts(_parse_dates(series, c["format"]))
-        bad = given & np.isnan(parts["year"])
-        unparsed = int(bad.sum())
-        if unparsed > (1 - DATE_PARSE_SHARE) * given.sum():  # more than training tolerated: another format
-            row = int(np.flatnonzero(bad)[0])
-            raise TableError(f"{_cell(what, row, rows, c)}: {cells.iloc[row]!r} is not "
-                             f"a date in the training format {c['format'] or 'datetime'} ({unparsed} of "
-                             f"{int(given.sum())} cells are not)")
+        values = _parse_dates(series, c["format"])
+        parts = _date_parts(values)
+        unparsed = int((given & np.isnan(parts["year"])).sum())
+        if unparsed and c["format"] is not None and not training and not c.get("other_formats"):
+            other = _dates_in_another_format(cells, values)
+            if other.any():
+                row = int(np.flatnonzero(other)[0])
+                raise TableError(f"{_cell(what, row, rows, c)}: {cells.iloc[row]!r} is a date in another format "
+                                 f"than training's {c['format']} ({int(other.sum())} such cell(s)): write the "
+                                 f"dates as the training table did")
         if unparsed:
             self.notes.append(f"{c['name']}: {unparsed} cell(s) are not dates in the training format "
                               f"{c['format'] or 'datetime'}: treated as missing")
@@ -555,6 +600,8 @@ def _numeric_values(c: dict, series, what: str | None = None, rows=None) -> np.n
                 values.append(keys[label.lower()])
             elif label in ("1", "0"):
                 values.append(float(label))
+            elif label.lower() in ("true", "false"):  # a boolean value (a Parquet or DataFrame column of bools)
+                values.append(float(label.lower() == "true"))
             else:
                 raise TableError(f"{_cell(what, row, rows, c)}: {label!r} is not one of the boolean values "
                                  f"{sorted(mapping)} seen in training")
@@ -608,7 +655,9 @@ def _date_format(labels) -> str | None:
 
 def _parse_dates(series, fmt: str | None):
     pd = _pandas()
-    if fmt is None:
+    if pd.api.types.is_datetime64_any_dtype(series.dtype):  # datetimes need no format (a text-trained column too)
+        values = series
+    elif fmt is None:
         values = pd.to_datetime(series, errors="coerce")
     else:
         text = pd.Series([canonical_label(v) if isinstance(v, str) else (None if _isnull(v) else str(v))
@@ -619,6 +668,31 @@ def _parse_dates(series, fmt: str | None):
     if getattr(values.dt, "tz", None) is not None:
         values = values.dt.tz_convert("UTC").dt.tz_localize(None)
     return values
+
+
+ID_WORDS = {"id", "ids", "idx", "index", "key", "uuid", "guid"}  # a name's last word that makes unique integers an ID
+
+
+def _named_like_an_id(name: str) -> bool:
+    """``id``, ``customer_id``, ``CustomerID``, ``row index``, ``Key``: the last word of the name is an ID word."""
+    words = re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", name)
+    return bool(words) and words[-1].lower() in ID_WORDS
+
+
+def _dates_in_another_format(series, parsed) -> np.ndarray:
+    """``(n,)`` bool: the cells of a text date column that ``parsed`` (its datetimes in the column's format)
+    missed but that read as a date otherwise (digits and a date separator; pandas' mixed formats)."""
+    pd = _pandas()
+    missed = _present(series) & parsed.isna().to_numpy()
+    out = np.zeros(len(series), dtype=bool)
+    if missed.any():
+        text = pd.Series([str(canonical_label(v)) for v in series[missed].tolist()], dtype=object)
+        shaped = text.str.contains(r"\d") & text.str.contains(r"[-/:. T]")
+        with warnings.catch_warnings():  # pandas warns about dayfirst and per-element parsing
+            warnings.simplefilter("ignore")
+            dated = pd.to_datetime(text, format="mixed", errors="coerce").notna()
+        out[np.flatnonzero(missed)] = (shaped & dated).to_numpy()
+    return out
 
 
 def _date_parts(values) -> dict[str, np.ndarray]:

@@ -104,12 +104,21 @@ class Trainer:
         self.combined = False
         self.gradient_hooks: list = []
         self.mixed = None  # gpunet.precision.MixedPrecision while training in tf32/bf16/fp16 (precision.attach)
+        # an fp16 loss scaler's state_dict for the next fp16 fit to go on from (a loaded file, a move, a pickle)
+        self.scaler_state = None
         self.batch_rows = 0
         # (start, stop, total): the rows this process trains of a data-parallel batch of ``total`` rows, or None
         self.batch_share = None
         self._checked = None  # what step() last checked: the types, shapes and dtypes of its arrays
         self._epoch = None
         self.attach()
+
+    def loss_scale_state(self) -> dict | None:
+        """The fp16 loss scaler's ``state_dict`` the next fp16 fit goes on from (None: it starts afresh)."""
+        mixed = self.mixed
+        if mixed is not None and mixed.scaler is not None:
+            return mixed.scaler.state_dict()
+        return self.scaler_state
 
     @property
     def model(self):
@@ -124,6 +133,7 @@ class Trainer:
         new device). The model calls this when it is built or moved."""
         model = self.model
         if getattr(self, "mixed", None) is not None:  # its low-precision copy lived on the old device
+            self.scaler_state = self.loss_scale_state()
             self.mixed.detach(model)
             self.mixed = None
         self.workspaces = Workspaces(model.xp)

@@ -541,6 +541,7 @@ def test_the_graph_computes_table_transform_exactly(ort):
     new = messy(len(special) + 4, 3)
     new["sold"] = special + [None] * 4
     new.loc[0, "kind"], new.loc[1, "member"], new.loc[2, "member"], new.loc[3, "code"] = "maple", "yEs", "1", 7.0
+    new.loc[4, "member"], new.loc[5, "member"] = "True", "FALSE"  # a column of booleans: 1 and 0, as gpunet
     columns = TableTransform(categorical=["code"]).fit(train.drop(columns=["premium"]))
     assert {c["name"]: c["kind"] for c in columns.columns}["sold"] == "date"
     target = TargetTransform("premium").fit(train["premium"])
@@ -588,6 +589,11 @@ def test_the_readme_function_refuses_what_it_cannot_read(ort, tmp_path):
     frame = pd.read_csv(path, sep=";", decimal=",")
     (prediction,) = sess.run(None, onnx_feeds(sess, frame))
     np.testing.assert_allclose(prediction, table_model.outputs(frame)[0], rtol=1e-12)
+    spaced = frame.astype({"size": object, "sold": object})
+    spaced.loc[0, "size"], spaced.loc[2, "sold"] = "  ", " " + str(frame.loc[2, "sold"]) + " "
+    spaced.loc[4, "kind"] = " oak "  # blanks are missing cells and text is stripped, as gpunet reads them
+    (got,) = sess.run(None, onnx_feeds(sess, spaced))
+    np.testing.assert_allclose(got, table_model.outputs(spaced)[0], rtol=1e-12)
     frame["sold"] = pd.to_datetime(frame["sold"]).dt.strftime("%d/%m/%Y %H:%M")
     with pytest.raises(ValueError, match=r"^sold: '\d\d/\d\d/\d{4} \d\d:\d\d' is not a date of format "
                                          r"%Y-%m-%d %H:%M$"):

@@ -216,6 +216,10 @@ def test_resuming_with_an_optimizer_name_warns_that_it_starts_afresh(tmp_path):
     continued = gn.load(tmp_path / "ckpt.safetensors")
     continued.fit(X, LABELS, epochs=1, batch_size=8)  # no warning: the saved Adam goes on
     renamed = gn.load(tmp_path / "ckpt.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="epochs must be a positive integer"):  # refused: nothing to say
+            renamed.fit(X, LABELS, epochs=0, batch_size=8, optimizer="adam")
     with pytest.warns(UserWarning, match=r"optimizer='adam' starts a new Adam \(step 0, no state\); the last fit's "
                                          r"Adam at step 10 is not continued") as record:
         renamed.fit(X, LABELS, epochs=1, batch_size=8, optimizer="adam")

@@ -184,9 +184,13 @@ def test_fit_precision_overrides_the_model_and_checks():
 
 
 @pytest.mark.parametrize("mode", ["bf16", "fp16"])
-def test_save_and_load_keep_the_precision_and_the_loss_scale(mode, tmp_path):
-    """A fit resumed from a file equals the uninterrupted fit bit for bit: the model's precision and (fp16) the
-    loss scaler's scale and growth tracker are saved. The scaler grows every 3 steps here, so the scale moves."""
+@pytest.mark.parametrize("carry", ["file", "file, then to()", "pickle"])
+def test_save_and_load_keep_the_precision_and_the_loss_scale(mode, carry, tmp_path):
+    """A fit resumed from a file (or a moved model, or a pickle) equals the uninterrupted fit bit for bit: the
+    model's precision and (fp16) the loss scaler's scale and growth tracker carry over, waiting for the next fp16
+    fit. The scaler grows every 3 steps here, so the scale moves."""
+    import pickle
+
     X, y = problem()
 
     def start():
@@ -200,10 +204,12 @@ def test_save_and_load_keep_the_precision_and_the_loss_scale(mode, tmp_path):
     first = start()
     first.fit(X, y, loss="cce", optimizer=gn.optim.Adam(lr=1e-2), epochs=2, batch_size=32)
     first.save(tmp_path / "m.safetensors")
-    resumed = gn.load(tmp_path / "m.safetensors")
+    resumed = {"file": lambda: gn.load(tmp_path / "m.safetensors"),
+               "file, then to()": lambda: gn.load(tmp_path / "m.safetensors").to("cpu"),
+               "pickle": lambda: pickle.loads(pickle.dumps(first))}[carry]()
     assert resumed.precision == mode
     if mode == "fp16":
-        saved = resumed.trainer.mixed.scaler.state_dict()
+        saved = resumed.trainer.loss_scale_state()
         assert saved == first.trainer.mixed.scaler.state_dict() and saved["scale"] == 2.0**10
         assert saved["growth_interval"] == 3 and saved["_growth_tracker"] == 2  # 8 steps: grown twice, 2 since
     resumed.fit(X, y, epochs=2, batch_size=32)
@@ -212,9 +218,23 @@ def test_save_and_load_keep_the_precision_and_the_loss_scale(mode, tmp_path):
     if mode == "fp16":
         assert resumed.trainer.mixed.scaler.scale == straight.trainer.mixed.scaler.scale == 2.0**13
         fresh = gn.load(tmp_path / "m.safetensors")
-        fresh.trainer.mixed.scaler.attach(fresh)  # the control: the scale restarts at 2^16
+        fresh.trainer.scaler_state = None  # the control: the scale restarts at 2^16
         fresh.fit(X, y, epochs=2, batch_size=32)
         assert fresh.trainer.mixed.scaler.scale != straight.trainer.mixed.scaler.scale
+
+
+def test_an_fp16_file_loads_where_mixed_precision_cannot_run(tmp_path):
+    """Inference anywhere: the loss scale waits for an fp16 fit, which array-api-strict refuses when asked."""
+    strict = pytest.importorskip("array_api_strict")
+    X, y = problem()
+    model = net(precision="fp16")
+    model.fit(X, y, loss="cce", epochs=1, batch_size=32)
+    model.save(tmp_path / "m.safetensors")
+    there = gn.load(tmp_path / "m.safetensors", device=strict)
+    np.testing.assert_allclose(np.asarray(there.predict(strict.asarray(X))), model.predict(X), rtol=1e-6)
+    with pytest.raises(ValueError, match="runs on NumPy and CuPy"):
+        there.fit(strict.asarray(X), strict.asarray(y), epochs=1)
+    assert there.trainer.scaler_state is not None  # a refused fit changes nothing
 
 
 def test_an_overflowing_fp16_step_is_skipped_and_the_scale_backs_off():

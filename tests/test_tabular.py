@@ -227,7 +227,8 @@ def test_pack_is_the_mean_of_its_members():
 
 def test_a_row_number_is_left_out_after_the_test_split():
     """A file sorted by class with a 0..n-1 id: the id predicts the class perfectly on held-out rows of that file
-    and nowhere else, so it must not become a feature even though the training rows are a subset of it."""
+    and nowhere else, so it must not become a feature even though the training rows are a subset of it. Decided on
+    the whole column (``source``), a feature of repeated integers stays one whatever the split."""
     table = pd.read_csv(__file__.rsplit("/", 1)[0] + "/data/penguins.csv").sort_values("species")
     table.insert(0, "rid", np.arange(len(table)))
     table.loc[table.index[[5, 200]], "species"] = None  # dropped: the test rows still keep their index
@@ -236,31 +237,60 @@ def test_a_row_number_is_left_out_after_the_test_split():
     pd.testing.assert_frame_equal(test, table.loc[test.index])
     assert len(test) == 86 and not test.index.equals(pd.RangeIndex(86))
     rid = next(c for c in tm.columns.columns if c["name"] == "rid")
-    assert rid["kind"] == "left out" and f"within the span of the table's {len(table)} rows" in rid["reason"]
+    assert rid == {"name": "rid", "kind": "left out", "reason": "row number (0..343, one per row)"}
     assert "rid" not in tm.columns.inputs
-    subset = table.iloc[::3].reset_index(drop=True)  # a subset whose ids step by 3: a number unless rows says more
+    whole = table.reset_index(drop=True)
+    subset = whole.iloc[::3]  # ids stepping by 3: a number on its own, a row number in its file
     assert next(c for c in TableTransform().fit(subset).columns if c["name"] == "rid")["kind"] == "numeric"
-    fitted = TableTransform().fit(subset, rows=len(table))
+    fitted = TableTransform().fit(subset, source=whole)
     assert next(c for c in fitted.columns if c["name"] == "rid")["kind"] == "left out"
-    for bad in (len(subset) - 1, 2.5, True, "all"):
-        with pytest.raises(ValueError, match="rows must be an integer of at least"):
-            TableTransform().fit(subset, rows=bad)
+    later = whole.iloc[100:].copy()  # a file's rows 100.. numbered from 1, every 5th row gone (a sample, say)
+    later["rid"] += 1
+    later = later[later.index % 5 != 0]
+    reason = next(c for c in TableTransform().fit(later.iloc[::2], source=later).columns if c["name"] == "rid")
+    assert reason["reason"] == "row number (102..344: each row's position in the file + 1)"
+    with pytest.raises(ValueError, match="source must hold the table's rows and more"):
+        TableTransform().fit(whole, source=subset)
+    with pytest.raises(TypeError, match="source must be a pandas or polars DataFrame"):
+        TableTransform().fit(subset, source=[1, 2])
+    # 30 ages with repeats: some split leaves its training half unique within the table's span; still a number
+    rng = np.random.default_rng(28)
+    people = pd.DataFrame({"age": rng.integers(20, 50, 30), "y": rng.normal(size=30)})
+    for seed in range(40):
+        half = people.sample(15, random_state=seed)
+        assert TableTransform().fit(half.drop(columns="y"), source=people).columns[0]["kind"] == "numeric"
 
 
 def test_dates_in_another_format_are_refused_not_read_as_missing():
+    """A date written another way than training's is an error naming its row, whatever their share (a chunk, one
+    row); text that is no date is a missing cell, as in training; a table whose training rows mixed formats keeps
+    reading the other format as missing."""
     t = TableTransform().fit(messy())
+    assert t.columns[3]["other_formats"] == 0
     other = messy(seed=1)
     iso = other["day"].copy()
     other["day"] = pd.to_datetime(iso).dt.strftime("%d/%m/%Y")
-    with pytest.raises(TableError, match=r"row 1, column 'day': '\d\d/\d\d/2021' is not a date in the training "
-                                         r"format %Y-%m-%d \(40 of 40 cells are not\)"):
+    with pytest.raises(TableError, match=r"the table, row 1, column 'day': '\d\d/\d\d/2021' is a date in another "
+                                         r"format than training's %Y-%m-%d \(40 such cell\(s\)\)"):
         t.transform(other)
     other["day"] = iso
-    other.loc[5, "day"] = "soon"  # one stray cell in 40, as training tolerates: missing, and said
+    other.loc[5, "day"] = "2021/03/04"  # one stray cell that reads as a date: refused too, named by file row
+    with pytest.raises(TableError, match=r"new.csv, row 106, column 'day': '2021/03/04' .*\(1 such cell"):
+        t.transform(other, "new.csv", rows=range(100, 140))
+    assert t.transform(other, training=True).shape == (40, len(t.feature_names))  # the training file's rows
+    other.loc[5, "day"] = "soon"  # text that is no date: missing, and said
     out = t.transform(other)
     assert any("day: 1 cell(s) are not dates in the training format" in n for n in t.notes)
-    np.testing.assert_array_equal(out[:, t.feature_names.index("day.year")][[4, 6]],
-                                  t.transform(messy(seed=1))[:, t.feature_names.index("day.year")][[4, 6]])
+    year = t.feature_names.index("day.year")
+    np.testing.assert_array_equal(out[[4, 6], year], t.transform(messy(seed=1))[[4, 6], year])
+    mixed = messy()
+    mixed.loc[[3, 9], "day"] = ["04/05/2021", "06/07/2021"]  # training itself had 2 cells in another format
+    tolerant = TableTransform().fit(mixed)
+    assert tolerant.columns[3]["other_formats"] == 2
+    assert tolerant.transform(pd.DataFrame(other.assign(day="03/04/2021"))).shape[0] == 40
+    held_out = messy()  # the format check covers source rows training did not learn from
+    held_out.loc[30, "day"] = "30/12/2021"
+    assert TableTransform().fit(held_out.iloc[:30], source=held_out).columns[3]["other_formats"] == 1
 
 
 def test_day_first_dates_are_read_day_first_without_pandas_warnings():
@@ -281,3 +311,37 @@ def test_day_first_dates_are_read_day_first_without_pandas_warnings():
     names = t.feature_names
     np.testing.assert_array_equal(out[:, names.index("dmy.year")], out[:, names.index("mdy.year")])
     assert both.columns[0]["format"] == "%m/%d/%Y"
+
+
+def test_unique_integers_named_like_an_id_are_left_out():
+    """A saved split index (`id`, rows of a class-sorted table) or random customer numbers: unique integers whose
+    name's last word is an ID word are IDs; unique integers named otherwise, or repeated ones, stay numbers."""
+    rng = np.random.default_rng(4)
+    n = 60
+    table = pd.DataFrame({"id": rng.permutation(300)[:n], "CustomerID": rng.choice(90_000, n, replace=False) + 10_000,
+                          "paid": rng.choice(10_000, n, replace=False), "order key": rng.integers(0, 9, n),
+                          "x": rng.normal(size=n)})
+    t = TableTransform().fit(table)
+    kinds = {c["name"]: (c["kind"], c.get("reason", "")) for c in t.columns}
+    assert kinds["id"] == ("left out", f"ID-like integers ({n} distinct values, one per row, named like an ID)")
+    assert kinds["CustomerID"][0] == "left out" and kinds["paid"][0] == "numeric"
+    assert kinds["order key"][0] == "numeric"  # repeated values: not an ID
+    assert t.inputs == ["paid", "order key", "x"]
+
+
+def test_datetimes_and_booleans_feed_columns_trained_on_their_text():
+    """A model trained on text dates (%d.%m.%Y) and yes/no words reads a Parquet-style table of datetime64 and bool
+    values as the same features: those values are unambiguous whatever the training text was."""
+    rng = np.random.default_rng(6)
+    days = pd.Timestamp("2015-01-01") + pd.to_timedelta(rng.integers(0, 900, 50), unit="D")
+    rainy = rng.random(50) < 0.4
+    text = pd.DataFrame({"date": days.strftime("%d.%m.%Y"), "rainy": np.where(rainy, "Yes", "no"),
+                         "x": rng.normal(size=50)})
+    t = TableTransform().fit(text)
+    assert [c["kind"] for c in t.columns] == ["date", "boolean", "numeric"]
+    typed = pd.DataFrame({"date": days, "rainy": rainy, "x": text["x"]})
+    np.testing.assert_array_equal(t.transform(typed), t.transform(text))
+    aware = typed.assign(date=typed["date"].dt.tz_localize("UTC"))
+    np.testing.assert_array_equal(t.transform(aware), t.transform(text))
+    words = text.assign(rainy=np.where(rainy, "TRUE", "false"))
+    np.testing.assert_array_equal(t.transform(words), t.transform(text))
