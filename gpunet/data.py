@@ -2,7 +2,9 @@
 
 Files are parsed by pandas (CSV: its C parser; Parquet: pyarrow), after checks that pandas does not make: the
 delimiter (given, or detected among ``, ; TAB |``), duplicate or missing column names, and rows whose number of fields
-differs from the header's (pandas would fill short rows with missing values). What the columns become is
+differs from the header's (pandas would fill short rows with missing values). A CSV file not delimited by commas is
+read as text and its numbers found here (:func:`_numbers`: decimal commas and ``.`` thousands separators when the
+file writes decimal commas). What the columns become is
 :mod:`gpunet.tabular`'s business; this module only reads.
 
 Files bigger than :data:`STREAM_BYTES` are not loaded whole by the command line: :class:`TableFile` reads them
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,38 +135,73 @@ def _no_field_limit():
 
 def _read_csv(file: Path, delimiter: str | None):
     pd = _pandas()
-    delimiter, notes, _, _ = _check_csv(file, delimiter)
+    delimiter, notes, _, _, commas = _check_csv(file, delimiter)
     try:
-        frame = pd.read_csv(file, sep=delimiter, encoding="utf-8-sig", skipinitialspace=True, low_memory=False)
+        frame = pd.read_csv(file, sep=delimiter, encoding="utf-8-sig", skipinitialspace=True, low_memory=False,
+                            dtype=None if delimiter == "," else str)
     except (pd.errors.ParserError, ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"{file} is not a readable CSV file with delimiter {_show(delimiter)} ({exc}); "
                         f"give another with --delimiter") from None
     frame.columns = [str(c).strip() for c in frame.columns]
     if delimiter != ",":
-        frame, converted = _decimal_commas(frame)
-        notes += [f"{file.name}: column {name!r} has decimal commas: read as numbers" for name in converted]
+        frame, found = _numbers(frame, commas)
+        notes += [_number_note(file.name, name, how) for name, how in found.items()]
     return as_frame(frame, str(file)), notes
 
 
-def _decimal_commas(frame):
-    """``(frame, names)``: text columns holding "3,5"-style numbers (a decimal comma, in ';' or tab files) read as
-    numbers."""
+_COMMA_DECIMAL = re.compile(r"[-+]?\d*,\d+")  # 3,5  -0,25  ,5
+_CONVENTION_ROWS = 1000  # the rows in which a file's decimal commas are looked for
+_PLAIN = r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?"  # what pandas reads as a number: 12  12.5  .5  1e5
+_EUROPEAN = r"[-+]?(\d+|\d*,\d+|[1-9]\d{0,2}(\.\d{3})+(,\d+)?)"  # 12  12,5  1.589  12.345,6
+
+
+def _numbers(frame, commas: bool):
+    """``(frame, {name: how})``: the text columns of a file not delimited by commas (read as text) that hold
+    numbers, as numbers. In a file with decimal commas (``commas``) a number is written ``12,5`` or ``1.589``
+    (``.`` separates thousands: 1589), else as pandas reads it. A column whose cells are numbers but for one
+    placeholder token (``?``, at most :data:`gpunet.tabular.PLACEHOLDER_SHARE` of them) stays text, its numbers
+    written as pandas writes them, for :class:`gpunet.tabular.TableTransform` to read. ``how``: "decimal commas",
+    "thousands", or both."""
     pd = _pandas()
-    converted = []
+    from .tabular import PLACEHOLDER_SHARE
+
+    found = {}
     for name in frame.columns:
         column = frame[name]
-        if pd.api.types.is_numeric_dtype(column.dtype) or column.isna().all():
+        if pd.api.types.is_numeric_dtype(column.dtype) or not column.notna().any():
             continue
-        text = column.dropna().astype(str).str.strip()
-        if text.str.fullmatch(r"[-+]?\d*,\d+|[-+]?\d+").all() and text.str.contains(",").any():
-            frame[name] = pd.to_numeric(column.astype(str).str.strip().str.replace(",", ".", regex=False)
-                                        .where(column.notna()))
-            converted.append(name)
-    return frame, converted
+        present = column.notna()
+        text = column[present].astype(str).str.strip()
+        for european in (True, False) if commas else (False,):  # a column of 12.5 in a file of 3,5: a mixed file
+            number = text.str.fullmatch(_EUROPEAN if european else _PLAIN)
+            others = set(text[~number])
+            if number.any() and len(others) <= 1 and (~number).sum() <= PLACEHOLDER_SHARE * len(text):
+                break
+        else:
+            continue
+        if european:
+            how = [k for k, mark in (("decimal commas", ","), ("thousands", ".")) if
+                   (number & text.str.contains(mark, regex=False)).any()]
+            if how:
+                found[name] = " and ".join(how)
+            text = text.where(~number, text.str.replace(".", "", regex=False).str.replace(",", ".", regex=False))
+        values = pd.to_numeric(text.where(number))
+        if others:  # a placeholder: text, the numbers as pandas writes them ("1589", "12.5")
+            cells = values.astype(object).map(str).where(number, text)
+            frame[name] = cells.reindex(column.index).astype(object)
+        else:
+            frame[name] = values.reindex(column.index)
+    return frame, found
+
+
+def _number_note(file_name: str, name: str, how: str) -> str:
+    detail = {"decimal commas": "decimal commas", "thousands": "'.' as thousands separator (1.589 = 1589)",
+              "decimal commas and thousands": "decimal commas and '.' as thousands separator (1.589,5 = 1589.5)"}
+    return f"{file_name}: column {name!r} has {detail[how]}: read as numbers"
 
 
 def _check_csv(file: Path, delimiter: str | None):
-    """The checks pandas does not make: ``(delimiter, notes, rows with a header, header)``."""
+    """The checks pandas does not make: ``(delimiter, notes, rows with a header, header, decimal commas)``."""
     try:
         with file.open(newline="", encoding="utf-8-sig") as handle:
             sample = [line for _, line in zip(range(_SAMPLE_LINES), handle)]
@@ -178,7 +216,7 @@ def _check_csv(file: Path, delimiter: str | None):
             notes.append(f"{file.name}: delimiter {_show(delimiter)} detected")
     elif len(delimiter) != 1:
         raise DataError(f"--delimiter must be one character (\\t for tab); received {delimiter!r}")
-    lines, header = _check_fields(file, delimiter)
+    lines, header, commas = _check_fields(file, delimiter)
     if lines < 2:
         raise DataError(f"{file} needs a header row and at least 1 data row; found {lines} row(s)")
     empty = [i + 1 for i, h in enumerate(header) if not h.strip()]
@@ -189,7 +227,7 @@ def _check_csv(file: Path, delimiter: str | None):
     dupes = sorted({h for h in stripped if stripped.count(h) > 1 and h})
     if dupes:
         raise DataError(f"{file} has duplicate column names {dupes}: rename them so each column has its own name")
-    return delimiter, notes, lines, header
+    return delimiter, notes, lines, header, commas
 
 
 def _detect_delimiter(sample: list[str]) -> str:
@@ -207,10 +245,12 @@ def _detect_delimiter(sample: list[str]) -> str:
 
 
 def _check_fields(file: Path, delimiter: str):
-    """``(number of non-blank rows, header)``; every row has as many fields as the header (quotes respected)."""
+    """``(number of non-blank rows, header, decimal commas)``; every row has as many fields as the header (quotes
+    respected). ``decimal commas``: a cell of the first :data:`_CONVENTION_ROWS` rows is a number with a decimal
+    comma (``3,5``), in a file whose delimiter is not a comma: the file writes numbers the European way."""
     with _no_field_limit(), file.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
-        header, lines = None, 0
+        header, lines, commas = None, 0, False
         try:
             for row in reader:
                 if not row or not any(cell.strip() for cell in row):
@@ -225,9 +265,11 @@ def _check_fields(file: Path, delimiter: str):
                 elif len(row) != len(header):
                     raise DataError(f"{file}, line {reader.line_num}: {len(row)} fields, but the header has "
                                     f"{len(header)} (delimiter {_show(delimiter)}; another one? --delimiter)")
+                elif not commas and delimiter != "," and lines <= _CONVENTION_ROWS:
+                    commas = any("," in cell and _COMMA_DECIMAL.fullmatch(cell.strip()) for cell in row)
         except csv.Error as exc:
             raise DataError(f"{file}, line {reader.line_num}: not readable as CSV ({exc})") from None
-    return lines, header or []
+    return lines, header or [], commas
 
 
 def _show(delimiter: str) -> str:
@@ -252,9 +294,10 @@ class TableFile:
     The checks of :func:`read_table` run when it is opened (CSV: UTF-8, delimiter, header, the number of fields of
     every row; Parquet: a readable file with rows); ``n_rows`` and ``columns`` are known then. :meth:`chunks` yields
     ``(first row, pandas DataFrame)`` pieces of :data:`CHUNK_ROWS` rows with the column names and types
-    :func:`read_table` gives (CSV: pandas infers the types, and finds decimal commas, chunk by chunk, so a column's
-    type may differ between chunks where its text does). :meth:`rows` reads the given rows as one DataFrame.
-    ``notes``: what reading found (the delimiter, decimal-comma columns so far).
+    :func:`read_table` gives (CSV: pandas infers the types, or gpunet finds the numbers of a file not delimited
+    by commas, chunk by chunk, so a column's type may differ between chunks where its text does; whether the file
+    writes decimal commas is decided on its first rows, once). :meth:`rows` reads the given rows as one DataFrame.
+    ``notes``: what reading found (the delimiter, decimal-comma and thousands columns so far).
     """
 
     def __init__(self, path, kind: str | None = None, delimiter: str | None = None):
@@ -264,7 +307,8 @@ class TableFile:
         self.file, self.name = file, file.stem
         self.kind = kind or ("parquet" if file.suffix.lower() in (".parquet", ".pq") else "csv")
         self._notes: list[str] = []
-        self._converted: set = set()  # CSV columns found with decimal commas
+        self._converted: dict = {}  # CSV columns found with decimal commas or thousands separators: how
+        self._commas = False  # the CSV writes decimal commas (decided on its first rows)
         if self.kind == "parquet":
             pq = _pyarrow_parquet()
             try:
@@ -277,7 +321,7 @@ class TableFile:
             self.columns = [str(c) for c in self._parquet.schema_arrow.names]
             self._delimiter = None
         else:
-            self._delimiter, self._notes, lines, header = _check_csv(file, delimiter)
+            self._delimiter, self._notes, lines, header, self._commas = _check_csv(file, delimiter)
             self.n_rows = lines - 1
             self.columns = [h.strip() for h in header]
         if len(set(self.columns)) != len(self.columns):
@@ -289,7 +333,7 @@ class TableFile:
 
     @property
     def notes(self) -> list[str]:
-        return self._notes + [f"{self.file.name}: column {name!r} has decimal commas: read as numbers"
+        return self._notes + [_number_note(self.file.name, name, self._converted[name])
                               for name in self.columns if name in self._converted]
 
     def chunks(self, columns=None, rows: int | None = None):
@@ -331,12 +375,13 @@ class TableFile:
         usecols = None if wanted is None else (lambda c: str(c).strip() in wanted)
         try:
             reader = pd.read_csv(self.file, sep=self._delimiter, encoding="utf-8-sig", skipinitialspace=True,
-                                 low_memory=False, chunksize=rows, usecols=usecols)
+                                 low_memory=False, chunksize=rows, usecols=usecols,
+                                 dtype=None if self._delimiter == "," else str)
             for frame in reader:
                 frame.columns = [str(c).strip() for c in frame.columns]
                 if self._delimiter != ",":
-                    frame, converted = _decimal_commas(frame)
-                    self._converted.update(converted)
+                    frame, found = _numbers(frame, self._commas)
+                    self._converted.update(found)
                 yield as_frame(frame, str(self.file))
         except (pd.errors.ParserError, UnicodeDecodeError) as exc:
             raise DataError(f"{self.file} is not a readable CSV file with delimiter {_show(self._delimiter)} ({exc}); "

@@ -200,3 +200,43 @@ def test_stray_dates_in_the_training_file_never_stop_its_own_training(messy_tabl
         assert code == 0, err
         assert "test: R2" in out
 
+
+
+def european(value: float, decimals: int) -> str:
+    """1589.25 -> '1.589,25' (a German spreadsheet's export)."""
+    return f"{value:,.{decimals}f}".replace(",", "X").replace(".", ",").replace("X", ".")
+
+
+@pytest.mark.parametrize("stream", ["off", "on"])
+def test_european_numbers_read_as_the_same_numbers_in_a_comma_file(tmp_path, capsys, small_chunks, stream):
+    """penguins written the European way (';', decimal commas, '.' thousands in the body mass, a '?' placeholder in
+    a decimal-comma column, a mixed column of dot decimals): the same numbers, columns, notes and network as the
+    plain CSV, loaded or streamed."""
+    table = pd.read_csv(PENGUINS)
+    table["bill_length_mm"] = table["bill_length_mm"].astype(object)
+    table.loc[[5, 40, 77], "bill_length_mm"] = "?"
+    plain, eu = tmp_path / "plain.csv", tmp_path / "eu.csv"
+    table.to_csv(plain, index=False)
+    written = table.copy()
+    written["bill_length_mm"] = [v if v == "?" or pd.isna(v) else european(float(v), 1)
+                                 for v in table["bill_length_mm"]]
+    written["bill_depth_mm"] = [None if pd.isna(v) else european(v, 1) for v in table["bill_depth_mm"]]
+    written["body_mass_g"] = [None if pd.isna(v) else european(v, 0) for v in table["body_mass_g"]]  # 3.750
+    written.to_csv(eu, index=False, sep=";")  # flipper_length_mm stays 181.0: a column of dot decimals
+    assert "3.750" in eu.read_text() and "39,1" in eu.read_text()
+    frame, notes = data.read_table(eu)
+    np.testing.assert_array_equal(frame["body_mass_g"].to_numpy(), table["body_mass_g"].to_numpy())
+    np.testing.assert_array_equal(frame["flipper_length_mm"].to_numpy(), table["flipper_length_mm"].to_numpy())
+    assert "eu.csv: column 'body_mass_g' has '.' as thousands separator (1.589 = 1589): read as numbers" in notes
+    assert "eu.csv: column 'bill_length_mm' has decimal commas: read as numbers" in notes
+    outputs = {}
+    for path in (plain, eu):
+        model = tmp_path / f"{path.stem}.safetensors"
+        code, out, err = run(capsys, "train", "--dataset", f"csv:{path}:species", *FAST, "--stream", stream,
+                             "--save", model)
+        assert code == 0, err
+        assert "bill_length_mm ('?' read as missing; " in out
+        outputs[path.stem] = ([line for line in report(out) if "eu.csv" not in line and "';'" not in line],
+                              weights_of(model))
+    assert outputs["eu"][0] == outputs["plain"][0]
+    assert all(np.array_equal(a, b) for a, b in zip(outputs["eu"][1], outputs["plain"][1]))
