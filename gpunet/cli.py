@@ -23,6 +23,7 @@ import csv
 import importlib.util
 import io
 import json
+import math
 import os
 import sys
 import time
@@ -36,6 +37,10 @@ from . import recipe as recipe_mod
 from .tabular import TASKS, TableError
 
 _DEFAULT = recipe_mod.Recipe()
+
+
+_OPTION_NAMES = {"val_split": "--val-split", "test_split": "--test-split", "loss": "--loss",
+                 "categorical": "--categorical", "ignore": "--ignore"}  # TableModel's messages in command-line words
 
 
 def _add_device_and_stream(command) -> None:
@@ -266,7 +271,7 @@ def _train_file(file, target, args, recipe, quiet, announce):
         categorical=_columns_option(args.categorical), ignore=_columns_option(args.ignore),
         test_split=args.test_split, device=args.device, dtype=args.dtype, seed=args.seed,
         verbose=0 if quiet else 1, announce=announce, distributed=args.world,
-        option_names={"val_split": "--val-split", "test_split": "--test-split", "loss": "--loss"})
+        option_names=_OPTION_NAMES)
 
 
 def _train_table(table, target, args, recipe, quiet, announce):
@@ -275,7 +280,7 @@ def _train_table(table, target, args, recipe, quiet, announce):
         categorical=_columns_option(args.categorical), ignore=_columns_option(args.ignore),
         test_split=args.test_split, device=args.device, dtype=args.dtype, seed=args.seed,
         verbose=0 if quiet else 1, announce=announce, distributed=args.world,
-        option_names={"val_split": "--val-split", "test_split": "--test-split", "loss": "--loss"})
+        option_names=_OPTION_NAMES)
 
 
 def _table_file(spec: str, args):
@@ -386,8 +391,8 @@ def _report_scores(tm, scores: dict, label: str) -> str:
     if scores["dropped"]:
         lines.append(f"note: {scores['dropped']} row(s) without a {tm.target.name!r} value left out")
     if tm.target.task == "regression":
-        lines.append(f"{label}: R2 {scores['r2']:.4f}, MAE {scores['mae']:.4g}, RMSE {scores['rmse']:.4g} "
-                     f"({scores['rows']} rows)")
+        r2 = "n/a (fewer than 2 rows)" if math.isnan(scores["r2"]) else f"{scores['r2']:.4f}"
+        lines.append(f"{label}: R2 {r2}, MAE {scores['mae']:.4g}, RMSE {scores['rmse']:.4g} ({scores['rows']} rows)")
         return "\n".join(lines)
     matrix, classes = scores["confusion"], tm.target.classes
     correct = int(np.trace(matrix))

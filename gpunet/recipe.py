@@ -100,7 +100,7 @@ class TableModel:
         ``distributed``: a :class:`gpunet.distributed.World` to train every network data-parallel over.
         """
         recipe = recipe or Recipe()
-        names = {"val_split": "val_split", "test_split": "test_split", "loss": "loss", **(option_names or {})}
+        names = _option_names(target, categorical, ignore, option_names)
         frame = as_frame(table)
         if target not in frame.columns:
             raise TableError(f"there is no target column {target!r}; columns: {list(frame.columns)}")
@@ -115,6 +115,7 @@ class TableModel:
             notes.append(f"{int((~present).sum())} row(s) without a {target!r} value dropped")
             frame, positions = frame[present].reset_index(drop=True), positions[present]
         target_t = TargetTransform(target).fit(frame[target], task)
+        notes += target_t.notes
         labels = target_t.labels(frame[target])
         strata = None if target_t.task == "regression" else labels
         test = None
@@ -200,7 +201,7 @@ class TableModel:
                              f"in one process; this job has {distributed.size} ranks (load it with --stream off, or "
                              f"run one process)")
         recipe = recipe or Recipe()
-        names = {"val_split": "val_split", "test_split": "test_split", "loss": "loss", **(option_names or {})}
+        names = _option_names(target, categorical, ignore, option_names)
         if target not in file.columns:
             raise TableError(f"there is no target column {target!r}; columns: {list(file.columns)}")
         what = file.file.name
@@ -233,6 +234,7 @@ class TableModel:
         elif len(sample) < m:
             notes.append(f"the transforms are fitted on a random sample of {len(sample)} of the {m} rows")
         target_t = TargetTransform(target).fit(series, task)
+        notes += target_t.notes
         labels = np.concatenate([target_t.labels(chunk[target][present[start:start + len(chunk)]], what)
                                  for start, chunk in file.chunks([target])])
         strata = None if target_t.task == "regression" else labels
@@ -356,7 +358,7 @@ class TableModel:
         self.columns.notes = notes
         result = {"rows": n, "dropped": dropped}
         if self.target.task == "regression":
-            r2 = 1 - ss_res / m2 if m2 > 0 else (1.0 if ss_res == 0 else 0.0)
+            r2 = r2_from(ss_res, m2, n)
             return result | {"r2": r2, "mae": abs_res / n, "rmse": math.sqrt(ss_res / n)}
         return result | {"accuracy": float(np.trace(confusion) / n), "confusion": confusion}
 
@@ -465,6 +467,17 @@ def pack(members):
     return model
 
 
+def _option_names(target: str, categorical, ignore, given: dict | None) -> dict:
+    """The names of the options in messages (``given``: the command line's), once the target is known to be in
+    neither ``categorical`` nor ``ignore``."""
+    names = {"val_split": "val_split", "test_split": "test_split", "loss": "loss", "categorical": "categorical",
+             "ignore": "ignore", **(given or {})}
+    for option, listed in (("categorical", categorical), ("ignore", ignore)):
+        if target in [str(c) for c in listed]:
+            raise TableError(f"{target!r} is the target column; it cannot also be in {names[option]}")
+    return names
+
+
 def make_optimizer(recipe: Recipe):
     import gpunet as gn
 
@@ -498,10 +511,17 @@ def fit(model, X, Y, val, loss: str, recipe: Recipe, task: str, verbose: int = 0
 
 
 def regression_scores(y: np.ndarray, pred: np.ndarray) -> dict:
-    """``{"r2", "mae", "rmse"}`` as scikit-learn's ``r2_score``, ``mean_absolute_error``, root of
-    ``mean_squared_error``."""
+    """``{"r2", "mae", "rmse"}`` as scikit-learn's ``r2_score`` (NaN for fewer than 2 rows), ``mean_absolute_error``,
+    root of ``mean_squared_error``."""
     residual = y - pred
     ss_tot = float(((y - y.mean()) ** 2).sum())
     ss_res = float((residual ** 2).sum())
-    r2 = 1 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
-    return {"r2": r2, "mae": float(np.abs(residual).mean()), "rmse": math.sqrt(float((residual ** 2).mean()))}
+    return {"r2": r2_from(ss_res, ss_tot, len(y)), "mae": float(np.abs(residual).mean()),
+            "rmse": math.sqrt(float((residual ** 2).mean()))}
+
+
+def r2_from(ss_res: float, ss_tot: float, n: int) -> float:
+    """scikit-learn's ``r2_score`` from the sums of squares: NaN below 2 rows, 1 or 0 for a constant target."""
+    if n < 2:
+        return math.nan
+    return 1 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)

@@ -45,6 +45,7 @@ Labels are compared in a canonical text form (:func:`canonical_label`): whole nu
 
 from __future__ import annotations
 
+import collections
 import math
 import numbers
 import re
@@ -247,9 +248,9 @@ class TableTransform:
         bad = [v for v, x in zip(labels, numeric) if x is None]
         if bad and len(set(bad)) == 1 and len(bad) <= PLACEHOLDER_SHARE * len(labels) and len(bad) < len(labels):
             return self._fit_numeric(column | {"kind": "numeric", "placeholder": bad[0]}, series)
-        fmt = _date_format(labels)
+        fmt, other = _date_format(labels)
         if fmt is not None:
-            return self._fit_date(column | {"format": fmt}, series)
+            return self._fit_date(column | {"format": fmt} | ({"ambiguous": other} if other else {}), series)
         return self._fit_categorical(column, series, forced=False)
 
     def _fit_numeric(self, column: dict, series) -> dict:
@@ -502,6 +503,8 @@ class TableTransform:
             elif kind == "date":
                 label = "date -> " + ", ".join(c["parts"]) + " (standardised)"
                 detail = c["name"] + (f" ({c['format']})" if c["format"] else "")
+                if c.get("ambiguous"):
+                    detail += f" (ambiguous: every date also reads as {c['ambiguous']})"
                 if c["indicator"]:
                     detail += f" ({c['n_missing']} missing -> median + indicator)"
             elif kind == "categorical":
@@ -626,14 +629,16 @@ def _numeric_values(c: dict, series, what: str | None = None, rows=None) -> np.n
     return x
 
 
-def _date_format(labels) -> str | None:
-    """The date format of a text column when its first value gives one and >= 95% of the cells parse with it."""
+def _date_format(labels) -> tuple[str | None, str | None]:
+    """``(format, the other reading)``: the date format of a text column when its first value gives one and >= 95%
+    of the cells parse with it (else None), and the day-first (month-first) format when it reads the cells as well
+    (the dates are ambiguous: every day <= 12)."""
     pd = _pandas()
     from pandas.tseries.api import guess_datetime_format
 
     first = next((v for v in labels if v), None)
     if first is None or not re.search(r"\d", first) or not re.search(r"[-/:. T]", first):
-        return None
+        return None, None
     formats = []
     for dayfirst in (False, True):  # 01/02/2020 is read month first, then day first: whichever the column holds
         try:
@@ -645,12 +650,12 @@ def _date_format(labels) -> str | None:
         if fmt is not None and fmt not in formats:
             formats.append(fmt)
     cells = pd.Series(labels, dtype=object)
-    best, share = None, 0.0
-    for fmt in formats:
-        parsed = pd.to_datetime(cells, format=fmt, errors="coerce").notna().mean()
-        if parsed > share:  # a tie keeps the month-first reading, pandas' default
-            best, share = fmt, parsed
-    return best if share >= DATE_PARSE_SHARE else None
+    shares = [pd.to_datetime(cells, format=fmt, errors="coerce").notna().mean() for fmt in formats]
+    if not shares or max(shares) < DATE_PARSE_SHARE:
+        return None, None
+    best = int(np.argmax(shares))  # a tie keeps the month-first reading, pandas' default
+    tied = [fmt for fmt, share in zip(formats, shares) if share == shares[best] and fmt != formats[best]]
+    return formats[best], tied[0] if tied else None
 
 
 def _parse_dates(series, fmt: str | None):
@@ -669,6 +674,8 @@ def _parse_dates(series, fmt: str | None):
         values = values.dt.tz_convert("UTC").dt.tz_localize(None)
     return values
 
+
+_NUMBER_WITH_UNIT = re.compile(r"\s*[-+]?\d+([.,]\d+)*\s*[^\W\d_%]{1,6}\.?|\s*[-+]?\d+([.,]\d+)*\s*%")
 
 ID_WORDS = {"id", "ids", "idx", "index", "key", "uuid", "guid"}  # a name's last word that makes unique integers an ID
 
@@ -736,6 +743,7 @@ class TargetTransform:
         self.mean = 0.0
         self.sd = 1.0
         self.inferred = False
+        self.notes: list[str] = []  # after fit: doubts about the inferred task, for the training report
 
     @staticmethod
     def present(series) -> np.ndarray:
@@ -777,7 +785,25 @@ class TargetTransform:
         if task == "binary" and len(distinct) != 2:
             raise TableError(f"the target column {self.name!r} holds {len(distinct)} classes; binary needs exactly 2")
         self.task, self.classes = task, _sort_labels(distinct)
+        self.notes = self._doubts(labels, numbers_) if self.inferred else []
         return self
+
+    def _doubts(self, labels: list[str], numbers_: list) -> list[str]:
+        """What makes an inferred classification look like a quantity: labels that are numbers with a unit
+        (``3.750 kg``), classes of one or two rows each, or numbers but for one token (``?``) taken as a class."""
+        counts = collections.Counter(labels)
+        with_unit = [v for v in counts if _NUMBER_WITH_UNIT.fullmatch(v)]
+        words = {v for v, x in zip(labels, numbers_) if x is None}
+        if len(counts) > 2 and len(with_unit) >= 0.8 * len(counts):
+            return [f"the target {self.name!r} holds numbers with a unit ({with_unit[0]!r}, ...), read as "
+                    f"{len(counts)} classes; for a regression, write the numbers alone"]
+        if len(words) == 1 and len(counts) > 2:
+            return [f"the target {self.name!r} holds numbers and {next(iter(words))!r}, taken as a class; leave a "
+                    f"target that is unknown blank (its row is dropped)"]
+        if len(counts) > 20 and np.median(list(counts.values())) <= 2:
+            return [f"the target {self.name!r} has {len(counts)} classes, most of them on 1 or 2 rows: if it is a "
+                    f"quantity, train a regression (task 'regression')"]
+        return []
 
     @property
     def n_outputs(self) -> int:

@@ -248,7 +248,8 @@ def split_validation(n: int, fraction: float, labels, rng: np.random.Generator, 
         kept.append(rows[n_out:])
     kept, held = np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
     if held.size == 0:
-        raise ValueError(f"{name}={fraction} holds out no rows: every class has a single row")
+        raise ValueError(f"{name}={fraction} holds out no rows: every class has a single row of the {n} rows it "
+                         f"splits")
     return kept, held
 
 

@@ -193,6 +193,10 @@ def table_features(name: str, X, expected: list[str] | None):
     from .tabular import is_table
 
     if not is_table(X):
+        if expected is not None and X is not None:  # as scikit-learn warns: columns by position, not by name
+            warn_at_caller(f"{name} has no column names, but the model was fitted on a table with columns "
+                           f"{_some(list(expected))}: its columns are taken in that order (pass a DataFrame to "
+                           f"match them by name)")
         return X, None
     arrow = type(X).__module__.split(".")[0] == "pyarrow"
     names = [str(c) for c in (X.column_names if arrow else X.columns)]
@@ -203,8 +207,10 @@ def table_features(name: str, X, expected: list[str] | None):
         missing = [c for c in expected if c not in names]
         extra = [c for c in names if c not in expected]
         if missing or extra:
-            raise ValueError(f"{name} has columns {names}, but the model was fitted on {list(expected)}"
-                             + (f"; missing: {missing}" if missing else "") + (f"; unexpected: {extra}" if extra else ""))
+            raise ValueError(f"{name} does not have the model's columns: "
+                             + "; ".join(([f"missing: {missing}"] if missing else [])
+                                         + ([f"unexpected: {extra}"] if extra else []))
+                             + f" (the model was fitted on {len(expected)}: {_some(list(expected))})")
     order = list(expected) if expected is not None else names
     position = {c: i for i, c in enumerate(names)}
     columns = []
@@ -226,3 +232,8 @@ def table_features(name: str, X, expected: list[str] | None):
     if not columns:
         raise ValueError(f"{name} has no columns")
     return np.column_stack(columns), names if expected is None else list(expected)
+
+
+def _some(names: list, limit: int = 8) -> str:
+    """``names`` in a message: all of them, or the first ``limit`` and how many more."""
+    return str(names) if len(names) <= limit else f"{names[:limit]} and {len(names) - limit} more"

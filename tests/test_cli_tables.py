@@ -338,3 +338,13 @@ def test_models_saved_by_the_first_command_line_still_predict(capsys, tmp_path, 
     assert code == 0, err
     expected = ((frame[["a", "b", "c"]].round(6).to_numpy() - mean) @ [3.0, -2.0, 1.0]) + 2.0
     np.testing.assert_allclose([float(r[0]) for r in rows_of(out)[1:]], expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--ignore", "species"], "'species' is the target column; it cannot also be in --ignore"),
+    (["--categorical", "island,species"], "'species' is the target column; it cannot also be in --categorical"),
+    (["--test-split", "0.995", "--val-split", "0.5"],
+     "--val-split 0.5 holds out no rows: every class has a single row of the 3 rows it splits"),
+])
+def test_options_that_contradict_the_target_or_leave_nothing_to_split(capsys, options, message):
+    one_line_error(*run(capsys, "train", "--dataset", f"csv:{PENGUINS}:species", *FAST, *options)[::2], message)

@@ -185,14 +185,20 @@ def test_sequential_fit_predict_evaluate_match_dataframe_columns_by_name(tmp_pat
     model = gn.Sequential([gn.Dense(3, 1)], dtype="float64", seed=0)
     model.fit(frame, y, loss="mse", optimizer="adam", epochs=3, validation_data=(frame[["c", "a", "b"]], y))
     assert model.feature_names == ["a", "b", "c"]
-    expected = model.predict(frame.to_numpy())
+    with pytest.warns(UserWarning, match=r"X has no column names, but the model was fitted on a table with columns "
+                                         r"\['a', 'b', 'c'\]: its columns are taken in that order") as record:
+        expected = model.predict(frame.to_numpy())  # as scikit-learn: positions are trusted, and that is said
+    assert record[0].filename == __file__
     np.testing.assert_array_equal(model.predict(frame[["c", "b", "a"]]), expected)
-    assert model.evaluate(frame[["b", "a", "c"]], y)["loss"] == model.evaluate(frame.to_numpy(), y)["loss"]
+    with pytest.warns(UserWarning, match="X has no column names"):
+        by_position = model.evaluate(frame.to_numpy(), y)["loss"]
+    assert model.evaluate(frame[["b", "a", "c"]], y)["loss"] == by_position
     model.save(tmp_path / "m.safetensors")
     loaded = gn.load(tmp_path / "m.safetensors")
     assert loaded.feature_names == ["a", "b", "c"]
     np.testing.assert_array_equal(loaded.predict(frame[["b", "c", "a"]]), expected)
-    with pytest.raises(ValueError, match=r"missing: \['c'\]; unexpected: \['d'\]"):
+    with pytest.raises(ValueError, match=r"^X does not have the model's columns: missing: \['c'\]; unexpected: "
+                                         r"\['d'\] \(the model was fitted on 3: \['a', 'b', 'c'\]\)$"):
         loaded.predict(frame.rename(columns={"c": "d"}))
     with pytest.raises(TypeError, match="column 's' holds .* not numbers; encode raw tables"):
         gn.Sequential([gn.Dense(2, 1)]).predict(pd.DataFrame({"n": [1.0], "s": ["x"]}))
@@ -310,7 +316,9 @@ def test_day_first_dates_are_read_day_first_without_pandas_warnings():
     out = t.transform(table)
     names = t.feature_names
     np.testing.assert_array_equal(out[:, names.index("dmy.year")], out[:, names.index("mdy.year")])
-    assert both.columns[0]["format"] == "%m/%d/%Y"
+    assert both.columns[0]["format"] == "%m/%d/%Y" and both.columns[0]["ambiguous"] == "%d/%m/%Y"
+    assert "when (%m/%d/%Y) (ambiguous: every date also reads as %d/%m/%Y)" in "\n".join(both.describe())
+    assert "ambiguous" not in t.columns[0]
 
 
 def test_unique_integers_named_like_an_id_are_left_out():
@@ -345,3 +353,38 @@ def test_datetimes_and_booleans_feed_columns_trained_on_their_text():
     np.testing.assert_array_equal(t.transform(aware), t.transform(text))
     words = text.assign(rainy=np.where(rainy, "TRUE", "false"))
     np.testing.assert_array_equal(t.transform(words), t.transform(text))
+
+
+@pytest.mark.parametrize("values, doubt", [
+    ([f"{m:.3f} kg".replace(".", ",") for m in np.linspace(3, 6, 60)],
+     "holds numbers with a unit ('3,000 kg', ...), read as 60 classes; for a regression, write the numbers alone"),
+    ([str(v) for v in np.arange(60) % 7] + ["?"] * 3,
+     "holds numbers and '?', taken as a class; leave a target that is unknown blank"),
+    ([f"code {v}" for v in range(30)] * 2, "has 30 classes, most of them on 1 or 2 rows: if it is a quantity"),
+    (["Adelie", "Gentoo", "Chinstrap"] * 20, None),
+])
+def test_doubts_about_an_inferred_classification_are_noted(values, doubt):
+    target = TargetTransform("mass").fit(pd.Series(values))
+    assert target.task == "multiclass"
+    if doubt is None:
+        assert target.notes == []
+    else:
+        assert len(target.notes) == 1 and target.notes[0].startswith(f"the target 'mass' {doubt}")
+    assert TargetTransform("mass").fit(pd.Series(values), "multiclass").notes == []  # asked for: no doubt
+
+
+def test_table_scores_are_scikit_learns_down_to_one_row():
+    from sklearn import metrics as skm
+
+    from gpunet.recipe import regression_scores
+
+    rng = np.random.default_rng(2)
+    for y, pred in [(rng.normal(size=9), rng.normal(size=9)), (np.full(4, 2.0), np.full(4, 2.0)),
+                    (np.full(4, 2.0), np.arange(4.0)), (np.array([3.0]), np.array([2.5]))]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scikit-learn warns that R2 of one row is undefined
+            want = skm.r2_score(y, pred)
+        got = regression_scores(y, pred)
+        assert got["r2"] == pytest.approx(want, nan_ok=True, rel=1e-12)
+        assert got["mae"] == pytest.approx(skm.mean_absolute_error(y, pred), rel=1e-12)
+        assert got["rmse"] == pytest.approx(np.sqrt(skm.mean_squared_error(y, pred)), rel=1e-12)
