@@ -161,7 +161,8 @@ def main(argv=None) -> int:
         first = str(exc).split(". The model keeps")[0]
         return _fail(args, f"{first}; lower --lr (it was {_lr(args):g}) or set --global-clipnorm", 2)
     except OSError as exc:  # "[Errno 2] No such file or directory: 'm.safetensors'" -> "m.safetensors: no such ..."
-        where = "".join(f"{name}: " for name in (exc.filename, exc.filename2) if name)
+        where = " -> ".join(str(name) for name in (exc.filename, exc.filename2) if name)
+        where = f"{where}: " if where else ""
         return _fail(args, f"{where}{exc.strerror.lower()}" if exc.strerror else str(exc), 2)
     except (ValueError, TypeError, ImportError) as exc:  # DataError and TableError are ValueErrors
         return _fail(args, str(exc), 2)
@@ -283,14 +284,14 @@ def _train_table(table, target, args, recipe, quiet, announce):
         option_names=_OPTION_NAMES)
 
 
-def _table_file(spec: str, args):
+def _table_file(spec: str, args, european=()):
     """A :class:`gpunet.data.TableFile` when ``spec`` names a CSV/Parquet file that streams (``--stream``), else
-    None."""
+    None. ``european``: the columns a model's training file wrote as European numbers."""
     parsed = data_mod.table_spec(spec)
     if parsed is None or not data_mod.should_stream(parsed[1], args.stream):
         return None
     kind, path, target = parsed
-    file = data_mod.TableFile(path, kind, _delimiter(args.delimiter))
+    file = data_mod.TableFile(path, kind, _delimiter(args.delimiter), european)
     file.target = target
     return file
 
@@ -350,6 +351,7 @@ def train(args) -> int:
         test_scores = tm.score(test, "test") if test is not None and len(test) else None
     if test_scores is not None:
         _say(_report_scores(tm, test_scores, "test"))
+    tm.european = file.european if file is not None else table.european  # new rows are read as training's were
     if args.save:
         tm.save(args.save)
         _say(f"saved {args.save}")
@@ -416,7 +418,7 @@ def _load(path: str, device):
 
 def evaluate(args) -> int:
     tm = _load(args.model, args.device)
-    file = _table_file(args.dataset, args)
+    file = _table_file(args.dataset, args, tm.european)
     if file is not None:
         scores = tm.score_file(file, file.target)
         _say(f"{args.model} on {tm.model.device}")
@@ -424,7 +426,7 @@ def evaluate(args) -> int:
             _say(f"note: {note}")
         _say(_report_scores(tm, scores, file.name))
         return 0
-    table = data_mod.load(args.dataset, _delimiter(args.delimiter))
+    table = data_mod.load(args.dataset, _delimiter(args.delimiter), tm.european)
     frame = table.frame
     name = tm.target.name
     if table.target is not None and table.target != name:  # the file names the model's target differently
@@ -447,10 +449,10 @@ def predict(args) -> int:
         _check_writable("--output", args.output)
     path, kind = (args.csv, "csv") if args.csv else (args.parquet, "parquet")
     if data_mod.should_stream(path, args.stream):  # chunk by chunk, each written as soon as it is predicted
-        file = data_mod.TableFile(path, kind, _delimiter(args.delimiter))
+        file = data_mod.TableFile(path, kind, _delimiter(args.delimiter), tm.european)
         chunks = file.chunks()
     else:
-        file, (frame, notes) = None, data_mod.read_table(path, kind, _delimiter(args.delimiter))
+        file, (frame, notes) = None, data_mod.read_table(path, kind, _delimiter(args.delimiter), tm.european)
         chunks = iter([(0, frame)])
     ids = None
     target = tm.target.name

@@ -2,10 +2,9 @@
 
 Files are parsed by pandas (CSV: its C parser; Parquet: pyarrow), after checks that pandas does not make: the
 delimiter (given, or detected among ``, ; TAB |``), duplicate or missing column names, and rows whose number of fields
-differs from the header's (pandas would fill short rows with missing values). A CSV file not delimited by commas is
-read as text and its numbers found here (:func:`_numbers`: decimal commas and ``.`` thousands separators when the
-file writes decimal commas). What the columns become is
-:mod:`gpunet.tabular`'s business; this module only reads.
+differs from the header's (pandas would fill short rows with missing values). In a CSV file not delimited by
+commas, :class:`NumberReading` finds the numbers pandas leaves as text (decimal commas, ``.`` thousands
+separators). What the columns become is :mod:`gpunet.tabular`'s business; this module only reads.
 
 Files bigger than :data:`STREAM_BYTES` are not loaded whole by the command line: :class:`TableFile` reads them
 chunk by chunk (CSV: ``pandas.read_csv(chunksize=)``, after the same checks; Parquet: ``iter_batches``), and
@@ -44,11 +43,13 @@ class Table:
     frame: object  # pandas DataFrame
     target: str | None  # None: not named by the user (train takes the last column)
     notes: list[str] = field(default_factory=list)
+    european: list[str] = field(default_factory=list)  # the columns read as European numbers
 
 
-def load(spec: str, delimiter: str | None = None) -> Table:
+def load(spec: str, delimiter: str | None = None, european=()) -> Table:
     """``"digits"``, ``"iris"``, ``"wine"``, ``"breast_cancer"``, ``"diabetes"``, ``"csv:PATH[:TARGET]"`` or
-    ``"parquet:PATH[:TARGET]"`` (a bare ``PATH[:TARGET]`` ending in .csv, .tsv, .txt or .parquet works too)."""
+    ``"parquet:PATH[:TARGET]"`` (a bare ``PATH[:TARGET]`` ending in .csv, .tsv, .txt or .parquet works too);
+    ``european`` as for :func:`read_table`."""
     parsed = table_spec(spec)
     if parsed is None:
         if spec in BUNDLED:
@@ -56,8 +57,8 @@ def load(spec: str, delimiter: str | None = None) -> Table:
         raise DataError(f"unknown dataset {spec!r}; expected one of {list(BUNDLED)}, csv:PATH[:TARGET_COLUMN] or "
                         f"parquet:PATH[:TARGET_COLUMN]")
     kind, path, column = parsed
-    frame, notes = read_table(path, kind, delimiter)
-    return Table(Path(path).stem, frame, column, notes)
+    frame, notes, european = _read_file(path, kind, delimiter, european)
+    return Table(Path(path).stem, frame, column, notes, european)
 
 
 def _bundled(name: str) -> Table:
@@ -73,20 +74,28 @@ def _bundled(name: str) -> Table:
     return Table(name, frame, "target")
 
 
-def read_table(path, kind: str | None = None, delimiter: str | None = None):
+def read_table(path, kind: str | None = None, delimiter: str | None = None, european=()):
     """``(pandas DataFrame, notes)`` from a CSV or Parquet file (``kind`` "csv"/"parquet", else by suffix).
 
     CSV: UTF-8 (a byte-order mark is dropped), a header row, ``delimiter`` or the one detected; every row must have
     as many fields as the header. Empty cells and pandas' NA markers ("NA", "NaN", "null", ...) are missing values.
+    Numbers as :class:`NumberReading` reads them; ``european``: columns known to hold European numbers (those of a
+    model's training file: ``TableModel.european``).
     """
+    frame, notes, _ = _read_file(path, kind, delimiter, european)
+    return frame, notes
+
+
+def _read_file(path, kind, delimiter, european=()):
+    """:func:`read_table` and the columns it read as European numbers."""
     file = Path(path)
     if not file.is_file():
         raise DataError(f"{'Parquet' if kind == 'parquet' else 'CSV'} file not found: {path}")
     if kind is None:
         kind = "parquet" if file.suffix.lower() in (".parquet", ".pq") else "csv"
     if kind == "parquet":
-        return _read_parquet(file), []
-    return _read_csv(file, delimiter)
+        return _read_parquet(file), [], []
+    return _read_csv(file, delimiter, european)
 
 
 def _pandas():
@@ -133,71 +142,111 @@ def _no_field_limit():
         csv.field_size_limit(old)
 
 
-def _read_csv(file: Path, delimiter: str | None):
+def _read_csv(file: Path, delimiter: str | None, european=()):
+    """``(frame, notes, the columns read as European numbers)``."""
     pd = _pandas()
-    delimiter, notes, _, _, commas = _check_csv(file, delimiter)
+    delimiter, notes, _, header, commas = _check_csv(file, delimiter)
+    reading = NumberReading(delimiter, commas, european)
     try:
         frame = pd.read_csv(file, sep=delimiter, encoding="utf-8-sig", skipinitialspace=True, low_memory=False,
-                            dtype=None if delimiter == "," else str)
+                            decimal=reading.decimal, dtype=reading.dtype(header))
     except (pd.errors.ParserError, ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"{file} is not a readable CSV file with delimiter {_show(delimiter)} ({exc}); "
                         f"give another with --delimiter") from None
     frame.columns = [str(c).strip() for c in frame.columns]
-    if delimiter != ",":
-        frame, found = _numbers(frame, commas)
-        notes += [_number_note(file.name, name, how) for name, how in found.items()]
-    return as_frame(frame, str(file)), notes
+    frame = reading.apply(frame)
+    return as_frame(frame, str(file)), notes + reading.notes(file.name, frame.columns), reading.european
 
 
-_COMMA_DECIMAL = re.compile(r"[-+]?\d*,\d+")  # 3,5  -0,25  ,5
-_CONVENTION_ROWS = 1000  # the rows in which a file's decimal commas are looked for
+# the first rows of a file in which a decimal comma (3,5  -0,25  ,5  1.589,5) makes it a European file
+_COMMA_DECIMAL = re.compile(r"[-+]?(\d*|[1-9]\d{0,2}(\.\d{3})+),\d+")
+_CONVENTION_ROWS = 1000
+_INTEGER = r"[-+]?\d+"
 _PLAIN = r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?"  # what pandas reads as a number: 12  12.5  .5  1e5
-_EUROPEAN = r"[-+]?(\d+|\d*,\d+|[1-9]\d{0,2}(\.\d{3})+(,\d+)?)"  # 12  12,5  1.589  12.345,6
+_MARKED = r"[-+]?(\d*,\d+|[1-9]\d{0,2}(\.\d{3})+(,\d+)?)"  # European and not plain-looking: 12,5  1.589  12.345,6
 
 
-def _numbers(frame, commas: bool):
-    """``(frame, {name: how})``: the text columns of a file not delimited by commas (read as text) that hold
-    numbers, as numbers. In a file with decimal commas (``commas``) a number is written ``12,5`` or ``1.589``
-    (``.`` separates thousands: 1589), else as pandas reads it. A column whose cells are numbers but for one
-    placeholder token (``?``, at most :data:`gpunet.tabular.PLACEHOLDER_SHARE` of them) stays text, its numbers
-    written as pandas writes them, for :class:`gpunet.tabular.TableTransform` to read. ``how``: "decimal commas",
-    "thousands", or both."""
-    pd = _pandas()
-    from .tabular import PLACEHOLDER_SHARE
+class NumberReading:
+    """How a CSV file not delimited by commas writes its numbers: pandas reads them with the file's decimal mark
+    (``,`` when a decimal comma is in its first :data:`_CONVENTION_ROWS` rows), and each text column left is
+    decided once, on the first cells it holds, and read so in every chunk:
 
-    found = {}
-    for name in frame.columns:
-        column = frame[name]
-        if pd.api.types.is_numeric_dtype(column.dtype) or not column.notna().any():
-            continue
-        present = column.notna()
-        text = column[present].astype(str).str.strip()
-        for european in (True, False) if commas else (False,):  # a column of 12.5 in a file of 3,5: a mixed file
-            number = text.str.fullmatch(_EUROPEAN if european else _PLAIN)
-            others = set(text[~number])
-            if number.any() and len(others) <= 1 and (~number).sum() <= PLACEHOLDER_SHARE * len(text):
-                break
-        else:
-            continue
-        if european:
-            how = [k for k, mark in (("decimal commas", ","), ("thousands", ".")) if
-                   (number & text.str.contains(mark, regex=False)).any()]
-            if how:
-                found[name] = " and ".join(how)
-            text = text.where(~number, text.str.replace(".", "", regex=False).str.replace(",", ".", regex=False))
-        values = pd.to_numeric(text.where(number))
-        if others:  # a placeholder: text, the numbers as pandas writes them ("1589", "12.5")
-            cells = values.astype(object).map(str).where(number, text)
-            frame[name] = cells.reindex(column.index).astype(object)
-        else:
-            frame[name] = values.reindex(column.index)
-    return frame, found
+    - "european": ``12,5`` is 12.5, ``1.589`` is 1589 (``.`` separates thousands): a column with such cells and no
+      plain decimal (``12.5``, ``0.125``), in a European file, or with a decimal comma in any file;
+    - "plain": ``12.5`` as pandas reads it (a column of dot decimals in a European file).
 
+    A cell that is no number under the column's reading (a ``?`` placeholder, a word) stays as it is, the numbers
+    beside it becoming their text as pandas writes them, for :class:`gpunet.tabular.TableTransform` to decide.
+    ``european``: columns known to be European numbers (a model's training file): read as text and so whatever
+    the file's first rows hold (``3.750`` is 3750)."""
 
-def _number_note(file_name: str, name: str, how: str) -> str:
-    detail = {"decimal commas": "decimal commas", "thousands": "'.' as thousands separator (1.589 = 1589)",
-              "decimal commas and thousands": "decimal commas and '.' as thousands separator (1.589,5 = 1589.5)"}
-    return f"{file_name}: column {name!r} has {detail[how]}: read as numbers"
+    def __init__(self, delimiter: str, commas: bool, european=()):
+        self.active = delimiter != ","
+        self.decimal = "," if self.active and commas else "."
+        self.commas = self.active and commas
+        self.readings = {str(name): "european" for name in european} if self.active else {}
+        self.found: dict[str, set] = {}  # column -> {"decimal commas", "thousands"} seen while reading
+
+    @property
+    def european(self) -> list[str]:
+        return sorted(name for name, how in self.readings.items() if how == "european")
+
+    def dtype(self, header):
+        """pandas' ``dtype=``: in a file without decimal commas, text for the columns known to be European (pandas
+        would read 3.750 as 3.75); a European file's own ``decimal=","`` leaves 3.750 as text."""
+        text = {raw: str for raw in header if self.readings.get(raw.strip()) == "european" and not self.commas}
+        return text or None
+
+    def apply(self, frame):
+        """``frame`` (a file's rows, as pandas read them) with the numbers of its text columns read."""
+        pd = _pandas()
+        for name in frame.columns:
+            column = frame[name]
+            if not self.active or pd.api.types.is_bool_dtype(column.dtype):
+                continue
+            if pd.api.types.is_numeric_dtype(column.dtype):
+                if self.commas:  # read with decimal=",": its new rows are European numbers too
+                    self.readings.setdefault(name, "european")
+                continue
+            present = column.notna()
+            if not present.any():
+                if self.readings.get(name) == "european":  # read as text: a blank stretch is no text column
+                    frame[name] = pd.to_numeric(column.astype(object))
+                continue
+            text = column[present].astype(str).str.strip()
+            how = self.readings.get(name) or self._decide(text)
+            if how is None:
+                continue
+            self.readings[name] = how
+            number = text.str.fullmatch(f"{_INTEGER}|{_MARKED}" if how == "european" else _PLAIN)
+            if how == "european":
+                for mark, found in ((",", "decimal commas"), (".", "thousands")):
+                    if (number & text.str.contains(mark, regex=False)).any():
+                        self.found.setdefault(name, set()).add(found)
+                text = text.where(~number, text.str.replace(".", "", regex=False).str.replace(",", ".", regex=False))
+            if not number.any():
+                continue
+            values = pd.to_numeric(text.where(number))
+            if number.all():
+                frame[name] = values.reindex(column.index)
+            else:  # a placeholder or words beside the numbers: text, the numbers as pandas writes them
+                frame[name] = values.astype(object).map(str).where(number, text).reindex(column.index).astype(object)
+        return frame
+
+    def _decide(self, text):
+        marked = text.str.fullmatch(_MARKED)
+        plain_only = text.str.fullmatch(_PLAIN) & ~marked & ~text.str.fullmatch(_INTEGER)
+        if plain_only.any():
+            return "plain"
+        if marked.any() and (self.commas or (marked & text.str.contains(",", regex=False)).any()):
+            return "european"
+        return "plain" if text.str.fullmatch(_PLAIN).any() else None
+
+    def notes(self, file_name: str, columns) -> list[str]:
+        words = {"decimal commas": "decimal commas", "thousands": "'.' as thousands separator (1.589 = 1589)"}
+        mark = [f"{file_name}: numbers read with decimal commas (12,5 = 12.5)"] if self.commas else []
+        return mark + [f"{file_name}: column {name!r} has {' and '.join(words[w] for w in sorted(self.found[name]))}: read "
+                f"as numbers" for name in columns if name in self.found]
 
 
 def _check_csv(file: Path, delimiter: str | None):
@@ -300,15 +349,14 @@ class TableFile:
     ``notes``: what reading found (the delimiter, decimal-comma and thousands columns so far).
     """
 
-    def __init__(self, path, kind: str | None = None, delimiter: str | None = None):
+    def __init__(self, path, kind: str | None = None, delimiter: str | None = None, european=()):
         file = Path(path)
         if not file.is_file():
             raise DataError(f"{'Parquet' if kind == 'parquet' else 'CSV'} file not found: {path}")
         self.file, self.name = file, file.stem
         self.kind = kind or ("parquet" if file.suffix.lower() in (".parquet", ".pq") else "csv")
         self._notes: list[str] = []
-        self._converted: dict = {}  # CSV columns found with decimal commas or thousands separators: how
-        self._commas = False  # the CSV writes decimal commas (decided on its first rows)
+        self._reading = NumberReading(",", False)  # CSV: set below
         if self.kind == "parquet":
             pq = _pyarrow_parquet()
             try:
@@ -321,7 +369,8 @@ class TableFile:
             self.columns = [str(c) for c in self._parquet.schema_arrow.names]
             self._delimiter = None
         else:
-            self._delimiter, self._notes, lines, header, self._commas = _check_csv(file, delimiter)
+            self._delimiter, self._notes, lines, header, commas = _check_csv(file, delimiter)
+            self._reading, self._header = NumberReading(self._delimiter, commas, european), header
             self.n_rows = lines - 1
             self.columns = [h.strip() for h in header]
         if len(set(self.columns)) != len(self.columns):
@@ -333,8 +382,12 @@ class TableFile:
 
     @property
     def notes(self) -> list[str]:
-        return self._notes + [_number_note(self.file.name, name, self._converted[name])
-                              for name in self.columns if name in self._converted]
+        return self._notes + self._reading.notes(self.file.name, self.columns)
+
+    @property
+    def european(self) -> list[str]:
+        """The columns read as European numbers so far (decided on the first chunk that holds values)."""
+        return self._reading.european
 
     def chunks(self, columns=None, rows: int | None = None):
         """``(first row, DataFrame)`` for consecutive pieces of ``rows`` rows (default :data:`CHUNK_ROWS`) of the
@@ -374,15 +427,14 @@ class TableFile:
         pd = _pandas()
         usecols = None if wanted is None else (lambda c: str(c).strip() in wanted)
         try:
+            reading = self._reading
             reader = pd.read_csv(self.file, sep=self._delimiter, encoding="utf-8-sig", skipinitialspace=True,
-                                 low_memory=False, chunksize=rows, usecols=usecols,
-                                 dtype=None if self._delimiter == "," else str)
+                                 low_memory=False, chunksize=rows, usecols=usecols, decimal=reading.decimal,
+                                 dtype=reading.dtype([h for h in self._header
+                                                      if wanted is None or h.strip() in wanted]))
             for frame in reader:
                 frame.columns = [str(c).strip() for c in frame.columns]
-                if self._delimiter != ",":
-                    frame, found = _numbers(frame, self._commas)
-                    self._converted.update(found)
-                yield as_frame(frame, str(self.file))
+                yield as_frame(reading.apply(frame), str(self.file))
         except (pd.errors.ParserError, UnicodeDecodeError) as exc:
             raise DataError(f"{self.file} is not a readable CSV file with delimiter {_show(self._delimiter)} ({exc}); "
                             f"give another with --delimiter") from None

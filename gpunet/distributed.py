@@ -226,6 +226,22 @@ def abort_on_failure(world: World, exc: BaseException) -> None:
 
 
 # -- data-parallel fit ------------------------------------------------------------------------------------------------
+def _fingerprint(xp, arrays) -> list:
+    """Order-sensitive float64 sums of each array (``None`` entries skipped): its sum, and its cells weighted by
+    their row index and by the product of their row and column index, so that other values, other rows, the same rows in another order or
+    other one-hot labels differ. Computed the same way on every rank, so equal data give equal bits."""
+    prints = []
+    for a in arrays:
+        if a is None:
+            prints.append(None)
+            continue
+        a = xp.reshape(xp.astype(a, xp.float64), (a.shape[0], -1))
+        rows = xp.reshape(xp.arange(1, a.shape[0] + 1, dtype=xp.float64), (-1, 1))
+        columns = xp.reshape(xp.arange(1, a.shape[1] + 1, dtype=xp.float64), (1, -1))
+        prints.append((float(xp.sum(a)), float(xp.sum(a * rows)), float(xp.sum(a * (rows * columns)))))
+    return prints
+
+
 class DataParallel:
     """What ``fit(..., distributed=world)`` adds around the trainer's steps (see the module docstring): the start
     (checks and broadcasts), the gradient all-reduce hook, the sources of each rank's rows, and the merged epoch
@@ -243,25 +259,36 @@ class DataParallel:
         trainer = self.model.trainer
         trainer.set_generator_states(self.world.bcast(trainer.generator_states() if self.world.rank == 0 else None))
 
-    def start(self, n_rows: int, fit_args=()) -> None:
+    def start(self, n_rows: int, fit_args: dict | None = None, data=()) -> None:
         """Check that every rank holds the same model and makes the same fit call (``fit_args``: epochs, batch
-        size, callbacks... and, unless sharded, the same number of rows), then give every rank rank 0's weights,
-        optimizer state and generators, and install the all-reduce."""
+        size, callbacks... and, unless sharded, the same rows: ``data``, the fit's arrays ``(X, Y, W)``, are
+        compared by an order-sensitive fingerprint), then give every rank rank 0's weights, optimizer state and
+        generators, and install the all-reduce."""
         world, model, trainer = self.world, self.model, self.model.trainer
-        described = (model.dtype, model.backend.name, [(layer.in_features, layer.out_features, repr(layer.activation),
-                                                        layer.dropout) for layer in model.layers],
-                     repr(trainer.loss), repr(trainer.optimizer), [m.name for m in trainer.metrics], fit_args)
-        everyone = world.allgather((described, n_rows, model.seed))
-        for rank, (theirs, rows, _) in enumerate(everyone):
-            if theirs != described:
-                raise ValueError(f"rank {rank}'s model or training settings differ from rank {world.rank}'s: "
-                                 f"{theirs} vs {described}; every rank must build the same model and fit call")
+        described = {"dtype": model.dtype, "device": model.backend.name,
+                     "layers": [(layer.in_features, layer.out_features, repr(layer.activation), layer.dropout)
+                                for layer in model.layers],
+                     "loss": repr(trainer.loss), "optimizer": repr(trainer.optimizer),
+                     "metrics": [m.name for m in trainer.metrics], **(fit_args or {})}
+        prints = None if self.sharded else _fingerprint(model.xp, data)
+        everyone = world.allgather((described, n_rows, model.seed, prints))
+        for rank, (theirs, rows, _, their_prints) in enumerate(everyone):
+            differ = [key for key in described if theirs.get(key) != described[key]]
+            if differ:
+                shown = "; ".join(f"{key}: {theirs.get(key)!r} on rank {rank}, {described[key]!r} on rank "
+                                  f"{world.rank}" for key in differ)
+                raise ValueError(f"rank {rank}'s model or fit call differs from rank {world.rank}'s: {shown}; every "
+                                 f"rank must build the same model and make the same fit call")
             if not self.sharded and rows != n_rows:
                 raise ValueError(f"rank {rank} holds {rows} rows and rank {world.rank} {n_rows}: without "
                                  f"sharded=True every rank holds the whole data set")
-        self.rows = [rows for _, rows, _ in everyone]
+            if not self.sharded and their_prints != prints:
+                raise ValueError(f"rank {rank}'s data differ from rank {world.rank}'s (values or row order): without "
+                                 f"sharded=True every rank holds the same data set in the same order (a split "
+                                 f"needs the same random_state everywhere)")
+        self.rows = [rows for _, rows, _, _ in everyone]
         if (model.backend.name == "cupy" and any(layer.dropout for layer in model.layers)
-                and len({seed for _, _, seed in everyone}) > 1):
+                and len({seed for _, _, seed, _ in everyone}) > 1):
             raise ValueError("dropout on CuPy draws its masks from the model's seed on the GPU: build the model "
                              "with the same integer seed on every rank")
         with model.backend.activate():

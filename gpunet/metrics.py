@@ -108,7 +108,7 @@ class MeanAbsoluteError(_Mean):
 
 class R2(Metric):
     """Coefficient of determination ``1 - SS_res / SS_tot`` per output, averaged over outputs
-    (scikit-learn's ``r2_score`` with ``multioutput="uniform_average"``).
+    (scikit-learn's ``r2_score`` with ``multioutput="uniform_average"``; NaN for fewer than 2 rows).
 
     ``SS_tot`` is accumulated from centred batch statistics merged by Chan et al.'s formula, so targets far from
     zero (a mean of 1e3 with unit spread, in float32) lose no accuracy to cancellation.
@@ -133,7 +133,9 @@ class R2(Metric):
         return (ss_res_a + ss_res_b, n, mean_a + delta * (n_b / n), m2_a + m2_b + delta * delta * (n_a * n_b / n))
 
     def result(self, totals):
-        ss_res, _, _, ss_tot = (np.asarray(t, dtype=np.float64) for t in totals)
+        ss_res, n, _, ss_tot = (np.asarray(t, dtype=np.float64) for t in totals)
+        if n < 2:  # scikit-learn: undefined (NaN, with a warning there)
+            return float("nan")
         with np.errstate(divide="ignore", invalid="ignore"):
             # scikit-learn's convention for a constant target: 1 if predicted exactly, else 0
             r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), np.where(ss_res == 0, 1.0, 0.0))

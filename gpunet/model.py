@@ -503,8 +503,11 @@ class Sequential:
             if parallel is None:
                 return training.run(self, sources.ArraySource(X, Y, W, batch, shuffle), val, epochs=epochs,
                                     initial_epoch=initial_epoch, callbacks=callbacks, undo=undo, graph=graph)
-            parallel.start(X.shape[0], (epochs, initial_epoch, batch_size, shuffle, val is not None,
-                                        [type(cb).__name__ for cb in callbacks]))
+            parallel.start(X.shape[0], {"epochs": epochs, "initial_epoch": initial_epoch, "batch_size": batch_size,
+                                        "shuffle": shuffle, "validation": val is not None, "callbacks": [
+                                            type(cb).__name__ for cb in callbacks
+                                            if not isinstance(cb, callbacks_mod.ProgressBar)]},  # rank 0's only
+                           data=(X, Y, W))
             try:
                 return training.run(self, parallel.source(X, Y, W, batch_size, shuffle), val, epochs=epochs,
                                     initial_epoch=initial_epoch, callbacks=callbacks, parallel=parallel, undo=undo,

@@ -176,6 +176,11 @@ class Optimizer:
         device-scalar kernels skip the step (the NumPy path skips the call itself)."""
         params = model.parameters()
         if self.state is None or self._model is None or self._model() is not model:  # first step, or another model
+            other = None if self._model is None else self._model()
+            if other is not None and self.steps:  # one optimizer for two live models: each switch starts afresh
+                validation.warn_at_caller(
+                    f"this {type(self).__name__} last updated another model (step {self.steps}): its state starts "
+                    f"afresh for this one, and would again for the other; give each model its own optimizer")
             self.steps = 0
             with model.backend.activate():
                 self.state = [self._new_state(p) for p in params]

@@ -79,6 +79,8 @@ class TableModel:
     def __init__(self, model, columns: TableTransform, target: TargetTransform):
         self.model, self.columns, self.target = model, columns, target
         self.notes: list[str] = []
+        # the columns the training file wrote as European numbers (3,5; 1.589): its new rows are read so too
+        self.european: list[str] = []
         self.interrupted = False  # train(): whether Ctrl-C ended it (the ensemble then holds the networks so far)
         self.histories: list = []  # train(): one History per network of the ensemble
         self.best_epochs: list = []  # train(): the epoch (from 1) whose weights each network kept, None without
@@ -376,7 +378,8 @@ class TableModel:
     def _attach_metadata(self) -> None:
         self.model.metadata = {"cli": {"version": METADATA_VERSION, "task": self.target.task,
                                        "classes": self.target.classes, "target": self.target.name,
-                                       "columns": self.columns.to_json(), "target_transform": self.target.to_json()}}
+                                       "columns": self.columns.to_json(), "target_transform": self.target.to_json(),
+                                       "european": list(self.european)}}
 
     def save(self, path) -> None:
         """One safetensors file: the network and, in its metadata, both transforms (``gpunet predict`` reads it)."""
@@ -413,7 +416,9 @@ class TableModel:
             raise TableError(f"the network gives {model.n_outputs} outputs, but its {target.task} target "
                              f"{target.name!r} decodes {what}: `gpunet predict` and `gpunet export` cannot use it "
                              f"(gpunet.load and the bare network can)")
-        return cls(model, columns, target)
+        table_model = cls(model, columns, target)
+        table_model.european = [str(c) for c in meta.get("european", [])]
+        return table_model
 
     @classmethod
     def load(cls, path, device="cpu") -> "TableModel":

@@ -267,13 +267,21 @@ class TableTransform:
             order = self._row_number(column, x)
             if order:
                 return {"name": column["name"], "kind": "left out", "reason": f"row number ({order})"}
-            if _named_like_an_id(column["name"]) and distinct.size == x.size:
+            if _named_like_an_id(column["name"]) and distinct.size == x.size and self._unique_in_source(column):
                 return {"name": column["name"], "kind": "left out",
                         "reason": f"ID-like integers ({x.size} distinct values, one per row, named like an ID)"}
         sd = float(observed.std())
         return column | {"integer": integer, "mean": float(observed.mean()), "sd": sd if sd > 0 else 1.0,
                          "fill": float(np.median(observed)), "indicator": bool(missing),
                          "n_missing": int(x.size - observed.size)}
+
+    def _unique_in_source(self, column: dict) -> bool:
+        """Whether the column's cells in the source (the table before a split) are unique too."""
+        whole = self._source[0]
+        if column["name"] not in whole.columns:
+            return True
+        cells = whole[column["name"]]
+        return bool(cells.notna().all() and cells.nunique() == len(cells))
 
     def _row_number(self, column: dict, x: np.ndarray) -> str | None:
         """How the integers ``x`` of a training column (or the source's cells of it) number the source's rows:
@@ -299,7 +307,7 @@ class TableTransform:
         return None
 
     def _fit_date(self, column: dict, series) -> dict:
-        values = _parse_dates(series, column["format"])
+        values = values_parsed = _parse_dates(series, column["format"])
         parts = _date_parts(values)
         observed = ~np.isnan(parts["year"])
         days = values.dt.day.to_numpy(dtype=np.float64, na_value=np.nan)[observed]
@@ -316,8 +324,11 @@ class TableTransform:
         other = 0  # cells of the source in another date format: tolerated (as missing) later only if any
         if column["format"] is not None:
             whole = self._source[0]
-            cells = whole[column["name"]] if column["name"] in whole.columns else series
-            other = int(_dates_in_another_format(cells, _parse_dates(cells, column["format"])).sum())
+            if column["name"] in whole.columns and len(whole) != len(series):
+                cells = whole[column["name"]]
+                other = int(_dates_in_another_format(cells, _parse_dates(cells, column["format"])).sum())
+            else:
+                other = int(_dates_in_another_format(series, values_parsed).sum())
         return column | {"kind": "date", "parts": stats, "indicator": missing > 0, "n_missing": missing,
                          "other_formats": other}
 
@@ -677,28 +688,35 @@ def _parse_dates(series, fmt: str | None):
 
 _NUMBER_WITH_UNIT = re.compile(r"\s*[-+]?\d+([.,]\d+)*\s*[^\W\d_%]{1,6}\.?|\s*[-+]?\d+([.,]\d+)*\s*%")
 
-ID_WORDS = {"id", "ids", "idx", "index", "key", "uuid", "guid"}  # a name's last word that makes unique integers an ID
+ID_WORDS = {"id", "idx", "uuid", "guid"}  # a name's last word that makes unique integers an ID (not index: heat_index)
 
 
 def _named_like_an_id(name: str) -> bool:
-    """``id``, ``customer_id``, ``CustomerID``, ``row index``, ``Key``: the last word of the name is an ID word."""
+    """``id``, ``customer_id``, ``CustomerID``, ``PassengerId``: the last word of the name is an ID word."""
     words = re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", name)
     return bool(words) and words[-1].lower() in ID_WORDS
 
 
+# three groups of digits with date separators (2021-08-18, 18/08/2021, 18.08.2021), or a day and a month's name
+_DATE_SHAPE = (r"\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}|\d{1,2}[ -](?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)"
+               r"|(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.? \d{1,2}")
+
+
 def _dates_in_another_format(series, parsed) -> np.ndarray:
     """``(n,)`` bool: the cells of a text date column that ``parsed`` (its datetimes in the column's format)
-    missed but that read as a date otherwise (digits and a date separator; pandas' mixed formats)."""
+    missed but that read as a date otherwise (shaped as one, :data:`_DATE_SHAPE`, and read by pandas' mixed
+    formats)."""
     pd = _pandas()
     missed = _present(series) & parsed.isna().to_numpy()
     out = np.zeros(len(series), dtype=bool)
     if missed.any():
         text = pd.Series([str(canonical_label(v)) for v in series[missed].tolist()], dtype=object)
-        shaped = text.str.contains(r"\d") & text.str.contains(r"[-/:. T]")
-        with warnings.catch_warnings():  # pandas warns about dayfirst and per-element parsing
-            warnings.simplefilter("ignore")
-            dated = pd.to_datetime(text, format="mixed", errors="coerce").notna()
-        out[np.flatnonzero(missed)] = (shaped & dated).to_numpy()
+        shaped = text.str.contains(_DATE_SHAPE).to_numpy()  # (not 10:30, 3 pm, 1/2: no day, month and year)
+        if shaped.any():
+            with warnings.catch_warnings():  # pandas warns about dayfirst and per-element parsing
+                warnings.simplefilter("ignore")
+                dated = pd.to_datetime(text[shaped], format="mixed", errors="coerce").notna().to_numpy()
+            out[np.flatnonzero(missed)[shaped]] = dated
     return out
 
 
@@ -794,7 +812,7 @@ class TargetTransform:
         counts = collections.Counter(labels)
         with_unit = [v for v in counts if _NUMBER_WITH_UNIT.fullmatch(v)]
         words = {v for v, x in zip(labels, numbers_) if x is None}
-        if len(counts) > 2 and len(with_unit) >= 0.8 * len(counts):
+        if len(counts) > 10 and len(with_unit) >= 0.8 * len(counts):  # (not 1st/2nd/3rd, 3G/4G/5G)
             return [f"the target {self.name!r} holds numbers with a unit ({with_unit[0]!r}, ...), read as "
                     f"{len(counts)} classes; for a regression, write the numbers alone"]
         if len(words) == 1 and len(counts) > 2:

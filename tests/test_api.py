@@ -456,6 +456,9 @@ def test_functional_metrics_match_sklearn(dtype, rng):
     assert gn.metrics.mse(p, t) == pytest.approx(skm.mean_squared_error(t, p), rel=tol)
     assert gn.metrics.mae(p, t) == pytest.approx(skm.mean_absolute_error(t, p), rel=tol)
     assert gn.metrics.r2(p, t) == pytest.approx(skm.r2_score(t.astype(float), p.astype(float)), rel=tol)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scikit-learn warns that one row's R2 is undefined
+        assert np.isnan(skm.r2_score(t[:1], p[:1])) and np.isnan(gn.metrics.r2(p[:1], t[:1]))
     assert gn.metrics.accuracy(p, t) == pytest.approx(skm.accuracy_score(t.argmax(1), p.argmax(1)))
     assert gn.metrics.accuracy(p[:, :1], t[:, :1] > 0) == pytest.approx(skm.accuracy_score(t[:, 0] > 0, p[:, 0] > 0.5))
 
@@ -580,7 +583,8 @@ def test_optimizer_state_does_not_leak_between_models():
     first.fit(X, y, optimizer=opt, batch_size=None)
     second = gn.Sequential([gn.Dense(2, 1)], dtype="float64")
     second.set_weights([np.zeros((2, 1)), np.zeros(1)])  # zero loss and zero gradient: nothing may move
-    second.fit(X, y, optimizer=opt, batch_size=None)
+    with pytest.warns(UserWarning, match="this SGD last updated another model"):
+        second.fit(X, y, optimizer=opt, batch_size=None)
     np.testing.assert_array_equal(second.get_weights()[0], np.zeros((2, 1)))
     assert opt.steps == 1
 

@@ -190,7 +190,9 @@ def test_stray_dates_in_the_training_file_never_stop_its_own_training(messy_tabl
     table = messy_table.copy()
     table.loc[100:117, "day"] = "unknown"  # 18 of 600 (3%), all in rows 101..118
     seed = 0
-    outside = [r for r in range(600) if r not in set(np.random.default_rng(seed).choice(591, 150, False))][-1]
+    rows = np.flatnonzero(table["value"].notna().to_numpy())  # train_file's sample: 150 of the rows with a target
+    sampled = set(rows[np.random.default_rng(seed).choice(len(rows), 150, replace=False)])
+    outside = max(r for r in rows if r not in sampled)
     table.loc[outside, "day"] = "05/06/2024"
     path = tmp_path / "stray.csv"
     table.to_csv(path, index=False)
@@ -240,3 +242,41 @@ def test_european_numbers_read_as_the_same_numbers_in_a_comma_file(tmp_path, cap
                               weights_of(model))
     assert outputs["eu"][0] == outputs["plain"][0]
     assert all(np.array_equal(a, b) for a, b in zip(outputs["eu"][1], outputs["plain"][1]))
+
+
+@pytest.mark.parametrize("stream", ["off", "on"])
+def test_number_readings_are_decided_once_per_column_and_kept_for_new_rows(tmp_path, capsys, small_chunks, stream):
+    """Decimal commas that first appear after the file's first 1000 rows; a column blank for whole chunks; '.'
+    thousands with decimal commas (1.589,5) as the only decimals: the loaded and the streamed reading agree, and a
+    model's new rows are read as its training file was (a predict file of 3.750-style masses alone: 3750)."""
+    n = 1200
+    rng = np.random.default_rng(0)
+    price = [f"{i % 50}" if i < 1100 else f"{i % 50},5" for i in range(n)]  # commas from row 1101 on only
+    blank = ["" if 200 <= i < 400 else f"{v:.3f}" for i, v in enumerate(rng.normal(size=n))]
+    mass = [european(v, 1) for v in rng.uniform(1000, 5000, n)]  # 1.589,5
+    y = [f"{v:.4f}" for v in rng.normal(size=n)]
+    path = tmp_path / "eu.csv"
+    path.write_text("price;blank;mass;y\n" + "".join(f"{a};{b};{c};{d}\n" for a, b, c, d in
+                                                      zip(price, blank, mass, y)))
+    frame, notes = data.read_table(path)
+    assert [str(frame[c].dtype) for c in ("price", "blank", "mass")] == ["float64"] * 3
+    np.testing.assert_allclose(frame["price"][[0, 1150]], [0.0, 0.5])
+    np.testing.assert_allclose(frame["mass"], [float(m.replace(".", "").replace(",", ".")) for m in mass])
+    file = data.TableFile(path)
+    streamed = pd.concat([chunk for _, chunk in file.chunks()], ignore_index=True)
+    pd.testing.assert_frame_equal(streamed, frame)
+    assert file.european == ["mass", "price"] and file.notes == notes
+    model = tmp_path / "m.safetensors"
+    code, out, err = run(capsys, "train", "--dataset", f"csv:{path}:y", *FAST, "--epochs", "2", "--stream", stream,
+                         "--save", model)
+    assert code == 0, err
+    assert "numeric -> standardised: price, blank (" in out and "left out" not in out
+    assert gn.TableModel.load(model).european == ["mass", "price"]
+    new = tmp_path / "new.csv"
+    new.write_text("price;blank;mass\n3;0.5;3.750\n4;0.25;1.589\n")  # nothing here says the file is European
+    code, predicted, err = run(capsys, "predict", model, "--csv", new, "--stream", stream)
+    assert code == 0, err
+    tm = gn.TableModel.load(model)
+    want = tm.predict(pd.DataFrame({"price": [3.0, 4.0], "blank": [0.5, 0.25], "mass": [3750.0, 1589.0]}))
+    got = [float(row[-1]) for row in list(csv.reader(io.StringIO(predicted)))[1:]]
+    np.testing.assert_allclose(got, want, rtol=1e-6)

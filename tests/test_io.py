@@ -703,7 +703,8 @@ def test_copies_of_a_model_whose_optimizer_stepped_another_model_train_like_it()
     optimizer = gn.optim.Adam(lr=0.05)
     model = regressor()
     model.fit(X, y, loss="mse", optimizer=optimizer, epochs=1, batch_size=8)
-    regressor(seed=9).fit(X, y, loss="mse", optimizer=optimizer, epochs=2, batch_size=8)  # now the other model's
+    with pytest.warns(UserWarning, match="last updated another model"):  # now the other model's
+        regressor(seed=9).fit(X, y, loss="mse", optimizer=optimizer, epochs=2, batch_size=8)
     copies = [copy.deepcopy(model), pickle.loads(pickle.dumps(model))]
     for m in [model, *copies]:
         m.fit(X, y, epochs=1, batch_size=8)
@@ -735,3 +736,19 @@ def test_pickles_of_gpunet_0_1_load(rng):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
     model.fit(X, y, epochs=1, batch_size=5)
     assert model.optimizer.steps == 12
+
+
+def test_one_optimizer_for_two_models_warns_that_its_state_starts_afresh():
+    """torch.optim keeps its state per parameter; gpunet's optimizer keeps the state of the model it last updated,
+    so stepping another model starts it afresh, and going back to the first starts it afresh again: said."""
+    opt = gn.optim.Adam(lr=0.01)
+    first, second = classifier(seed=0), classifier(seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first.fit(X, LABELS, loss="cce", optimizer=opt, epochs=1, batch_size=8)
+    with pytest.warns(UserWarning, match=r"this Adam last updated another model \(step 5\): its state starts "
+                                         r"afresh for this one") as record:
+        second.fit(X, LABELS, loss="cce", optimizer=opt, epochs=1, batch_size=8)
+    assert record[0].filename == __file__ and opt.steps == 5
+    with pytest.warns(UserWarning, match="last updated another model"):
+        first.fit(X, LABELS, epochs=1, batch_size=8)

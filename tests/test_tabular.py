@@ -327,14 +327,17 @@ def test_unique_integers_named_like_an_id_are_left_out():
     rng = np.random.default_rng(4)
     n = 60
     table = pd.DataFrame({"id": rng.permutation(300)[:n], "CustomerID": rng.choice(90_000, n, replace=False) + 10_000,
-                          "paid": rng.choice(10_000, n, replace=False), "order key": rng.integers(0, 9, n),
-                          "x": rng.normal(size=n)})
+                          "paid": rng.choice(10_000, n, replace=False), "heat_index": rng.choice(900, n, replace=False),
+                          "order id": rng.integers(0, 9, n), "x": rng.normal(size=n)})
     t = TableTransform().fit(table)
     kinds = {c["name"]: (c["kind"], c.get("reason", "")) for c in t.columns}
     assert kinds["id"] == ("left out", f"ID-like integers ({n} distinct values, one per row, named like an ID)")
-    assert kinds["CustomerID"][0] == "left out" and kinds["paid"][0] == "numeric"
-    assert kinds["order key"][0] == "numeric"  # repeated values: not an ID
-    assert t.inputs == ["paid", "order key", "x"]
+    assert kinds["CustomerID"][0] == "left out" and kinds["paid"][0] == kinds["heat_index"][0] == "numeric"
+    assert kinds["order id"][0] == "numeric"  # repeated values: not an ID
+    assert t.inputs == ["paid", "heat_index", "order id", "x"]
+    repeated = pd.concat([table, table.iloc[:5]], ignore_index=True)  # unique in the training half, not the file
+    half = TableTransform().fit(repeated.iloc[:n], source=repeated)
+    assert {c["name"]: c["kind"] for c in half.columns}["id"] == "numeric"
 
 
 def test_datetimes_and_booleans_feed_columns_trained_on_their_text():
@@ -388,3 +391,13 @@ def test_table_scores_are_scikit_learns_down_to_one_row():
         assert got["r2"] == pytest.approx(want, nan_ok=True, rel=1e-12)
         assert got["mae"] == pytest.approx(skm.mean_absolute_error(y, pred), rel=1e-12)
         assert got["rmse"] == pytest.approx(np.sqrt(skm.mean_squared_error(y, pred)), rel=1e-12)
+
+
+def test_a_few_classes_with_units_or_a_time_are_no_doubt():
+    assert TargetTransform("plan").fit(pd.Series(["3G", "4G", "5G"] * 10)).notes == []
+    assert TargetTransform("rank").fit(pd.Series(["1st", "2nd", "3rd"] * 10)).notes == []
+    t = TableTransform().fit(messy())
+    other = messy(seed=1)
+    other.loc[[2, 3, 4, 5], "day"] = ["10:30", "3 pm", "1/2", "1 2"]  # no date: missing cells, not refusals
+    t.transform(other)
+    assert any("day: 4 cell(s) are not dates in the training format" in n for n in t.notes)
