@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import sys
 import time
 
@@ -160,6 +161,9 @@ class ModelCheckpoint(Callback):
             raise ValueError(f"ModelCheckpoint's path {self.path!r} names a val_* value, but this fit has no "
                              f"validation data; pass validation_data or validation_split")
         self._direction = _mode(self, self.monitor, self.mode) if self.save_best_only else None
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if "{" not in folder and not os.path.isdir(folder):  # refused before the first step, not after an epoch
+            raise FileNotFoundError(f"ModelCheckpoint cannot save to {self.path}: the folder {folder} does not exist")
 
     def on_epoch_end(self, epoch, logs):
         if self.save_best_only:

@@ -402,7 +402,7 @@ class _BaseMLP(BaseEstimator):
     def _forget(self) -> None:
         for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
             delattr(self, name)
-        for name in ("_best_weights", "_no_improvement_count", "_encoder", "_y_ndim"):
+        for name in ("_best_weights", "_no_improvement_count", "_encoder"):
             self.__dict__.pop(name, None)
 
     def _train(self, X, y, Y, labels, weights, sample_weight, settings, *, incremental: bool) -> None:
@@ -803,11 +803,12 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 raise ValueError(f"warm_start can only be used where `y` has the same classes as in the previous "
                                  f"call to fit. Previously got {self.classes_}, `y` has {present}")
         elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
-            raise ValueError(f"classes={list(np.unique(classes))!r} differs from the classes of the first "
-                             f"partial_fit call, {list(self.classes_)!r}")
+            raise ValueError(f"classes={np.unique(classes).tolist()!r} differs from the classes of the first "
+                             f"partial_fit call, {self.classes_.tolist()!r}")
         unseen = np.setdiff1d(y, self.classes_)
         if unseen.size:
-            raise ValueError(f"y holds labels {list(unseen)!r} that are not in classes_ {list(self.classes_)!r}")
+            raise ValueError(f"y holds labels {unseen.tolist()!r} that are not in classes_ "
+                             f"{self.classes_.tolist()!r}")
         labels = self._encoder.transform(y)
         if len(self.classes_) == 2:
             return labels.astype(np.float64), labels
@@ -835,7 +836,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         unknown = [k for k in cw if k not in set(self.classes_.tolist())]
         if unknown:
             raise ValueError(f"class_weight has labels {unknown!r} that are not among the classes "
-                             f"{list(self.classes_)!r}")
+                             f"{self.classes_.tolist()!r}")
         return np.array([float(cw.get(c, 1.0)) for c in self.classes_.tolist()])
 
     def _output_layer(self, n_in):
@@ -897,9 +898,10 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return self._fit(X, y, sample_weight, incremental=True)
 
     def predict(self, X) -> np.ndarray:
-        """Predictions ``(n,)`` or ``(n, n_targets)``, as the ``y`` the estimator was fitted on."""
+        """Predictions ``(n,)`` for one target (also when fitted on an ``(n, 1)`` ``y``, as scikit-learn's), else
+        ``(n, n_targets)``."""
         out = self._forward(X)
-        return out[:, 0] if self._y_ndim == 1 else out
+        return out[:, 0] if out.shape[1] == 1 else out
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -919,7 +921,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         n_outputs = 1 if y.ndim == 1 else y.shape[1]
         if first:
             self._loss()  # check loss and huber_delta before building anything
-            self.n_outputs_, self._y_ndim = n_outputs, y.ndim
+            self.n_outputs_ = n_outputs
         elif n_outputs != self.n_outputs_:
             raise ValueError(f"y has {n_outputs} target(s) but {type(self).__name__} was fitted on "
                              f"{self.n_outputs_}")

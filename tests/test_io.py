@@ -752,3 +752,26 @@ def test_one_optimizer_for_two_models_warns_that_its_state_starts_afresh():
     assert record[0].filename == __file__ and opt.steps == 5
     with pytest.warns(UserWarning, match="last updated another model"):
         first.fit(X, LABELS, epochs=1, batch_size=8)
+
+
+def test_model_checkpoint_saves_each_epoch_or_the_best_and_refuses_a_missing_folder_first(tmp_path):
+    """Keras's ModelCheckpoint: a file per epoch with {epoch} in the path, or the best epoch's weights only; a
+    folder that does not exist is refused before the first step (the model unchanged), not after an epoch."""
+    model = classifier(dtype="float64")
+    before = model.get_weights()
+    with pytest.raises(FileNotFoundError, match=r"ModelCheckpoint cannot save to .*nope.*: the folder .* does not"):
+        model.fit(X, LABELS, loss="cce", optimizer="adam", epochs=2, batch_size=8,
+                  callbacks=[gn.callbacks.ModelCheckpoint(str(tmp_path / "nope" / "m.safetensors"))])
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights())) and model.optimizer is None
+    model.fit(X, LABELS, loss="cce", optimizer="adam", epochs=3, batch_size=8,
+              callbacks=[gn.callbacks.ModelCheckpoint(str(tmp_path / "e{epoch}.safetensors"))])
+    assert sorted(p.name for p in tmp_path.glob("e*.safetensors")) == ["e1.safetensors", "e2.safetensors",
+                                                                       "e3.safetensors"]
+    np.testing.assert_array_equal(gn.load(tmp_path / "e3.safetensors").get_weights()[0], model.get_weights()[0])
+    best = classifier(dtype="float64")
+    history = best.fit(X, LABELS, loss="cce", optimizer=gn.optim.SGD(lr=0.5), epochs=6, batch_size=8,
+                       validation_split=0.25, callbacks=[gn.callbacks.ModelCheckpoint(
+                           str(tmp_path / "best.safetensors"), save_best_only=True)])
+    kept = gn.load(tmp_path / "best.safetensors")
+    winner = int(np.argmin(history.history["val_loss"]))
+    assert kept.optimizer.steps == (winner + 1) * int(np.ceil(30 / 8))
