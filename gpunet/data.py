@@ -245,8 +245,8 @@ class NumberReading:
     def notes(self, file_name: str, columns) -> list[str]:
         words = {"decimal commas": "decimal commas", "thousands": "'.' as thousands separator (1.589 = 1589)"}
         mark = [f"{file_name}: numbers read with decimal commas (12,5 = 12.5)"] if self.commas else []
-        return mark + [f"{file_name}: column {name!r} has {' and '.join(words[w] for w in sorted(self.found[name]))}: read "
-                f"as numbers" for name in columns if name in self.found]
+        return mark + [f"{file_name}: column {name!r} has {' and '.join(words[w] for w in sorted(self.found[name]))}"
+                       f": read as numbers" for name in columns if name in self.found]
 
 
 def _check_csv(file: Path, delimiter: str | None):

@@ -228,8 +228,9 @@ def abort_on_failure(world: World, exc: BaseException) -> None:
 # -- data-parallel fit ------------------------------------------------------------------------------------------------
 def _fingerprint(xp, arrays) -> list:
     """Order-sensitive float64 sums of each array (``None`` entries skipped): its sum, and its cells weighted by
-    their row index and by the product of their row and column index, so that other values, other rows, the same rows in another order or
-    other one-hot labels differ. Computed the same way on every rank, so equal data give equal bits."""
+    their row index and by the product of their row and column index, so that other values, other rows, the same
+    rows in another order or other one-hot labels differ. Computed the same way on every rank, so equal data give
+    equal bits."""
     prints = []
     for a in arrays:
         if a is None:

@@ -320,7 +320,7 @@ def from_bytes(data: bytes, device="cpu", path: str = "<bytes>"):
             act = _rebuild(path, f"layer {i}'s activation", spec["activation"], activations_mod.ACTIVATIONS)
             layers.append(_checked(path, f"layer {i}", Dense, spec["in_features"], spec["out_features"], act,
                                    spec["init"], spec.get("dropout", 0.0)))
-        precision = meta.get("precision", "float32")  # files before 0.3 have none
+        precision = meta.get("precision", "float32")  # files written before it was saved have none
         if precision not in precision_mod.PRECISIONS:
             raise bad(f"unknown precision {precision!r} in the metadata; expected one of {precision_mod.PRECISIONS}")
         model = _checked(path, "architecture", Sequential, layers, device=backend, dtype=dtype,

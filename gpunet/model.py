@@ -254,7 +254,7 @@ class Sequential:
         trainer = self.trainer = Trainer(self, *saved["seeds"])
         trainer.set_generator_states(saved["generators"])
         trainer.loss, trainer.metrics, trainer.optimizer = saved["loss"], saved["metrics"], saved["optimizer"]
-        trainer.scaler_state = saved.get("scaler_state")  # (pickles before 0.3 have none)
+        trainer.scaler_state = saved.get("scaler_state")  # (older pickles have none)
         if trainer.optimizer is not None and saved["owns_state"]:
             trainer.optimizer.attach(self)  # its host state onto this model's device, bound to this model
         elif trainer.optimizer is not None:

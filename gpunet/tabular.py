@@ -402,6 +402,9 @@ class TableTransform:
         are missing cells, as text that is no date at all is (noted)."""
         self._check_fitted()
         frame = as_frame(table, what)
+        if rows is not None and len(rows) != len(frame):
+            raise ValueError(f"rows must give one row number per row of the table ({len(frame)}); received "
+                             f"{len(rows)}")
         missing = [name for name in self.inputs if name not in frame.columns]
         if missing:
             raise TableError(f"{what} lacks the column(s) {missing} the model was trained on; its columns: "

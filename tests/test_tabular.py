@@ -284,6 +284,8 @@ def test_dates_in_another_format_are_refused_not_read_as_missing():
     with pytest.raises(TableError, match=r"new.csv, row 106, column 'day': '2021/03/04' .*\(1 such cell"):
         t.transform(other, "new.csv", rows=range(100, 140))
     assert t.transform(other, training=True).shape == (40, len(t.feature_names))  # the training file's rows
+    with pytest.raises(ValueError, match=r"rows must give one row number per row of the table \(40\); received 39"):
+        t.transform(other, "new.csv", rows=range(100, 139))
     other.loc[5, "day"] = "soon"  # text that is no date: missing, and said
     out = t.transform(other)
     assert any("day: 1 cell(s) are not dates in the training format" in n for n in t.notes)
