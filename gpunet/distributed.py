@@ -346,9 +346,10 @@ class DataParallel:
         values = {m.name: m.result(st) for m, st in zip(self.model.trainer.metrics, stats) if st is not None}
         return EpochTotals(losses, sizes, values, stats)
 
-    def evaluate(self, X, Y, loss, metrics) -> dict:
-        """``{"loss": ..., metric: ...}`` over the validation rows, each rank evaluating its part (its own rows when
-        sharded, else its ``array_split`` part of the shared rows), merged in rank order."""
+    def evaluate(self, X, Y, loss, metrics, W=None) -> dict:
+        """``{"loss": ..., metric: ...}`` over the validation rows (the loss weighted by ``W`` as in
+        :meth:`gpunet.Sequential._evaluate`), each rank evaluating its part (its own rows when sharded, else its
+        ``array_split`` part of the shared rows), merged in rank order."""
         from .backend import to_numpy
 
         model, world = self.model, self.world
@@ -356,10 +357,13 @@ class DataParallel:
             part = np.array_split(np.arange(X.shape[0]), world.size)[world.rank]
             lo, hi = (int(part[0]), int(part[-1]) + 1) if part.size else (0, 0)
             X, Y = X[lo:hi, ...], Y[lo:hi, ...]
+            W = None if W is None else W[lo:hi, ...]
         local = (0.0, 0, [None] * len(metrics))
         if X.shape[0]:
             pred = model._predict(X, None)
-            local = (float(loss.value(pred, Y, model.ops)) * X.shape[0], X.shape[0],
+            total = loss.value(pred, Y, model.ops) * X.shape[0] if W is None else \
+                model.xp.sum(loss.row_values(pred, Y, model.ops) * W[:, 0])
+            local = (float(total), X.shape[0],
                      [[s if isinstance(s, (int, bool)) else to_numpy(s) for s in m.stats(pred, Y)] for m in metrics])
         everyone = world.allgather(local)
         rows = sum(r for _, r, _ in everyone)

@@ -369,10 +369,12 @@ class Sequential:
             batch_size: ``None`` = full-batch gradient descent, ``1`` = stochastic; the last, partial batch is used.
             shuffle: reshuffle every epoch with the model's seeded generator; ``False`` keeps the order. Streamed
                 data shuffles as :mod:`gpunet.sources` says (memmaps: the same permutation as in memory).
-            validation_data: ``(X_val, y_val)`` evaluated after each epoch (``val_loss``, ``val_<metric>``); memmaps
-                and streamed data sets are evaluated in batches.
-            validation_split: instead of ``validation_data``, hold out this fraction of ``(X, y)``: stratified by
-                class for cce and single-output bce, drawn from the model's seed.
+            validation_data: ``(X_val, y_val)`` or ``(X_val, y_val, val_sample_weight)`` (Keras's) evaluated after
+                each epoch (``val_loss``, weighted as the training loss; ``val_<metric>``, unweighted); memmaps and
+                streamed data sets are evaluated in batches.
+            validation_split: instead of ``validation_data``, hold out this fraction of ``(X, y)`` (with their
+                sample weights; ``class_weight`` weighs training only, as in Keras): stratified by class for cce and
+                single-output bce, drawn from the model's seed.
             metrics: names or Metric objects (``"accuracy"``, ``"mse"``, ``"mae"``, ``"r2"``).
             verbose: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
             callbacks: :mod:`gpunet.callbacks` objects (EarlyStopping, ModelCheckpoint, schedules...). A
@@ -489,7 +491,9 @@ class Sequential:
                                                              split_rng)
             with self.backend.activate():
                 take = lambda a, rows: self.xp.take(a, self.xp.asarray(rows), axis=0)  # noqa: E731
-                val = (take(X, val_rows), take(Y, val_rows))
+                # the held rows keep their sample weights (Keras: class_weight weighs training only)
+                held_w = W if class_weight is None else self._row_weights(sample_weight, None, Y, loss)
+                val = (take(X, val_rows), take(Y, val_rows)) + (() if held_w is None else (take(held_w, val_rows),))
                 X, Y = take(X, train_rows), take(Y, train_rows)
                 W = None if W is None else take(W, train_rows)
         if names is not None:
@@ -566,13 +570,16 @@ class Sequential:
         if stream is None and not isinstance(validation_data, (tuple, list)) and sources.is_batches(validation_data):
             stream = sources.BatchStream(validation_data)
         if stream is None:
-            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
-                raise TypeError("validation_data must be a pair (X_val, y_val), a streamed data set or batches "
-                                "(gpunet.sources)")
+            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) in (2, 3)):
+                raise TypeError("validation_data must be a pair (X_val, y_val), a triple (X_val, y_val, "
+                                "val_sample_weight), a streamed data set or batches (gpunet.sources)")
             stream = sources.as_stream(*validation_data)
         if stream is None:
             val_X, _ = validation.table_features("validation_data[0]", validation_data[0], names)
-            return self._data("validation_data[0]", val_X, "validation_data[1]", validation_data[1], loss)
+            val = self._data("validation_data[0]", val_X, "validation_data[1]", validation_data[1], loss)
+            if len(validation_data) == 3 and validation_data[2] is not None:
+                val += (self._row_weights(validation_data[2], None, val[1], loss, "validation_data[2]"),)
+            return val
         if stream.single_use:
             raise ValueError("validation_data is an iterator, which can be read only once, but it is evaluated "
                              "after every epoch; pass a callable returning a fresh iterator")
@@ -627,18 +634,20 @@ class Sequential:
             layer._cache = None
         return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=0)
 
-    def evaluate(self, X, y=None, loss=None, metrics=None, batch_size: int | None = None) -> dict[str, float]:
-        """``{"loss": ..., <metric>: ...}`` on ``(X, y)``; ``loss``/``metrics`` default to those of the last fit.
-        Streamed data (as :meth:`predict` takes it, with its targets) is evaluated batch by batch: the loss is the
-        mean over all rows and the metrics are merged over the batches (equal to the in-memory result up to
-        rounding)."""
+    def evaluate(self, X, y=None, loss=None, metrics=None, batch_size: int | None = None,
+                 sample_weight=None) -> dict[str, float]:
+        """``{"loss": ..., <metric>: ...}`` on ``(X, y)``; ``loss``/``metrics`` default to those of the last fit;
+        ``sample_weight`` ``(n,)`` weighs the loss as in training (``sum(w * row loss) / n``, Keras's), not the
+        metrics. Streamed data (as :meth:`predict` takes it, with its targets) is evaluated batch by batch: the
+        loss is the mean over all rows and the metrics are merged over the batches (equal to the in-memory result
+        up to rounding)."""
         loss = losses_mod.get(loss) if loss is not None else self.loss
         if loss is None:
             raise ValueError("evaluate() needs loss=... (no fit has set a default yet)")
         metric_objs = self._metrics(metrics, loss) if metrics is not None else self.metrics
         if batch_size is not None:
             batch_size = validation.positive_int("batch_size", batch_size)
-        stream = sources.as_stream(X, y)
+        stream = sources.as_stream(X, y, sample_weight)
         if stream is not None:
             with self.backend.activate():
                 return sources.Evaluation(self, stream, loss, batch_size, check=True).evaluate(self, loss, metric_objs)
@@ -646,12 +655,16 @@ class Sequential:
             raise TypeError("evaluate needs y, the targets of X (or X as a streamed data set or batches)")
         X, _ = validation.table_features("X", X, self.feature_names)
         X, Y = self._data("X", X, "y", y, loss)
+        W = self._row_weights(sample_weight, None, Y, loss)
         with self.backend.activate():
-            return self._evaluate(X, Y, loss, metric_objs, batch_size)
+            return self._evaluate(X, Y, loss, metric_objs, W, batch_size)
 
-    def _evaluate(self, X, Y, loss, metric_objs, batch_size=None) -> dict[str, float]:
+    def _evaluate(self, X, Y, loss, metric_objs, W=None, batch_size=None) -> dict[str, float]:
+        """The loss (weighted by ``W`` ``(n, 1)`` as in training: ``sum(w * row loss) / n``) and the metrics
+        (unweighted, as Keras's ``metrics``) of ``(X, Y)``."""
         pred = self._predict(X, batch_size)
-        out = {"loss": float(loss.value(pred, Y, self.ops))}
+        out = {"loss": float(loss.value(pred, Y, self.ops) if W is None else
+                             self.xp.sum(loss.row_values(pred, Y, self.ops) * W[:, 0]) / pred.shape[0])}
         for metric in metric_objs:
             out[metric.name] = metric.result([to_numpy(s) for s in metric.stats(pred, Y)])
         return out
@@ -674,20 +687,21 @@ class Sequential:
         # History last, so what other callbacks add to an epoch's logs (schedules' "lr") is recorded
         return callbacks + [History()]
 
-    def _row_weights(self, sample_weight, class_weight, Y, loss):
-        """``(n, 1)`` device weights from ``sample_weight`` and ``class_weight``, or ``None``."""
+    def _row_weights(self, sample_weight, class_weight, Y, loss, name: str = "sample_weight"):
+        """``(n, 1)`` device weights from ``sample_weight`` (called ``name`` in messages) and ``class_weight``, or
+        ``None``."""
         if sample_weight is None and class_weight is None:
             return None
         n = Y.shape[0]
         weights = np.ones(n)
         if sample_weight is not None:
-            sw = np.asarray(to_numpy(validation.as_array("sample_weight", sample_weight, self.backend)))
-            validation.numeric("sample_weight", sw)
-            validation.finite("sample_weight", sw)
+            sw = np.asarray(to_numpy(validation.as_array(name, sample_weight, self.backend)))
+            validation.numeric(name, sw)
+            validation.finite(name, sw)
             if sw.shape != (n,):
-                raise ValueError(f"sample_weight must have shape ({n},), one weight per sample; received {sw.shape}")
+                raise ValueError(f"{name} must have shape ({n},), one weight per sample; received {sw.shape}")
             if np.any(sw < 0) or not np.any(sw > 0):
-                raise ValueError("sample_weight must be non-negative with at least one positive weight")
+                raise ValueError(f"{name} must be non-negative with at least one positive weight")
             weights = weights * sw
         if class_weight is not None:
             weights = weights * self._class_table(class_weight, loss)[training.class_labels(Y, loss)]

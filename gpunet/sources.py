@@ -867,8 +867,9 @@ def predict(model, stream, batch_size=None):
 class Evaluation:
     """A streamed data set evaluated in batches, e.g. ``validation_data`` during ``fit`` (its source, and so its
     transfer buffers, made once): ``evaluate(model, loss, metrics) -> {"loss": ..., <metric>: ...}``, the loss being
-    the mean over all rows (the batch means weighted by their rows) and each metric merged over the batches, as in
-    a training epoch; equal to the in-memory evaluation up to rounding."""
+    the mean over all rows (with sample weights, ``sum(w * row loss) / n``, as in training) and each metric
+    (unweighted) merged over the batches, as in a training epoch; equal to the in-memory evaluation up to
+    rounding."""
 
     def __init__(self, model, stream, loss, batch_size=None, names=NAMES, check=False):
         rows = batch_size or max(1, CHUNK_BYTES // (4 * model.n_inputs))
@@ -881,9 +882,10 @@ class Evaluation:
             arrays = batch(b)
             if arrays is None:
                 break
-            x, Y, _ = arrays
+            x, Y, w = arrays
             pred = model._forward(x)
-            values.append(loss.value(pred, Y, model.ops))
+            values.append(loss.value(pred, Y, model.ops) if w is None else
+                          model.xp.sum(loss.row_values(pred, Y, model.ops) * w[:, 0]) / x.shape[0])
             sizes.append(x.shape[0])
             for j, metric in enumerate(metrics):
                 s = metric.stats(pred, Y)

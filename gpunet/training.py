@@ -31,8 +31,8 @@ from .validation import warn_at_caller
 
 def run(model, source, val, **kwargs) -> History:
     """Train ``model`` (its trainer configured) on the batches of ``source`` (:mod:`gpunet.sources`); ``val`` is
-    ``None``, device ``(X_val, Y_val)``, or an object evaluated in batches (``val.evaluate(model, loss, metrics)``:
-    :class:`gpunet.sources.Evaluation`); ``parallel`` a :class:`gpunet.distributed.DataParallel` (its epoch
+    ``None``, device ``(X_val, Y_val)`` or ``(X_val, Y_val, W_val)``, or an object evaluated in batches
+    (``val.evaluate(model, loss, metrics)``: :class:`gpunet.sources.Evaluation`); ``parallel`` a :class:`gpunet.distributed.DataParallel` (its epoch
     totals, validation, interrupts and divergence agreed across ranks); ``graph``: run the epochs as replays of
     captured CUDA graphs where they apply (:func:`gpunet.backend.graphs.plan`: ``"auto"``, True, False). Returns the
     History (also in ``callbacks``).
@@ -164,9 +164,10 @@ def _epochs(model, source, val, epochs, initial_epoch, callbacks, interrupts, pa
                 break
             logs = {"loss": totals.loss, **totals.metrics}
             if val is not None:
-                if isinstance(val, tuple):
+                if isinstance(val, tuple):  # (X, Y) or (X, Y, W)
                     evaluate = model._evaluate if parallel is None else parallel.evaluate
-                    scores = evaluate(*val, trainer.loss, trainer.metrics)
+                    weights = val[2] if len(val) > 2 else None
+                    scores = evaluate(val[0], val[1], trainer.loss, trainer.metrics, W=weights)
                 else:  # streamed validation data, evaluated in batches
                     scores = val.evaluate(model, trainer.loss, trainer.metrics)
                 logs.update({f"val_{k}": v for k, v in scores.items()})

@@ -545,18 +545,20 @@ SEED = 7
 
 def check_split_fit(model_factory, X, y, loss, fraction, labels, sample_weight=None):
     """fit with validation_split holds out the rows ``split_validation`` draws from ``default_rng(seed)``, trains
-    exactly as a fit on the other rows (and their sample weights) with those as validation_data, and logs
-    ``evaluate`` on them."""
+    exactly as a fit on the other rows (and their sample weights) with those (and theirs, as Keras) as
+    validation_data, and logs ``evaluate`` on them."""
     train_rows, val_rows = split_validation(len(X), fraction, labels, np.random.default_rng(SEED))
     rec = Recorder()
     model = model_factory()
     history = model.fit(X, y, loss=loss, epochs=3, batch_size=8, validation_split=fraction, callbacks=[rec],
                         sample_weight=sample_weight)
     assert rec.train_logs["samples"] == len(train_rows)
-    assert history["val_loss"][-1] == pytest.approx(model.evaluate(X[val_rows], y[val_rows])["loss"], rel=1e-12)
+    held_w = None if sample_weight is None else sample_weight[val_rows]
+    assert history["val_loss"][-1] == pytest.approx(
+        model.evaluate(X[val_rows], y[val_rows], sample_weight=held_w)["loss"], rel=1e-12)
 
     explicit = model_factory().fit(X[train_rows], y[train_rows], loss=loss, epochs=3, batch_size=8,
-                                   validation_data=(X[val_rows], y[val_rows]),
+                                   validation_data=(X[val_rows], y[val_rows], held_w),
                                    sample_weight=None if sample_weight is None else sample_weight[train_rows])
     assert explicit.history == history.history
     return val_rows
@@ -946,3 +948,31 @@ def test_early_stopping_with_patience_zero_stops_at_the_first_bad_epoch():
     es = cbs.EarlyStopping("score", patience=0, mode="min")
     history = small_model().fit(X, y, epochs=6, callbacks=[FeedLogs("score", [5, 4, 4.5, 3, 2, 1]), es])
     assert history.epoch == [0, 1, 2] and es.best_epoch == 1
+
+
+def test_validation_sample_weights_weigh_the_loss_as_keras_and_class_weight_does_not():
+    """validation_data=(X, y, w) as Keras takes it: val_loss = sum(w * row loss) / n (the training loss's
+    reduction), computed here by hand with torch; the metrics stay unweighted; class_weight weighs training only,
+    also for the rows validation_split holds out; a streamed triple gives the same."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    X, labels = rng.normal(size=(30, 3)), rng.integers(0, 3, 30)
+    w = rng.uniform(0.2, 3.0, 30)
+    model = gn.Sequential([gn.Dense(3, 3, "softmax")], dtype="float64", seed=1)
+    history = model.fit(X[:20], labels[:20], loss="cce", epochs=1, batch_size=5, metrics=["accuracy"],
+                        validation_data=(X[20:], labels[20:], w[20:]))
+    p = torch.tensor(model.predict(X[20:]))
+    rows = torch.nn.functional.nll_loss(torch.log(p), torch.tensor(labels[20:]), reduction="none").numpy()
+    assert history["val_loss"][0] == pytest.approx(float((w[20:] * rows).sum() / 10), rel=1e-12)
+    assert history["val_accuracy"][0] == pytest.approx(float(np.mean(p.numpy().argmax(1) == labels[20:])))
+    assert model.evaluate(X[20:], labels[20:], sample_weight=w[20:])["loss"] == pytest.approx(history["val_loss"][0])
+    streamed = gn.sources.ArrayStream(X[20:], labels[20:], sample_weight=w[20:])
+    assert model.evaluate(streamed)["loss"] == pytest.approx(history["val_loss"][0], rel=1e-12)
+    with pytest.raises(ValueError, match=r"validation_data\[2\] must have shape \(10,\)"):
+        model.fit(X[:20], labels[:20], epochs=1, validation_data=(X[20:], labels[20:], w[:3]))
+    weighted = gn.Sequential([gn.Dense(3, 3, "softmax")], dtype="float64", seed=1)
+    plain = gn.Sequential([gn.Dense(3, 3, "softmax")], dtype="float64", seed=1)
+    a = weighted.fit(X, labels, loss="cce", epochs=1, optimizer=gn.optim.SGD(lr=0.0), validation_split=0.3,
+                     class_weight={0: 5.0, 1: 1.0, 2: 1.0})
+    b = plain.fit(X, labels, loss="cce", epochs=1, optimizer=gn.optim.SGD(lr=0.0), validation_split=0.3)
+    assert a["val_loss"] == b["val_loss"] and a["loss"] != b["loss"]  # lr 0: only the training loss is weighted

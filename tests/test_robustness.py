@@ -391,8 +391,10 @@ def _other_rows():
         # validation_data / validation_split
         case("validation_data-not-a-pair", "classifier", fit(validation_data=X), TypeError, "validation_data",
              r"must be a pair \(X_val, y_val\)"),
-        case("validation_data-triple", "classifier", fit(validation_data=(X, LABELS, LABELS)), TypeError,
-             "validation_data", "must be a pair"),
+        case("validation_data-four", "classifier", fit(validation_data=(X, LABELS, LABELS, LABELS)), TypeError,
+             "validation_data", r"must be a pair \(X_val, y_val\), a triple \(X_val, y_val, val_sample_weight\)"),
+        case("validation_data-negative-weights", "classifier", fit(validation_data=(X, LABELS, -np.ones(len(X)))),
+             ValueError, "validation_data[2]", "must be non-negative"),
         case("validation_data-dict", "classifier", fit(validation_data={"X": X, "y": LABELS}), TypeError,
              "validation_data", "must be a pair"),
         case("validation_data-and-split", "classifier", fit(validation_data=(X, LABELS), validation_split=0.2),
