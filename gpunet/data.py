@@ -158,17 +158,17 @@ def _read_csv(file: Path, delimiter: str | None, european=()):
     return as_frame(frame, str(file)), notes + reading.notes(file.name, frame.columns), reading.european
 
 
-# the first rows of a file in which a decimal comma (3,5  -0,25  ,5  1.589,5) makes it a European file
+# a cell that makes a file European: a number with a decimal comma (3,5  -0,25  ,5  1.589,5)
 _COMMA_DECIMAL = re.compile(r"[-+]?(\d*|[1-9]\d{0,2}(\.\d{3})+),\d+")
-_CONVENTION_ROWS = 1000
 _INTEGER = r"[-+]?\d+"
 _PLAIN = r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?"  # what pandas reads as a number: 12  12.5  .5  1e5
 _MARKED = r"[-+]?(\d*,\d+|[1-9]\d{0,2}(\.\d{3})+(,\d+)?)"  # European and not plain-looking: 12,5  1.589  12.345,6
+_GROUPS = r"[-+]?[1-9]\d{0,2}(\.\d{3}){2,}(,\d+)?"  # 1.234.567: thousands separators, whatever the file
 
 
 class NumberReading:
     """How a CSV file not delimited by commas writes its numbers: pandas reads them with the file's decimal mark
-    (``,`` when a decimal comma is in its first :data:`_CONVENTION_ROWS` rows), and each text column left is
+    (``,`` when a cell of the file is a number with a decimal comma), and each text column left is
     decided once, on the first cells it holds, and read so in every chunk:
 
     - "european": ``12,5`` is 12.5, ``1.589`` is 1589 (``.`` separates thousands): a column with such cells and no
@@ -184,17 +184,19 @@ class NumberReading:
         self.active = delimiter != ","
         self.decimal = "," if self.active and commas else "."
         self.commas = self.active and commas
-        self.readings = {str(name): "european" for name in european} if self.active else {}
+        # "european" | "plain" once decided; "european?" for a model's European column not yet seen in this file
+        self.readings = {str(name): "european?" for name in european} if self.active else {}
         self.found: dict[str, set] = {}  # column -> {"decimal commas", "thousands"} seen while reading
 
     @property
     def european(self) -> list[str]:
-        return sorted(name for name, how in self.readings.items() if how == "european")
+        return sorted(name for name, how in self.readings.items() if how.startswith("european"))
 
     def dtype(self, header):
         """pandas' ``dtype=``: in a file without decimal commas, text for the columns known to be European (pandas
         would read 3.750 as 3.75); a European file's own ``decimal=","`` leaves 3.750 as text."""
-        text = {raw: str for raw in header if self.readings.get(raw.strip()) == "european" and not self.commas}
+        text = {raw: str for raw in header if self.readings.get(raw.strip(), "").startswith("european")
+                and not self.commas}
         return text or None
 
     def apply(self, frame):
@@ -205,16 +207,18 @@ class NumberReading:
             if not self.active or pd.api.types.is_bool_dtype(column.dtype):
                 continue
             if pd.api.types.is_numeric_dtype(column.dtype):
-                if self.commas:  # read with decimal=",": its new rows are European numbers too
-                    self.readings.setdefault(name, "european")
+                if self.commas and pd.api.types.is_float_dtype(column.dtype) and column.notna().any():
+                    self.readings.setdefault(name, "european")  # decimals read with decimal=",": new rows too
                 continue
             present = column.notna()
             if not present.any():
-                if self.readings.get(name) == "european":  # read as text: a blank stretch is no text column
+                if self.readings.get(name, "").startswith("european"):  # forced to text: a blank stretch
                     frame[name] = pd.to_numeric(column.astype(object))
                 continue
             text = column[present].astype(str).str.strip()
-            how = self.readings.get(name) or self._decide(text)
+            how = self.readings.get(name)
+            if how in (None, "european?"):  # a model's European column: European unless this file's cells say not
+                how = self._decide(text, european=how == "european?")
             if how is None:
                 continue
             self.readings[name] = how
@@ -233,12 +237,16 @@ class NumberReading:
                 frame[name] = values.astype(object).map(str).where(number, text).reindex(column.index).astype(object)
         return frame
 
-    def _decide(self, text):
+    def _decide(self, text, european: bool = False):
+        """A column's reading from its first cells: plain where a cell is a plain decimal (12.5, 0.125), else
+        European in a European file (or ``european``, a model's European column), or with a decimal comma or a
+        number of several thousands groups (1.234.567) in the column."""
         marked = text.str.fullmatch(_MARKED)
         plain_only = text.str.fullmatch(_PLAIN) & ~marked & ~text.str.fullmatch(_INTEGER)
         if plain_only.any():
             return "plain"
-        if marked.any() and (self.commas or (marked & text.str.contains(",", regex=False)).any()):
+        evidence = marked & (text.str.contains(",", regex=False) | text.str.fullmatch(_GROUPS))
+        if marked.any() and (self.commas or european or evidence.any()):
             return "european"
         return "plain" if text.str.fullmatch(_PLAIN).any() else None
 
@@ -295,8 +303,8 @@ def _detect_delimiter(sample: list[str]) -> str:
 
 def _check_fields(file: Path, delimiter: str):
     """``(number of non-blank rows, header, decimal commas)``; every row has as many fields as the header (quotes
-    respected). ``decimal commas``: a cell of the first :data:`_CONVENTION_ROWS` rows is a number with a decimal
-    comma (``3,5``), in a file whose delimiter is not a comma: the file writes numbers the European way."""
+    respected). ``decimal commas``: a cell is a number with a decimal comma (``3,5``), in a file whose delimiter
+    is not a comma: the file writes numbers the European way."""
     with _no_field_limit(), file.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         header, lines, commas = None, 0, False
@@ -314,7 +322,7 @@ def _check_fields(file: Path, delimiter: str):
                 elif len(row) != len(header):
                     raise DataError(f"{file}, line {reader.line_num}: {len(row)} fields, but the header has "
                                     f"{len(header)} (delimiter {_show(delimiter)}; another one? --delimiter)")
-                elif not commas and delimiter != "," and lines <= _CONVENTION_ROWS:
+                elif not commas and delimiter != ",":
                     commas = any("," in cell and _COMMA_DECIMAL.fullmatch(cell.strip()) for cell in row)
         except csv.Error as exc:
             raise DataError(f"{file}, line {reader.line_num}: not readable as CSV ({exc})") from None

@@ -567,7 +567,9 @@ class Sequential:
         """Device ``(X_val, Y_val)``, or a :class:`gpunet.sources.Evaluation` of streamed validation data (checked
         here, evaluated in batches after each epoch)."""
         stream = validation_data if isinstance(validation_data, sources._Stream) else None
-        if stream is None and not isinstance(validation_data, (tuple, list)) and sources.is_batches(validation_data):
+        listed = isinstance(validation_data, list) and validation_data and isinstance(validation_data[0], (tuple, list))
+        if stream is None and (listed or not isinstance(validation_data, (tuple, list))) and \
+                sources.is_batches(validation_data):  # (a list of (x, y) batches, not an (X, y, w) triple)
             stream = sources.BatchStream(validation_data)
         if stream is None:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) in (2, 3)):

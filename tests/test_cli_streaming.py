@@ -280,3 +280,44 @@ def test_number_readings_are_decided_once_per_column_and_kept_for_new_rows(tmp_p
     want = tm.predict(pd.DataFrame({"price": [3.0, 4.0], "blank": [0.5, 0.25], "mass": [3750.0, 1589.0]}))
     got = [float(row[-1]) for row in list(csv.reader(io.StringIO(predicted)))[1:]]
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [None, 3, 500])
+def test_readings_agree_loaded_and_chunked_on_late_or_mixed_evidence(tmp_path, monkeypatch, rows):
+    """The review's cases: decimal commas that first appear after row 1000 (the whole file decides: 1.589 is 1589
+    everywhere); a European file's column of integers that later holds 12.5 and 1.250 (a plain column: 1.25)."""
+    late = tmp_path / "late.csv"
+    late.write_text("a;y\n" + "".join(f"1.589;{i % 3}\n" for i in range(1005)) + "2,5;0\n")
+    integers = tmp_path / "integers.csv"
+    integers.write_text("a;b\n12;1,5\n13;2\n14;3\n12.5;4\n1.250;5\n")
+    for path, column, want in ((late, "a", [1589.0] * 1005 + [2.5]), (integers, "a", [12, 13, 14, 12.5, 1.25])):
+        loaded, _ = data.read_table(path)
+        np.testing.assert_array_equal(loaded[column].to_numpy(dtype=float), want)
+        if rows is not None:
+            monkeypatch.setattr(data, "CHUNK_ROWS", rows)
+        chunked = pd.concat([chunk for _, chunk in data.TableFile(path).chunks()], ignore_index=True)
+        np.testing.assert_array_equal(chunked[column].to_numpy(dtype=float), want)
+
+
+def test_a_new_file_with_dot_decimals_is_read_so_for_a_models_european_column(tmp_path, capsys):
+    """A model's European column in a new file without decimal commas: European (3.750 = 3750) unless the
+    file's column holds a plain decimal (20.125 beside 15.5: dot decimals, read so, not 20125)."""
+    rng = np.random.default_rng(1)
+    mass, flipper = rng.uniform(3000, 6000, 120), rng.uniform(14, 22, 120)
+    path = tmp_path / "eu.csv"
+    path.write_text("mass;flipper;y\n" + "".join(f"{european(m, 0)};{european(f, 1)};{european(m / 1000 + f, 3)}\n"
+                                                for m, f in zip(mass, flipper)))
+    model = tmp_path / "m.safetensors"
+    assert cli.main(["train", "--dataset", f"csv:{path}:y", *FAST, "--epochs", "5", "--save", str(model)]) == 0
+    capsys.readouterr()
+    tm = gn.TableModel.load(model)
+    assert set(tm.european) >= {"mass", "flipper"}
+    dotted = tmp_path / "dotted.csv"
+    dotted.write_text("mass;flipper\n3750;20.125\n1200;15.5\n")
+    frame, _ = data.read_table(dotted, european=tm.european)
+    np.testing.assert_array_equal(frame["flipper"].to_numpy(), [20.125, 15.5])
+    np.testing.assert_array_equal(frame["mass"].to_numpy(), [3750, 1200])
+    european_new = tmp_path / "european.csv"
+    european_new.write_text("mass;flipper\n3.750;20\n1.200;15\n")  # nothing but the model says European
+    frame, _ = data.read_table(european_new, european=tm.european)
+    np.testing.assert_array_equal(frame["mass"].to_numpy(), [3750, 1200])

@@ -968,6 +968,10 @@ def test_validation_sample_weights_weigh_the_loss_as_keras_and_class_weight_does
     assert model.evaluate(X[20:], labels[20:], sample_weight=w[20:])["loss"] == pytest.approx(history["val_loss"][0])
     streamed = gn.sources.ArrayStream(X[20:], labels[20:], sample_weight=w[20:])
     assert model.evaluate(streamed)["loss"] == pytest.approx(history["val_loss"][0], rel=1e-12)
+    batches = [(X[20 + i:23 + i], labels[20 + i:23 + i]) for i in (0, 3, 6)]  # a list of 3 batches: no triple
+    unweighted = model.evaluate(X[20:29], labels[20:29])["loss"]
+    assert model.fit(X[:20], labels[:20], epochs=1, optimizer=gn.optim.SGD(lr=0.0),
+                     validation_data=batches)["val_loss"][0] == pytest.approx(unweighted, rel=1e-12)
     with pytest.raises(ValueError, match=r"validation_data\[2\] must have shape \(10,\)"):
         model.fit(X[:20], labels[:20], epochs=1, validation_data=(X[20:], labels[20:], w[:3]))
     weighted = gn.Sequential([gn.Dense(3, 3, "softmax")], dtype="float64", seed=1)
