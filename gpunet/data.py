@@ -168,8 +168,8 @@ _GROUPS = r"[-+]?[1-9]\d{0,2}(\.\d{3}){2,}(,\d+)?"  # 1.234.567: thousands separ
 
 class NumberReading:
     """How a CSV file not delimited by commas writes its numbers: pandas reads them with the file's decimal mark
-    (``,`` when a cell of the file is a number with a decimal comma), and each text column left is
-    decided once, on the first cells it holds, and read so in every chunk:
+    (``,`` when a cell of the file is a number with a decimal comma), and each text column left is decided once,
+    on the first cells it holds, and read so in every chunk:
 
     - "european": ``12,5`` is 12.5, ``1.589`` is 1589 (``.`` separates thousands): a column with such cells and no
       plain decimal (``12.5``, ``0.125``), in a European file, or with a decimal comma in any file;
@@ -177,8 +177,8 @@ class NumberReading:
 
     A cell that is no number under the column's reading (a ``?`` placeholder, a word) stays as it is, the numbers
     beside it becoming their text as pandas writes them, for :class:`gpunet.tabular.TableTransform` to decide.
-    ``european``: columns known to be European numbers (a model's training file): read as text and so whatever
-    the file's first rows hold (``3.750`` is 3750)."""
+    ``european``: columns known to be European numbers (a model's training file): read as text in a file without
+    decimal commas, and European (``3.750`` is 3750) unless the file's column holds a plain decimal (``15.5``)."""
 
     def __init__(self, delimiter: str, commas: bool, european=()):
         self.active = delimiter != ","

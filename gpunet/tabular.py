@@ -605,7 +605,6 @@ def _numeric_values(c: dict, series, what: str | None = None, rows=None) -> np.n
     """A numeric/boolean column's values as float64 with NaN where missing; text that is no number (and not the
     column's placeholder) is an error naming the cell (``rows``: as for :meth:`TableTransform.transform`)."""
     pd = _pandas()
-
     mapping = c.get("map")
     if mapping is not None:
         keys = {k.lower(): v for k, v in mapping.items()}
