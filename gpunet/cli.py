@@ -266,12 +266,18 @@ def _columns_option(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
+def _verbosity(quiet: bool) -> int:
+    """fit's ``verbose``: none with --quiet, a progress bar on a terminal, else a line per epoch (a log file or a
+    pipe would get every redraw of the bar)."""
+    return 0 if quiet else 1 if sys.stdout.isatty() else 2
+
+
 def _train_file(file, target, args, recipe, quiet, announce):
     return recipe_mod.TableModel.train_file(
         file, target, args.task, recipe=recipe, loss=args.loss,
         categorical=_columns_option(args.categorical), ignore=_columns_option(args.ignore),
         test_split=args.test_split, device=args.device, dtype=args.dtype, seed=args.seed,
-        verbose=0 if quiet else 1, announce=announce, distributed=args.world,
+        verbose=_verbosity(quiet), announce=announce, distributed=args.world,
         option_names=_OPTION_NAMES)
 
 
@@ -280,7 +286,7 @@ def _train_table(table, target, args, recipe, quiet, announce):
         table.frame, target, args.task, recipe=recipe, loss=args.loss,
         categorical=_columns_option(args.categorical), ignore=_columns_option(args.ignore),
         test_split=args.test_split, device=args.device, dtype=args.dtype, seed=args.seed,
-        verbose=0 if quiet else 1, announce=announce, distributed=args.world,
+        verbose=_verbosity(quiet), announce=announce, distributed=args.world,
         option_names=_OPTION_NAMES)
 
 

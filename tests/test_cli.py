@@ -53,7 +53,7 @@ def test_train_shows_progress_device_and_time(capsys):
     code, out, err = run(capsys, "train", "--dataset", "iris", "--epochs", "3", "--device", "cpu",
                          "--early-stopping", "0", "--ensemble", "1")
     assert code == 0
-    assert "Epoch 3/3" in out + err  # the tqdm bar
+    assert "Epoch 3/3" in out + err and "\r" not in out + err  # not a terminal: a line per epoch, no bar redraws
     assert "trained 3 epoch(s) in" in out and "on cpu" in out
 
 
