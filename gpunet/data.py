@@ -19,6 +19,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -77,8 +78,9 @@ def _bundled(name: str) -> Table:
 def read_table(path, kind: str | None = None, delimiter: str | None = None, european=()):
     """``(pandas DataFrame, notes)`` from a CSV or Parquet file (``kind`` "csv"/"parquet", else by suffix).
 
-    CSV: UTF-8 (a byte-order mark is dropped), a header row, ``delimiter`` or the one detected; every row must have
-    as many fields as the header. Empty cells and pandas' NA markers ("NA", "NaN", "null", ...) are missing values.
+    CSV: UTF-8 (a byte-order mark is dropped), or Windows-1252 where it is not UTF-8 (noted), a header row,
+    ``delimiter`` or the one detected; every row must have as many fields as the header. Empty cells and pandas'
+    NA markers ("NA", "NaN", "null", ...) are missing values.
     Numbers as :class:`NumberReading` reads them; ``european``: columns known to hold European numbers (those of a
     model's training file: ``TableModel.european``).
     """
@@ -145,11 +147,12 @@ def _no_field_limit():
 def _read_csv(file: Path, delimiter: str | None, european=()):
     """``(frame, notes, the columns read as European numbers)``."""
     pd = _pandas()
-    delimiter, notes, _, header, commas = _check_csv(file, delimiter)
-    reading = NumberReading(delimiter, commas, european)
+    found = _check_csv(file, delimiter)
+    delimiter, notes = found.delimiter, list(found.notes)
+    reading = NumberReading(delimiter, found.commas, european)
     try:
-        frame = pd.read_csv(file, sep=delimiter, encoding="utf-8-sig", skipinitialspace=True, low_memory=False,
-                            decimal=reading.decimal, dtype=reading.dtype(header))
+        frame = pd.read_csv(file, sep=delimiter, encoding=found.encoding, skipinitialspace=True, low_memory=False,
+                            decimal=reading.decimal, dtype=reading.dtype(found.header))
     except (pd.errors.ParserError, ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"{file} is not a readable CSV file with delimiter {_show(delimiter)} ({exc}); "
                         f"give another with --delimiter") from None
@@ -257,13 +260,33 @@ class NumberReading:
                        f": read as numbers" for name in columns if name in self.found]
 
 
-def _check_csv(file: Path, delimiter: str | None):
-    """The checks pandas does not make: ``(delimiter, notes, rows with a header, header, decimal commas)``."""
+class CsvFormat(NamedTuple):
+    """What :func:`_check_csv` found out about a CSV file."""
+
+    delimiter: str
+    notes: list
+    lines: int  # non-blank rows, the header included
+    header: list
+    commas: bool  # a cell is a number with a decimal comma (and the delimiter is not a comma)
+    encoding: str  # "utf-8-sig", or "cp1252" for a file that is not UTF-8 (Excel's Western European export)
+
+
+def _check_csv(file: Path, delimiter: str | None) -> CsvFormat:
+    """The checks pandas does not make, in UTF-8 or, where the file is not UTF-8, in Windows-1252 (noted)."""
     try:
-        with file.open(newline="", encoding="utf-8-sig") as handle:
-            sample = [line for _, line in zip(range(_SAMPLE_LINES), handle)]
+        return _check_csv_as(file, delimiter, "utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{file} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+        where = f"{exc.reason} at byte {exc.start}"
+    try:
+        found = _check_csv_as(file, delimiter, "cp1252")
+    except UnicodeDecodeError:
+        raise DataError(f"{file} is not UTF-8 text ({where}), nor Windows-1252; save it as UTF-8") from None
+    return found._replace(notes=[f"{file.name}: not UTF-8 ({where}): read as Windows-1252 (cp1252)"] + found.notes)
+
+
+def _check_csv_as(file: Path, delimiter: str | None, encoding: str) -> CsvFormat:
+    with file.open(newline="", encoding=encoding) as handle:
+        sample = [line for _, line in zip(range(_SAMPLE_LINES), handle)]
     notes = []
     if not "".join(sample).strip():
         raise DataError(f"{file} is empty")
@@ -273,7 +296,7 @@ def _check_csv(file: Path, delimiter: str | None):
             notes.append(f"{file.name}: delimiter {_show(delimiter)} detected")
     elif len(delimiter) != 1:
         raise DataError(f"--delimiter must be one character (\\t for tab); received {delimiter!r}")
-    lines, header, commas = _check_fields(file, delimiter)
+    lines, header, commas = _check_fields(file, delimiter, encoding)
     if lines < 2:
         raise DataError(f"{file} needs a header row and at least 1 data row; found {lines} row(s)")
     empty = [i + 1 for i, h in enumerate(header) if not h.strip()]
@@ -284,7 +307,7 @@ def _check_csv(file: Path, delimiter: str | None):
     dupes = sorted({h for h in stripped if stripped.count(h) > 1 and h})
     if dupes:
         raise DataError(f"{file} has duplicate column names {dupes}: rename them so each column has its own name")
-    return delimiter, notes, lines, header, commas
+    return CsvFormat(delimiter, notes, lines, header, commas, encoding)
 
 
 def _detect_delimiter(sample: list[str]) -> str:
@@ -301,11 +324,11 @@ def _detect_delimiter(sample: list[str]) -> str:
     return best
 
 
-def _check_fields(file: Path, delimiter: str):
+def _check_fields(file: Path, delimiter: str, encoding: str = "utf-8-sig"):
     """``(number of non-blank rows, header, decimal commas)``; every row has as many fields as the header (quotes
     respected). ``decimal commas``: a cell is a number with a decimal comma (``3,5``), in a file whose delimiter
     is not a comma: the file writes numbers the European way."""
-    with _no_field_limit(), file.open(newline="", encoding="utf-8-sig") as handle:
+    with _no_field_limit(), file.open(newline="", encoding=encoding) as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         header, lines, commas = None, 0, False
         try:
@@ -377,10 +400,11 @@ class TableFile:
             self.columns = [str(c) for c in self._parquet.schema_arrow.names]
             self._delimiter = None
         else:
-            self._delimiter, self._notes, lines, header, commas = _check_csv(file, delimiter)
-            self._reading, self._header = NumberReading(self._delimiter, commas, european), header
-            self.n_rows = lines - 1
-            self.columns = [h.strip() for h in header]
+            found = _check_csv(file, delimiter)
+            self._delimiter, self._notes, self._encoding = found.delimiter, list(found.notes), found.encoding
+            self._reading, self._header = NumberReading(self._delimiter, found.commas, european), found.header
+            self.n_rows = found.lines - 1
+            self.columns = [h.strip() for h in found.header]
         if len(set(self.columns)) != len(self.columns):
             dupes = sorted({c for c in self.columns if self.columns.count(c) > 1})
             raise DataError(f"{file} has duplicate column names {dupes}: rename them so each column has its own name")
@@ -436,7 +460,7 @@ class TableFile:
         usecols = None if wanted is None else (lambda c: str(c).strip() in wanted)
         try:
             reading = self._reading
-            reader = pd.read_csv(self.file, sep=self._delimiter, encoding="utf-8-sig", skipinitialspace=True,
+            reader = pd.read_csv(self.file, sep=self._delimiter, encoding=self._encoding, skipinitialspace=True,
                                  low_memory=False, chunksize=rows, usecols=usecols, decimal=reading.decimal,
                                  dtype=reading.dtype([h for h in self._header
                                                       if wanted is None or h.strip() in wanted]))

@@ -321,3 +321,33 @@ def test_a_new_file_with_dot_decimals_is_read_so_for_a_models_european_column(tm
     european_new.write_text("mass;flipper\n3.750;20\n1.200;15\n")  # nothing but the model says European
     frame, _ = data.read_table(european_new, european=tm.european)
     np.testing.assert_array_equal(frame["mass"].to_numpy(), [3750, 1200])
+
+
+@pytest.mark.parametrize("stream", ["off", "on"])
+def test_a_windows_1252_export_is_read_as_such_and_said(tmp_path, capsys, small_chunks, stream):
+    """Excel's "CSV (semicolon)" on a Western European Windows: cp1252 bytes (é, °, €), ';' and decimal commas.
+    Read as Windows-1252 with a note, the same table as its UTF-8 twin; a file neither UTF-8 nor cp1252 is refused
+    in one line."""
+    rng = np.random.default_rng(2)
+    n = 90
+    town = rng.choice(["Orléans", "Köln", "Málaga"], n)
+    temp = rng.normal(12, 5, n)
+    price = 2 * temp + (town == "Köln") * 5 + rng.normal(0, 0.3, n)
+    lines = ["ville;température °C;prix €"] + [f"{t};{european(v, 1)};{european(p, 2)}"
+                                                for t, v, p in zip(town, temp, price)]
+    cp, utf = tmp_path / "cp1252.csv", tmp_path / "utf8.csv"
+    cp.write_bytes("\r\n".join(lines).encode("cp1252"))
+    utf.write_bytes("\r\n".join(lines).encode("utf-8"))
+    frame, notes = data.read_table(cp)
+    assert notes[0].startswith("cp1252.csv: not UTF-8 (invalid continuation byte at byte ") and \
+        notes[0].endswith("read as Windows-1252 (cp1252)")
+    pd.testing.assert_frame_equal(frame, data.read_table(utf)[0])
+    assert list(frame.columns) == ["ville", "température °C", "prix €"] and set(frame["ville"]) == set(town)
+    code, out, err = run(capsys, "train", "--dataset", f"csv:{cp}:prix €", *FAST, "--epochs", "5", "--stream",
+                         stream)
+    assert code == 0, err
+    assert "not UTF-8" in out and "categories -> one-hot: ville (3: Köln, Málaga, Orléans)" in out
+    broken = tmp_path / "broken.csv"
+    broken.write_bytes(b"a;b\n1;\x81\x8d\n2;3\n")  # bytes Windows-1252 leaves undefined
+    one_line_error(*run(capsys, "train", "--dataset", f"csv:{broken}:b", *FAST, "--stream", stream)[::2],
+                   "is not UTF-8 text (invalid start byte at byte 6), nor Windows-1252; save it as UTF-8")
