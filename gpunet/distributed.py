@@ -26,8 +26,10 @@ copies per step. What makes P ranks equal one process (checked to 1e-10 in float
    early stopping, schedules, TerminateOnNaN and the divergence roll-back act identically everywhere.
 6. Only rank 0 shows progress, warns, and writes checkpoints and ``model.save``.
 7. After :func:`init`, an exception that escapes on any rank aborts the whole job (``MPI.Abort``, as
-   ``python -m mpi4py`` does) instead of leaving the other ranks waiting in a collective; so does any exception
-   escaping a data-parallel ``fit`` on one rank (except the divergence error, which every rank raises together).
+   ``python -m mpi4py`` does) instead of leaving the other ranks waiting in a collective. A fit refused before
+   training (its checks on one rank, or ranks that differ) is agreed at :meth:`DataParallel.start` and raised on
+   every rank, the model as it was; an exception escaping a data-parallel ``fit`` once training has started aborts
+   the job (except the divergence error, which every rank raises together).
 """
 
 from __future__ import annotations
@@ -254,11 +256,40 @@ class DataParallel:
                             f"runs on {model.backend.name}")
         self.world, self.model, self.sharded = world, model, sharded
         self.rows = None  # every rank's row count, in rank order (sharded)
+        # "new"; "checking" once the generators are shared (the fit's checks run); "started" once start() agreed;
+        # "refused" when a rank refused the fit before that, which every rank then raises
+        self.phase = "new"
+        self.undo = None  # the fit's: puts the model back as it was (set by Sequential._fit)
+        self._generators = None  # this rank's generator states before the fit
 
     def sync_generators(self) -> None:
         """Give every rank rank 0's generator states (the shuffling order, NumPy's dropout masks)."""
         trainer = self.model.trainer
+        if self.phase == "new":
+            self._generators = trainer.generator_states()
         trainer.set_generator_states(self.world.bcast(trainer.generator_states() if self.world.rank == 0 else None))
+        if self.phase == "new":
+            self.phase = "checking"
+
+    def refuse(self, exc: BaseException) -> bool:
+        """Whether ``exc`` ends the fit on every rank alike, so the job goes on: a ValueError or TypeError raised
+        while the fit's arguments and data are checked (this rank tells the others at :meth:`start`'s agreement,
+        where they raise too), or one that start() itself raised on every rank. Anything else (a failure during
+        training) is not: the job must abort."""
+        if self.phase == "refused":
+            return True
+        if self.phase != "checking" or not isinstance(exc, (ValueError, TypeError)):
+            return False
+        self.world.allgather((None, None, None, None, f"{type(exc).__name__}: {exc}"))  # start()'s agreement
+        self._refused()
+        return True
+
+    def _refused(self) -> None:
+        self.phase = "refused"
+        if self._generators is not None:
+            self.model.trainer.set_generator_states(self._generators)
+        if self.undo is not None:
+            self.undo()
 
     def start(self, n_rows: int, fit_args: dict | None = None, data=()) -> None:
         """Check that every rank holds the same model and makes the same fit call (``fit_args``: epochs, batch
@@ -272,8 +303,35 @@ class DataParallel:
                      "loss": repr(trainer.loss), "optimizer": repr(trainer.optimizer),
                      "metrics": [m.name for m in trainer.metrics], **(fit_args or {})}
         prints = None if self.sharded else _fingerprint(model.xp, data)
-        everyone = world.allgather((described, n_rows, model.seed, prints))
-        for rank, (theirs, rows, _, their_prints) in enumerate(everyone):
+        everyone = world.allgather((described, n_rows, model.seed, prints, None))  # (None: this rank agrees)
+        refusals = [(rank, why) for rank, (*_, why) in enumerate(everyone) if why is not None]
+        if refusals:
+            self._refused()
+            rank, why = refusals[0]
+            raise ValueError(f"rank {rank} refused this data-parallel fit ({why}); every rank refuses it")
+        try:
+            self._agree(everyone, described, n_rows, prints)
+        except ValueError:
+            self._refused()  # seen alike on every rank
+            raise
+        self.phase = "started"
+        with model.backend.activate():
+            if model._flat_params is not None:
+                world.bcast_(model._flat_params)
+            else:
+                for p in model.parameters():
+                    world.bcast_(p)
+        optimizer = trainer.optimizer
+        state = world.bcast(optimizer.state_dict(model) if world.rank == 0 else None)  # (only this model's state)
+        optimizer.load_state_dict(state, model)  # rank 0 too: a state of another model is dropped everywhere
+        self.sync_generators()
+        trainer.gradient_hooks.insert(0, self._allreduce)  # first: penalties added later count once
+
+    def _agree(self, everyone, described: dict, n_rows: int, prints) -> None:
+        """start()'s checks of every rank's model, fit call and data against this rank's (each rank sees every
+        difference, so each raises)."""
+        world, model = self.world, self.model
+        for rank, (theirs, rows, _, their_prints, _) in enumerate(everyone):
             differ = [key for key in described if theirs.get(key) != described[key]]
             if differ:
                 shown = "; ".join(f"{key}: {theirs.get(key)!r} on rank {rank}, {described[key]!r} on rank "
@@ -287,22 +345,11 @@ class DataParallel:
                 raise ValueError(f"rank {rank}'s data differ from rank {world.rank}'s (values or row order): without "
                                  f"sharded=True every rank holds the same data set in the same order (a split "
                                  f"needs the same random_state everywhere)")
-        self.rows = [rows for _, rows, _, _ in everyone]
+        self.rows = [rows for _, rows, _, _, _ in everyone]
         if (model.backend.name == "cupy" and any(layer.dropout for layer in model.layers)
-                and len({seed for _, _, seed, _ in everyone}) > 1):
+                and len({seed for _, _, seed, _, _ in everyone}) > 1):
             raise ValueError("dropout on CuPy draws its masks from the model's seed on the GPU: build the model "
                              "with the same integer seed on every rank")
-        with model.backend.activate():
-            if model._flat_params is not None:
-                world.bcast_(model._flat_params)
-            else:
-                for p in model.parameters():
-                    world.bcast_(p)
-        optimizer = trainer.optimizer
-        state = world.bcast(optimizer.state_dict(model) if world.rank == 0 else None)  # (only this model's state)
-        optimizer.load_state_dict(state, model)  # rank 0 too: a state of another model is dropped everywhere
-        self.sync_generators()
-        trainer.gradient_hooks.insert(0, self._allreduce)  # first: penalties added later count once
 
     def finish(self) -> None:
         trainer = self.model.trainer

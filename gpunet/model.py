@@ -414,13 +414,16 @@ class Sequential:
             return self._fit(X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data, validation_split,
                              metrics, verbose, callbacks, sample_weight, class_weight, initial_epoch, None, graph,
                              precision)
+        parallel = distributed_mod.DataParallel(world, self, sharded)
         try:  # a rank failing alone would leave the others waiting in a collective: the job ends instead
             return self._fit(X, y, loss, optimizer, epochs, batch_size, shuffle, validation_data, validation_split,
-                             metrics, verbose, callbacks, sample_weight, class_weight, initial_epoch,
-                             distributed_mod.DataParallel(world, self, sharded), graph, precision)
+                             metrics, verbose, callbacks, sample_weight, class_weight, initial_epoch, parallel, graph,
+                             precision)
         except callbacks_mod.NonFiniteLossError:  # decided on every rank alike: raised on every rank
             raise
         except BaseException as exc:
+            if parallel.refuse(exc):  # refused before training, agreed by every rank: raised on every rank
+                raise
             distributed_mod.abort_on_failure(world, exc)
             raise
 
@@ -434,6 +437,9 @@ class Sequential:
         def undo():  # a refused fit leaves the model as it was
             (trainer.loss, trainer.optimizer, trainer.metrics, trainer.combined, self.feature_names,
              trainer.shuffle_rng.bit_generator.state) = before
+
+        if parallel is not None:
+            parallel.undo = undo
 
         if parallel is not None:
             parallel.sync_generators()  # (validation_split may draw from the shuffling generator: the same rows)

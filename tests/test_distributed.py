@@ -4,6 +4,7 @@ mpiexec. Every launch has a timeout, so a deadlock fails instead of hanging. Nee
 ``mpi`` extra: ``pip install 'gpunet[mpi]'``); skipped without them."""
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -113,22 +114,56 @@ def test_a_failing_rank_ends_the_job(tmp_path):
     assert "rank 1 of 2 failed" in done.stderr and "rank 1 breaks" in done.stderr
 
 
-def test_a_rank_failing_inside_fit_ends_the_job(tmp_path):
-    """One rank's data is bad: its fit raises where the other's would wait in a collective; the job ends."""
+def test_a_fit_one_rank_refuses_is_refused_on_every_rank_and_the_job_goes_on(tmp_path):
+    """One rank's data is bad: its checks raise before training, it tells the others at the agreement every fit
+    makes before its first step, and every rank raises (a ValueError a try/except catches) with the model as it
+    was; the ranks stay in step, so the next, correct fit trains."""
     script = tmp_path / "bad_rank.py"
+    script.write_text("import json, sys, gpunet as gn, numpy as np\n"
+                      "world = gn.distributed.init()\n"
+                      "X = np.arange(16.0).reshape(8, 2); y = np.arange(8.0)\n"
+                      "bad = X.copy()\n"
+                      "if world.rank == 1:\n"
+                      "    bad[3, 1] = np.nan\n"
+                      "model = gn.Sequential([gn.Dense(2, 1)], dtype='float64', seed=0)\n"
+                      "before = [w.copy() for w in model.get_weights()]\n"
+                      "try:\n"
+                      "    model.fit(bad, y, epochs=3, distributed=world)\n"
+                      "    message = None\n"
+                      "except ValueError as exc:\n"
+                      "    message = str(exc)\n"
+                      "same = all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))\n"
+                      "model.fit(X, y, epochs=2, batch_size=4, distributed=world)\n"
+                      f"json.dump({{'message': message, 'same': same, 'steps': model.optimizer.steps}}, "
+                      f"open(f'{tmp_path}/rank-{{world.rank}}.json', 'w'))\n")
+    done = launch(2, sys.executable, str(script), timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(2)]
+    assert "X must be finite; X[3, 1] = nan" in reports[1]["message"]
+    assert reports[0]["message"].startswith("rank 1 refused this data-parallel fit (ValueError: X must be finite")
+    assert all(r["same"] and r["steps"] == 4 for r in reports)
+
+
+def test_a_rank_failing_during_training_ends_the_job(tmp_path):
+    """Once training has started, a rank that fails alone (here a callback at the end of epoch 2) cannot tell the
+    others, which wait in the next all-reduce: the job ends, non-zero, within seconds."""
+    script = tmp_path / "callback.py"
     script.write_text("import gpunet as gn, numpy as np\n"
                       "world = gn.distributed.init()\n"
+                      "class Breaks(gn.callbacks.Callback):\n"
+                      "    def on_epoch_end(self, epoch, logs):\n"
+                      "        if world.rank == 1 and epoch == 1:\n"
+                      "            raise ValueError('rank 1 breaks in epoch 2')\n"
                       "X = np.zeros((8, 2)); y = np.zeros(8)\n"
-                      "if world.rank == 1:\n"
-                      "    X[3, 1] = np.nan\n"
                       "try:\n"
-                      "    gn.Sequential([gn.Dense(2, 1)]).fit(X, y, epochs=100, distributed=world)\n"
+                      "    gn.Sequential([gn.Dense(2, 1)]).fit(X, y, epochs=100, distributed=world, "
+                      "callbacks=[Breaks()])\n"
                       "except ValueError:\n"
                       "    pass  # caught: without the abort, rank 0 would wait forever\n")
     start = time.monotonic()
     done = launch(2, sys.executable, str(script), timeout=60)
     assert done.returncode != 0 and time.monotonic() - start < 30
-    assert "failed inside a data-parallel fit" in done.stderr and "X must be finite" in done.stderr
+    assert "failed inside a data-parallel fit" in done.stderr and "rank 1 breaks in epoch 2" in done.stderr
 
 
 @pytest.mark.parametrize("mismatch, message", [
