@@ -408,9 +408,7 @@ class DataParallel:
         local = (0.0, 0, [None] * len(metrics))
         if X.shape[0]:
             pred = model._predict(X, None)
-            total = loss.value(pred, Y, model.ops) * X.shape[0] if W is None else \
-                model.xp.sum(loss.row_values(pred, Y, model.ops) * W[:, 0])
-            local = (float(total), X.shape[0],
+            local = (float(loss.weighted_value(pred, Y, W, model.ops)) * X.shape[0], X.shape[0],
                      [[s if isinstance(s, (int, bool)) else to_numpy(s) for s in m.stats(pred, Y)] for m in metrics])
         everyone = world.allgather(local)
         rows = sum(r for _, r, _ in everyone)

@@ -342,10 +342,10 @@ def from_bytes(data: bytes, device="cpu", path: str = "<bytes>"):
         missing = sorted(set(expected) - set(tensors))
         extra = sorted(set(tensors) - set(expected))
         if missing:
-            raise bad(f"tensor(s) {_some(missing)} are missing (the file holds {len(tensors)} tensors: "
-                      f"{_some(sorted(tensors))})")
+            raise bad(f"tensor(s) {validation.some(missing)} are missing (the file holds {len(tensors)} tensors: "
+                      f"{validation.some(sorted(tensors))})")
         if extra:
-            raise bad(f"unexpected tensor(s) {_some(extra)} (the metadata describes {len(expected)} tensors)")
+            raise bad(f"unexpected tensor(s) {validation.some(extra)} (the metadata describes {len(expected)} tensors)")
         checksums = meta.get("checksums", {})
         for name, shape in expected.items():
             t = tensors[name]
@@ -382,10 +382,6 @@ def from_bytes(data: bytes, device="cpu", path: str = "<bytes>"):
     return model
 
 
-def _some(names: list, limit: int = 8) -> str:
-    return str(names) if len(names) <= limit else f"{names[:limit]} and {len(names) - limit} more"
-
-
 def _header(path: str, data: bytes) -> dict:
     """The safetensors JSON header, checked enough to explain a truncated or corrupted file."""
     if len(data) < 8:
@@ -418,7 +414,7 @@ def _metadata(path: str, header: dict) -> dict:
     if entry is None:
         names = sorted(k for k in header if k != "__metadata__")
         raise ValueError(f"{path} is a safetensors file but not a gpunet model: its metadata lacks the "
-                         f"{METADATA_KEY!r} entry (tensors: {_some(names)})")
+                         f"{METADATA_KEY!r} entry (tensors: {validation.some(names)})")
     try:
         meta = json.loads(entry)
     except (TypeError, json.JSONDecodeError) as exc:

@@ -111,6 +111,13 @@ class Loss:
         """The loss of each row, ``(n,)``, for a prepared target: ``value`` is their mean."""
         return array_namespace(pred).mean(self.elementwise(pred, target, ops), axis=1)
 
+    def weighted_value(self, pred, target, w, ops=None):
+        """The batch loss with row weights ``w`` ``(n, 1)``, Keras's ``sum(w_i loss_i) / n`` (training's and
+        validation's); :meth:`value` when ``w`` is None."""
+        if w is None:
+            return self.value(pred, target, ops)
+        return array_namespace(pred).sum(self.row_values(pred, target, ops) * w[:, 0]) / pred.shape[0]
+
     def elementwise(self, pred, target, ops=None):
         """The loss of each element, shape of ``pred``, for a prepared target."""
         raise NotImplementedError

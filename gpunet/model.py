@@ -440,8 +440,6 @@ class Sequential:
 
         if parallel is not None:
             parallel.undo = undo
-
-        if parallel is not None:
             parallel.sync_generators()  # (validation_split may draw from the shuffling generator: the same rows)
         loss = losses_mod.get(loss if loss is not None else self.loss or "mse")
         previous, named = self.optimizer, isinstance(optimizer, str)
@@ -671,8 +669,7 @@ class Sequential:
         """The loss (weighted by ``W`` ``(n, 1)`` as in training: ``sum(w * row loss) / n``) and the metrics
         (unweighted, as Keras's ``metrics``) of ``(X, Y)``."""
         pred = self._predict(X, batch_size)
-        out = {"loss": float(loss.value(pred, Y, self.ops) if W is None else
-                             self.xp.sum(loss.row_values(pred, Y, self.ops) * W[:, 0]) / pred.shape[0])}
+        out = {"loss": float(loss.weighted_value(pred, Y, W, self.ops))}
         for metric in metric_objs:
             out[metric.name] = metric.result([to_numpy(s) for s in metric.stats(pred, Y)])
         return out

@@ -884,8 +884,7 @@ class Evaluation:
                 break
             x, Y, w = arrays
             pred = model._forward(x)
-            values.append(loss.value(pred, Y, model.ops) if w is None else
-                          model.xp.sum(loss.row_values(pred, Y, model.ops) * w[:, 0]) / x.shape[0])
+            values.append(loss.weighted_value(pred, Y, w, model.ops))
             sizes.append(x.shape[0])
             for j, metric in enumerate(metrics):
                 s = metric.stats(pred, Y)

@@ -264,7 +264,7 @@ class Trainer:
             value, grad = loss.value_and_grad(pred, y, model.ops)
         if w is not None:  # Keras's convention: sum(w_i loss_i) / batch size, and so its gradient
             grad = grad * w
-            value = model.xp.sum(loss.row_values(pred, y, model.ops) * w[:, 0]) / pred.shape[0]
+            value = loss.weighted_value(pred, y, w, model.ops)
         if self.batch_share is not None:  # this process's part of a larger batch: its share of the batch's mean
             start, stop, total = self.batch_share
             grad = grad * ((stop - start) / total)

@@ -32,8 +32,9 @@ from .validation import warn_at_caller
 def run(model, source, val, **kwargs) -> History:
     """Train ``model`` (its trainer configured) on the batches of ``source`` (:mod:`gpunet.sources`); ``val`` is
     ``None``, device ``(X_val, Y_val)`` or ``(X_val, Y_val, W_val)``, or an object evaluated in batches
-    (``val.evaluate(model, loss, metrics)``: :class:`gpunet.sources.Evaluation`); ``parallel`` a :class:`gpunet.distributed.DataParallel` (its epoch
-    totals, validation, interrupts and divergence agreed across ranks); ``graph``: run the epochs as replays of
+    (``val.evaluate(model, loss, metrics)``: :class:`gpunet.sources.Evaluation`); ``parallel`` a
+    :class:`gpunet.distributed.DataParallel` (its epoch totals, validation, interrupts and divergence agreed across
+    ranks); ``graph``: run the epochs as replays of
     captured CUDA graphs where they apply (:func:`gpunet.backend.graphs.plan`: ``"auto"``, True, False). Returns the
     History (also in ``callbacks``).
 

@@ -195,7 +195,7 @@ def table_features(name: str, X, expected: list[str] | None):
     if not is_table(X):
         if expected is not None and X is not None:  # as scikit-learn warns: columns by position, not by name
             warn_at_caller(f"{name} has no column names, but the model was fitted on a table with columns "
-                           f"{_some(list(expected))}: its columns are taken in that order (pass a DataFrame to "
+                           f"{some(list(expected))}: its columns are taken in that order (pass a DataFrame to "
                            f"match them by name)")
         return X, None
     arrow = type(X).__module__.split(".")[0] == "pyarrow"
@@ -210,7 +210,7 @@ def table_features(name: str, X, expected: list[str] | None):
             raise ValueError(f"{name} does not have the model's columns: "
                              + "; ".join(([f"missing: {missing}"] if missing else [])
                                          + ([f"unexpected: {extra}"] if extra else []))
-                             + f" (the model was fitted on {len(expected)}: {_some(list(expected))})")
+                             + f" (the model was fitted on {len(expected)}: {some(list(expected))})")
     order = list(expected) if expected is not None else names
     position = {c: i for i, c in enumerate(names)}
     columns = []
@@ -234,6 +234,6 @@ def table_features(name: str, X, expected: list[str] | None):
     return np.column_stack(columns), names if expected is None else list(expected)
 
 
-def _some(names: list, limit: int = 8) -> str:
+def some(names: list, limit: int = 8) -> str:
     """``names`` in a message: all of them, or the first ``limit`` and how many more."""
     return str(names) if len(names) <= limit else f"{names[:limit]} and {len(names) - limit} more"
